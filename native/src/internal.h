@@ -1,0 +1,172 @@
+/*
+ * internal.h - PRIVATE to libcanary and its tests.  Nothing here is part
+ * of the FFI contract; names are canary__* and may change with the
+ * layout version.
+ *
+ * Segment layout (all offsets from the start of the mapping, no pointers):
+ *
+ *   [0, 4096)                struct seg_header
+ *   [4096, ...)              max_routes route slots of route_bytes each
+ *
+ *   route slot:
+ *     struct route_hdr      claim state, writer word, generation, key,
+ *                           label, two table buffers, trace/event counters
+ *     struct route_seq      the non-sticky sequence counter, alone on its
+ *                           cache line because every pick increments it
+ *     struct up_stats[max_upstreams]
+ *                           one per upstream: sum, status classes, buckets
+ *
+ * Every field that more than one process touches is read and written with
+ * ck_pr_* only.  See route.c for the publish protocol.
+ */
+#ifndef CANARY_INTERNAL_H
+#define CANARY_INTERNAL_H
+
+#include "canary.h"
+
+#include <assert.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CANARY_MAGIC 0x4745535952414e43ULL /* "CNRYSEG" little-endian */
+#define CANARY_LAYOUT_VERSION 1u
+#define CANARY_HEADER_BYTES 4096u
+#define CANARY_CACHELINE 64u
+
+/* Route claim states. */
+enum { ROUTE_FREE = 0, ROUTE_READY = 1 };
+
+struct seg_header {
+  uint64_t magic;
+  uint32_t layout_version;
+  uint32_t header_bytes;
+  uint64_t total_bytes;
+  uint64_t route_bytes;
+  uint32_t max_routes;
+  uint32_t max_upstreams;
+  uint64_t created_unix;
+  uint64_t checksum;      /* over the fields above */
+  /* Writer word serialising route claims: pid of the owner, 0 when free. */
+  uint32_t claim_owner;
+  uint32_t routes_used;   /* claimed slots, grows only */
+};
+
+/* One of the two buffers of a route's weights table. */
+struct table_buf {
+  /* Even when the buffer is stable, odd while a writer fills it. */
+  uint64_t seq;
+  uint64_t config_hash;
+  uint32_t n;
+  uint32_t pad;           /* keeps names 8-byte aligned for word copies */
+  uint32_t weights[CANARY_MAX_UPSTREAMS];
+  uint32_t effective[CANARY_MAX_UPSTREAMS];
+  /* upper[i]: exclusive upper bound of upstream i's share of the
+   * 0..CANARY_WEIGHT_SCALE line, cumulative from upstream 0. */
+  uint32_t upper[CANARY_MAX_UPSTREAMS];
+  char names[CANARY_MAX_UPSTREAMS][CANARY_NAME_MAX];
+};
+
+struct route_hdr {
+  uint32_t state;         /* ROUTE_FREE / ROUTE_READY */
+  uint32_t writer;        /* writer word: owner pid, 0 when free */
+  /* Published generation; the active buffer is tables[generation & 1]. */
+  uint64_t generation;
+  char key[CANARY_KEY_MAX];
+  char label[CANARY_LABEL_MAX];
+  uint64_t trace[CANARY_TRACE_SOURCES];
+  uint64_t events[CANARY_EVENTS];
+  struct table_buf tables[2];
+};
+
+struct route_seq {
+  uint64_t next;
+  char pad[CANARY_CACHELINE - sizeof(uint64_t)];
+};
+
+struct up_stats {
+  uint64_t sum_us;
+  uint64_t status[6];
+  uint64_t pad;
+  uint64_t buckets[CANARY_HIST_BUCKETS];
+};
+
+static_assert(offsetof(struct table_buf, names) % 8 == 0,
+              "names are copied in 64-bit atomic words");
+static_assert(offsetof(struct route_hdr, key) % 8 == 0 &&
+                  offsetof(struct route_hdr, label) % 8 == 0,
+              "key and label are copied in 64-bit atomic words");
+static_assert(sizeof(struct seg_header) <= CANARY_HEADER_BYTES,
+              "segment header must fit its page");
+static_assert(sizeof(struct route_seq) == CANARY_CACHELINE,
+              "sequence counter owns one cache line");
+static_assert(sizeof(struct up_stats) % CANARY_CACHELINE == 0,
+              "upstream stats stay cache-line aligned");
+
+struct canary_seg {
+  unsigned char *base;
+  uint64_t size;
+  int readonly;
+  uint32_t max_routes;
+  uint32_t max_upstreams;
+  uint64_t route_bytes;
+};
+
+/* Size of one route slot for max_upstreams upstreams, multiple of 64. */
+uint64_t canary__route_bytes(uint32_t max_upstreams);
+
+static inline struct seg_header *canary__header(const canary_seg_t *seg) {
+  return (struct seg_header *)(void *)seg->base;
+}
+
+static inline struct route_hdr *canary__route(const canary_seg_t *seg,
+                                              uint32_t route) {
+  return (struct route_hdr *)(void *)(seg->base + CANARY_HEADER_BYTES +
+                                      (uint64_t)route * seg->route_bytes);
+}
+
+static inline struct route_seq *canary__route_seq(const canary_seg_t *seg,
+                                                  uint32_t route) {
+  uint64_t off = (sizeof(struct route_hdr) + CANARY_CACHELINE - 1) /
+                 CANARY_CACHELINE * CANARY_CACHELINE;
+  return (struct route_seq *)(void *)((unsigned char *)canary__route(
+                                          seg, route) +
+                                      off);
+}
+
+static inline struct up_stats *canary__stats(const canary_seg_t *seg,
+                                             uint32_t route,
+                                             uint32_t upstream) {
+  return (struct up_stats *)(void *)((unsigned char *)canary__route_seq(
+                                         seg, route) +
+                                     sizeof(struct route_seq) +
+                                     (uint64_t)upstream *
+                                         sizeof(struct up_stats));
+}
+
+/* Writer words (owner.c).  A word holds the owner's pid or 0.  Acquire
+ * takes a free word, or one whose owner process no longer exists (or is
+ * a zombie); it waits up to timeout_ms for a live owner, then returns
+ * CANARY_EBUSY.  Release stores 0 if the caller still owns the word. */
+int canary__owner_acquire(uint32_t *word, unsigned timeout_ms);
+void canary__owner_release(uint32_t *word);
+int canary__pid_alive(uint32_t pid);
+
+/* Histogram geometry (hist.c). */
+int canary__bucket_of(uint64_t value_us);
+
+/* Copy at most cap-1 bytes of src (len bytes) and NUL-terminate. */
+void canary__copy_str(char *dst, size_t cap, const char *src, size_t len);
+
+/* Formats a message into err (may be NULL) and returns code. */
+int canary__fail(char *err, size_t err_len, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* TEST HOOK: behaves like the first half of canary_route_publish() — takes
+ * the writer word, marks the back buffer as being written and fills half
+ * of it — then returns 0 without finishing or releasing anything, leaving
+ * exactly the state a writer killed mid-publish leaves.  Used by the
+ * cmocka suite (a forked child calls it, then is SIGKILLed). */
+int canary__route_publish_stall(canary_seg_t *seg, int route,
+                                const struct canary_table *t);
+
+#endif /* CANARY_INTERNAL_H */

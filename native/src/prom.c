@@ -1,0 +1,253 @@
+/*
+ * prom.c - Prometheus text exposition of every claimed route.
+ *
+ * The renderer only reads: route tables through the same lock-free read
+ * as a pick, counters with atomic loads.  It takes no lock, so a scrape
+ * can never delay a request.
+ *
+ * The exposition format wants each metric family's samples together, but
+ * the data is naturally per route and upstream.  So one pass gathers a
+ * compact row per (route, upstream) — counts per status class, the
+ * cumulative `le` counts, sum and quantiles — and the families are then
+ * written from those rows.  Bucket boundaries (`le`) are fixed and the
+ * same on every node, so `sum by (le)` over a cluster is a correct
+ * cluster histogram.  A boundary counts every histogram bucket that
+ * starts at or below it, so it is exact to one bucket width (<= 1/64 of
+ * the boundary).
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct {
+  const char *text; /* as printed */
+  uint64_t us;
+} le_bounds[] = {
+    {"0.0005", 500},     {"0.001", 1000},       {"0.0025", 2500},
+    {"0.005", 5000},     {"0.01", 10000},       {"0.025", 25000},
+    {"0.05", 50000},     {"0.1", 100000},       {"0.25", 250000},
+    {"0.5", 500000},     {"1", 1000000},        {"2.5", 2500000},
+    {"5", 5000000},      {"10", 10000000},      {"30", 30000000},
+    {"60", 60000000},
+};
+#define N_LE (sizeof le_bounds / sizeof le_bounds[0])
+
+static const char *const status_text[6] = {"other", "1xx", "2xx",
+                                           "3xx",   "4xx", "5xx"};
+static const char *const source_text[CANARY_TRACE_SOURCES] = {
+    "client", "traceparent", "generated", "rejected"};
+static const char *const event_text[4] = {"override", "override_denied",
+                                          "fallback", "engine_error"};
+
+struct row {
+  int route; /* index into the views array */
+  int upstream;
+  uint64_t status[6];
+  uint64_t le[N_LE];
+  uint64_t count;
+  uint64_t sum_us;
+  double p50, p95, p99;
+};
+
+struct out {
+  char *buf;
+  size_t cap;
+  size_t len; /* grows past cap: then it is the length needed */
+};
+
+static void put(struct out *o, const char *s, size_t n) {
+  if (o->len + n <= o->cap)
+    memcpy(o->buf + o->len, s, n);
+  o->len += n;
+}
+
+static void puts_(struct out *o, const char *s) { put(o, s, strlen(s)); }
+
+__attribute__((format(printf, 2, 3))) static void putf(struct out *o,
+                                                       const char *fmt, ...) {
+  char tmp[256];
+  va_list ap;
+  int n;
+  va_start(ap, fmt);
+  n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (n > 0)
+    put(o, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* Label values: escape backslash, quote and newline as the format says;
+ * other control bytes become '?', so nothing can end a line early. */
+static void put_label(struct out *o, const char *s) {
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '\\')
+      put(o, "\\\\", 2);
+    else if (c == '"')
+      put(o, "\\\"", 2);
+    else if (c == '\n')
+      put(o, "\\n", 2);
+    else if (c < 0x20 || c == 0x7f)
+      put(o, "?", 1);
+    else
+      put(o, (const char *)&c, 1);
+  }
+}
+
+static void family(struct out *o, const char *name, const char *type,
+                   const char *help) {
+  putf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* name{route="..",upstream=".." */
+static void series(struct out *o, const char *name,
+                   const struct canary_route_view *v, int upstream) {
+  puts_(o, name);
+  puts_(o, "{route=\"");
+  put_label(o, v->label[0] ? v->label : v->key);
+  if (upstream >= 0) {
+    puts_(o, "\",upstream=\"");
+    put_label(o, v->names[upstream]);
+  }
+  puts_(o, "\"");
+}
+
+static void fill_row(const canary_seg_t *seg, int slot, struct row *row,
+                     struct canary_hist_snapshot *snap) {
+  struct canary_hist_summary sum;
+  size_t k = 0;
+  uint64_t acc = 0;
+
+  canary_hist_snapshot(seg, slot, row->upstream, snap);
+  canary_hist_summarize(snap, NULL, &sum);
+  memcpy(row->status, sum.status, sizeof row->status);
+  row->count = sum.count;
+  row->sum_us = snap->sum_us;
+  row->p50 = sum.p50_us;
+  row->p95 = sum.p95_us;
+  row->p99 = sum.p99_us;
+  for (int b = 0; b < CANARY_HIST_BUCKETS && k < N_LE; b++) {
+    while (k < N_LE && canary_hist_bucket_low(b) > le_bounds[k].us)
+      row->le[k++] = acc;
+    acc += snap->buckets[b];
+  }
+  while (k < N_LE)
+    row->le[k++] = acc;
+}
+
+int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
+                       size_t *len_out) {
+  struct canary_route_view *views = NULL;
+  struct canary_hist_snapshot *snap = NULL;
+  struct row *rows = NULL;
+  size_t nviews = 0, nrows = 0;
+  struct out o = {buf, buf ? cap : 0, 0};
+  int rc = 0;
+
+  if (seg == NULL || len_out == NULL)
+    return CANARY_EINVAL;
+  views = calloc(seg->max_routes, sizeof *views);
+  rows = calloc((size_t)seg->max_routes * seg->max_upstreams, sizeof *rows);
+  snap = malloc(sizeof *snap);
+  if (!views || !rows || !snap) {
+    rc = CANARY_ENOMEM;
+    goto done;
+  }
+  for (uint32_t i = 0; i < seg->max_routes; i++) {
+    struct canary_route_view *v = &views[nviews];
+    if (canary_route_read(seg, (int)i, v) != 0 || v->generation == 0)
+      continue; /* free, unpublished, or unreadable: nothing to say */
+    for (uint32_t u = 0; u < v->n; u++) {
+      rows[nrows].route = (int)nviews;
+      rows[nrows].upstream = (int)u;
+      fill_row(seg, (int)i, &rows[nrows], snap);
+      nrows++;
+    }
+    nviews++;
+  }
+
+  family(&o, "canary_requests_total", "counter",
+         "Responses per route, upstream and status class.");
+  for (size_t r = 0; r < nrows; r++)
+    for (int c = 1; c < 6; c++) {
+      if (c == 1 && rows[r].status[1] == 0)
+        continue; /* 1xx only when seen */
+      series(&o, "canary_requests_total", &views[rows[r].route],
+             rows[r].upstream);
+      putf(&o, ",status=\"%s\"} %llu\n", status_text[c],
+           (unsigned long long)rows[r].status[c]);
+    }
+
+  family(&o, "canary_upstream_latency_seconds", "histogram",
+         "Upstream latency: request handed to the upstream until its "
+         "response header.");
+  for (size_t r = 0; r < nrows; r++) {
+    const struct canary_route_view *v = &views[rows[r].route];
+    for (size_t k = 0; k < N_LE; k++) {
+      series(&o, "canary_upstream_latency_seconds_bucket", v,
+             rows[r].upstream);
+      putf(&o, ",le=\"%s\"} %llu\n", le_bounds[k].text,
+           (unsigned long long)rows[r].le[k]);
+    }
+    series(&o, "canary_upstream_latency_seconds_bucket", v,
+           rows[r].upstream);
+    putf(&o, ",le=\"+Inf\"} %llu\n", (unsigned long long)rows[r].count);
+    series(&o, "canary_upstream_latency_seconds_sum", v, rows[r].upstream);
+    putf(&o, "} %.6f\n", (double)rows[r].sum_us / 1e6);
+    series(&o, "canary_upstream_latency_seconds_count", v,
+           rows[r].upstream);
+    putf(&o, "} %llu\n", (unsigned long long)rows[r].count);
+  }
+
+  family(&o, "canary_upstream_latency_quantile_seconds", "gauge",
+         "Upstream latency quantiles since the segment was created, "
+         "within 1 %; per node, do not sum.");
+  for (size_t r = 0; r < nrows; r++) {
+    const double q[3] = {rows[r].p50, rows[r].p95, rows[r].p99};
+    const char *qt[3] = {"0.5", "0.95", "0.99"};
+    for (int k = 0; k < 3; k++) {
+      series(&o, "canary_upstream_latency_quantile_seconds",
+             &views[rows[r].route], rows[r].upstream);
+      putf(&o, ",quantile=\"%s\"} %.6f\n", qt[k], q[k] / 1e6);
+    }
+  }
+
+  family(&o, "canary_upstream_weight", "gauge",
+         "Effective routing weight of the upstream, 0..1.");
+  for (size_t r = 0; r < nrows; r++) {
+    const struct canary_route_view *v = &views[rows[r].route];
+    series(&o, "canary_upstream_weight", v, rows[r].upstream);
+    putf(&o, "} %.4f\n",
+         (double)v->effective[rows[r].upstream] / CANARY_WEIGHT_SCALE);
+  }
+
+  family(&o, "canary_trace_ids_total", "counter",
+         "Requests by where their trace ID came from.");
+  for (size_t i = 0; i < nviews; i++)
+    for (int s = 0; s < CANARY_TRACE_SOURCES; s++) {
+      series(&o, "canary_trace_ids_total", &views[i], -1);
+      putf(&o, ",source=\"%s\"} %llu\n", source_text[s],
+           (unsigned long long)views[i].trace[s]);
+    }
+
+  family(&o, "canary_events_total", "counter",
+         "Overrides honoured or denied, fallbacks to the stable upstream, "
+         "engine errors that failed open.");
+  for (size_t i = 0; i < nviews; i++)
+    for (int e = 0; e < 4; e++) {
+      series(&o, "canary_events_total", &views[i], -1);
+      putf(&o, ",event=\"%s\"} %llu\n", event_text[e],
+           (unsigned long long)views[i].events[e]);
+    }
+
+  *len_out = o.len;
+  if (o.len > o.cap)
+    rc = CANARY_ENOSPC;
+done:
+  free(views);
+  free(rows);
+  free(snap);
+  return rc;
+}
