@@ -45,7 +45,7 @@ SAN_TESTS := $(TEST_SRC:native/tests/%.c=$(BUILD)/san/tests/%)
 HDRS     := $(wildcard native/include/*.h native/src/*.h native/tests/*.h)
 
 # Lua modules as Kong loads them: kong.plugins.canary-router.<name>
-PLUGIN_LUA := $(wildcard plugin/*.lua) schema/schema.lua
+PLUGIN_LUA := $(wildcard plugin/*.lua schema/schema.lua)
 LUA_TREE   := $(BUILD)/lua/kong/plugins/canary-router
 
 LUA_ENV := LUA_PATH="$(CURDIR)/$(BUILD)/lua/?.lua;$(CURDIR)/$(BUILD)/lua/?/init.lua;$(CURDIR)/kong/host/lib/?.lua;$(CURDIR)/spec/?.lua;/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua;;" \
