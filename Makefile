@@ -52,7 +52,7 @@ LUA_ENV := LUA_PATH="$(CURDIR)/$(BUILD)/lua/?.lua;$(CURDIR)/$(BUILD)/lua/?/init.
 	LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
 
 .PHONY: deps build lib cli lua test test-native test-san test-valgrind \
-	check-cdef lint test-lua test-prom bench run reload stop install \
+	check-cdef lint test-lua test-prom bench run reload stop install install-rock \
 	clean format
 
 # ---- dependencies ------------------------------------------------------
@@ -136,8 +136,7 @@ lint:
 	@luacheck -q plugin schema spec kong/host
 
 test-lua: build
-	@$(LUA_ENV) CANARY_ROUTER_LIB=$(CURDIR)/$(BUILD)/libcanary.so \
-		luajit /usr/bin/busted --no-auto-insulate -o utfTerminal spec/
+	@$(LUA_ENV) luajit /usr/bin/busted --no-auto-insulate -o utfTerminal spec/
 
 test-prom:
 	@if ls kong/*.rules.yml >/dev/null 2>&1; then \
@@ -163,6 +162,18 @@ stop:
 install: lib cli
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)
 	install -m 0755 $(BUILD)/libcanary.so $(DESTDIR)$(LIBDIR)/libcanary.so
+	@if [ -s $(BUILD)/canarystat ]; then install -m 0755 $(BUILD)/canarystat $(DESTDIR)$(BINDIR)/canarystat; fi
+
+# `luarocks make` (see the rockspec): modules into LUA_LUADIR as
+# kong.plugins.canary-router.*, libcanary.so into LUA_LIBDIR (on Kong's
+# lua_package_cpath), canarystat into BINDIR.
+LUA_LUADIR ?= $(PREFIX)/share/lua/5.1
+LUA_LIBDIR ?= $(PREFIX)/lib/lua/5.1
+
+install-rock: lib cli
+	install -d $(DESTDIR)$(LUA_LUADIR)/kong/plugins/canary-router $(DESTDIR)$(LUA_LIBDIR) $(DESTDIR)$(BINDIR)
+	install -m 0644 plugin/*.lua schema/schema.lua $(DESTDIR)$(LUA_LUADIR)/kong/plugins/canary-router/
+	install -m 0755 $(BUILD)/libcanary.so $(DESTDIR)$(LUA_LIBDIR)/libcanary.so
 	@if [ -s $(BUILD)/canarystat ]; then install -m 0755 $(BUILD)/canarystat $(DESTDIR)$(BINDIR)/canarystat; fi
 
 format:

@@ -19,7 +19,19 @@ local os_getenv = os.getenv
 
 ffi.cdef[[
 enum canary_errno {
-  CANARY_EINVAL = -1, CANARY_ENOMEM = -2, CANARY_EIO = -3, CANARY_ECORRUPT = -4, CANARY_ENOENT = -5, CANARY_EFULL = -6, CANARY_EBUSY = -7, CANARY_ENOSPC = -8, CANARY_ERAND = -9, CANARY_EWEIGHTS = -10, CANARY_ENOTPUB = -11, CANARY_EREADONLY = -12, CANARY_ESTATE = -13,
+  CANARY_EINVAL = -1,
+  CANARY_ENOMEM = -2,
+  CANARY_EIO = -3,
+  CANARY_ECORRUPT = -4,
+  CANARY_ENOENT = -5,
+  CANARY_EFULL = -6,
+  CANARY_EBUSY = -7,
+  CANARY_ENOSPC = -8,
+  CANARY_ERAND = -9,
+  CANARY_EWEIGHTS = -10,
+  CANARY_ENOTPUB = -11,
+  CANARY_EREADONLY = -12,
+  CANARY_ESTATE = -13,
   CANARY_OK = 0
 };
 enum canary_limits {
@@ -194,13 +206,14 @@ local function strerror(rc)
   return ffi_string(C.canary_strerror(rc))
 end
 
--- Candidate paths: explicit argument, $CANARY_ROUTER_LIB, then every
+-- Candidate paths: an explicit argument alone, else $CANARY_ROUTER_LIB
+-- alone (an operator who names a file means that file), else every
 -- package.cpath template with "?" replaced by "libcanary".
 local function candidates(explicit)
-  local list = {}
-  if explicit then list[#list + 1] = explicit end
   local env = os_getenv("CANARY_ROUTER_LIB")
-  if env and env ~= "" then list[#list + 1] = env end
+  if explicit then return { explicit } end
+  if env and env ~= "" then return { env } end
+  local list = {}
   for template in package.cpath:gmatch("[^;]+") do
     list[#list + 1] = (template:gsub("%?", "libcanary"))
   end

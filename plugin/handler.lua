@@ -13,7 +13,6 @@ local engine = require "kong.plugins.canary-router.engine"
 local runtime = require "kong.plugins.canary-router.runtime"
 local cidr = require "kong.plugins.canary-router.cidr"
 
-local kong = kong
 local state = runtime.state
 local log_once = runtime.log_once
 local TRACE = engine.TRACE

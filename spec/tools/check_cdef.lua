@@ -47,6 +47,11 @@ local decl = preprocess()
 
 if mode == "--write" then
   local pretty = decl:gsub("\n%s*\n", "\n"):gsub("%s+$", "")
+  -- Long lines (the expanded error enum) are broken after commas.
+  pretty = pretty:gsub("[^\n]+", function(line)
+    if #line <= 90 then return line end
+    return (line:gsub(", ", ",\n  "))
+  end)
   local out = src:sub(1, b + #BEGIN - 1) .. pretty .. src:sub(e)
   f = assert(io.open(binding, "w"))
   f:write(out)

@@ -1,0 +1,309 @@
+-- Unit: handler.lua against a stubbed `kong` global and the real
+-- libcanary.so (CANARY_ROUTER_LIB or package.cpath), on a temp segment.
+
+local engine = require "kong.plugins.canary-router.engine"
+
+local function tmpdir()
+  local p = io.popen("mktemp -d")
+  local d = p:read("*l")
+  p:close()
+  return d
+end
+
+-- A fresh request in the stubbed PDK: headers in, calls recorded.
+local function stub_kong(prefix)
+  local k = {
+    configuration = { prefix = prefix },
+    ctx = { plugin = {} },
+    logged = {},
+    upstream = nil,
+    refuse = {},          -- upstream names set_upstream refuses
+    req_headers = {},
+    upstream_headers = {},
+    resp_headers = {},
+    status = 200,
+    source = "service",
+    ip = "10.1.2.3",
+    consumer = nil,
+  }
+  local function logger(level)
+    return function(...)
+      k.logged[#k.logged + 1] = level .. ": " .. table.concat({ ... }, " ")
+    end
+  end
+  k.log = { err = logger("err"), warn = logger("warn"), notice = logger("notice"),
+            info = logger("info"), debug = logger("debug"),
+            set_serialize_value = function(key, v) k.serialized = { key, v } end }
+  k.request = {
+    get_header = function(name) return k.req_headers[name:lower()] end,
+  }
+  k.client = {
+    get_forwarded_ip = function() return k.ip end,
+    get_ip = function() return k.ip end,
+    get_consumer = function() return k.consumer end,
+  }
+  k.service = {
+    set_upstream = function(name)
+      if k.refuse[name] then
+        return nil, "could not find an Upstream named '" .. name .. "'"
+      end
+      k.upstream = name
+      return true
+    end,
+    request = { set_header = function(n, v) k.upstream_headers[n] = v end },
+  }
+  k.response = {
+    set_header = function(n, v) k.resp_headers[n] = v end,
+    get_status = function() return k.status end,
+    get_source = function() return k.source end,
+  }
+  k.router = {
+    get_route = function() return { id = "r1", name = "ai" } end,
+    get_service = function() return { id = "s1", name = "automation-service" } end,
+  }
+  return k
+end
+
+local function config(overrides)
+  local c = {
+    __plugin_id = "11111111-2222-3333-4444-555555555555",
+    upstreams = {
+      { name = "automation-service", weight = 90 },
+      { name = "automation-service-canary", weight = 10 },
+    },
+    sticky = { by = "none", header = "X-Canary-User", cookie = "canary_user",
+               fallback = {} },
+    override = { header = "X-Canary", allow_from = {} },
+    trace = { header = "X-Trace-Id", traceparent = true, echo_downstream = true },
+    response_header = "X-Canary-Upstream",
+  }
+  for k, v in pairs(overrides or {}) do c[k] = v end
+  return c
+end
+
+describe("canary-router handler (unit)", function()
+  local saved_kong, handler, runtime, dir
+
+  -- One request through all three phases; returns the stubbed kong.
+  local function request(conf, headers, setup)
+    local k = stub_kong(dir)
+    for name, v in pairs(headers or {}) do k.req_headers[name:lower()] = v end
+    if setup then setup(k) end
+    _G.kong = k
+    handler:access(conf)
+    handler:header_filter(conf)
+    handler:log(conf)
+    return k
+  end
+
+  setup(function()
+    saved_kong = _G.kong
+    dir = tmpdir()
+    _G.kong = stub_kong(dir)
+    handler = require "kong.plugins.canary-router.handler"
+    runtime = require "kong.plugins.canary-router.runtime"
+    handler:init_worker()
+    assert.truthy(runtime.state.seg, runtime.state.seg_err)
+  end)
+
+  teardown(function()
+    _G.kong = saved_kong
+    os.execute("rm -rf " .. dir)
+  end)
+
+  it("creates its segment under the Kong prefix, mode 0600", function()
+    local p = io.popen("stat -c %a " .. dir .. "/canary-router.seg")
+    assert.equal("600", p:read("*l"))
+    p:close()
+  end)
+
+  it("accepts configure(nil) when no instance is enabled", function()
+    assert.has_no.errors(function() handler:configure(nil) end)
+  end)
+
+  it("splits non-sticky traffic exactly by weight over 10 000 requests", function()
+    local conf = config()
+    handler:configure({ conf })
+    local counts = {}
+    for _ = 1, 10000 do
+      local k = request(conf)
+      counts[k.upstream] = (counts[k.upstream] or 0) + 1
+    end
+    assert.same({ ["automation-service"] = 9000,
+                  ["automation-service-canary"] = 1000 }, counts)
+  end)
+
+  it("generates a trace id and traceparent, sends them up and echoes the id", function()
+    local conf = config()
+    local k = request(conf)
+    local id = k.upstream_headers["X-Trace-Id"]
+    assert.matches("^%x+$", id)
+    assert.equal(32, #id)
+    assert.equal(id, k.resp_headers["X-Trace-Id"])
+    assert.matches("^00%-" .. id .. "%-%x+%-01$", k.upstream_headers.traceparent)
+    assert.equal(k.upstream, k.resp_headers["X-Canary-Upstream"])
+    assert.same({ "trace_id", id }, k.serialized)
+  end)
+
+  it("keeps a valid client trace id and replaces an unsafe or overlong one", function()
+    local conf = config()
+    local k = request(conf, { ["X-Trace-Id"] = "client-id-1:abc" })
+    assert.equal("client-id-1:abc", k.upstream_headers["X-Trace-Id"])
+    assert.equal("client-id-1:abc", k.resp_headers["X-Trace-Id"])
+    for _, bad in ipairs({ "a\r\nSet-Cookie: x=1", ("x"):rep(129), "sp ace", "\0", "é" }) do
+      k = request(conf, { ["X-Trace-Id"] = bad })
+      local id = k.upstream_headers["X-Trace-Id"]
+      assert.not_equal(bad, id)
+      assert.matches("^%x+$", id)
+      assert.equal(32, #id)
+    end
+  end)
+
+  it("takes the trace id from a valid traceparent and leaves it unchanged", function()
+    local conf = config()
+    local tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    local k = request(conf, { traceparent = tp })
+    assert.equal("4bf92f3577b34da6a3ce929d0e0e4736", k.upstream_headers["X-Trace-Id"])
+    assert.is_nil(k.upstream_headers.traceparent)  -- forwarded as received
+    -- an invalid traceparent is replaced by a generated one
+    k = request(conf, { traceparent = "00-00000000000000000000000000000000-00f067aa0ba902b7-01" })
+    assert.matches("^00%-%x+%-%x+%-01$", k.upstream_headers.traceparent)
+    assert.not_equal("00000000000000000000000000000000", k.upstream_headers["X-Trace-Id"])
+  end)
+
+  it("counts trace sources per route", function()
+    local conf = config()
+    local route = runtime.get(conf).route
+    local before = runtime.state.seg:read(route).trace
+    request(conf)
+    request(conf, { ["X-Trace-Id"] = "ok-id" })
+    request(conf, { ["X-Trace-Id"] = "bad id" })
+    request(conf, { traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" })
+    local after = runtime.state.seg:read(route).trace
+    assert.equal(before.generated + 1, after.generated)
+    assert.equal(before.client + 1, after.client)
+    assert.equal(before.rejected + 1, after.rejected)
+    assert.equal(before.traceparent + 1, after.traceparent)
+  end)
+
+  it("honours the override header: always, never, a name", function()
+    local conf = config()
+    for _ = 1, 20 do
+      assert.equal("automation-service-canary",
+                   request(conf, { ["X-Canary"] = "always" }).upstream)
+      assert.equal("automation-service",
+                   request(conf, { ["X-Canary"] = "never" }).upstream)
+      assert.equal("automation-service-canary",
+                   request(conf, { ["X-Canary"] = "automation-service-canary" }).upstream)
+    end
+  end)
+
+  it("ignores and counts overrides from outside allow_from", function()
+    local conf = config({ override = { header = "X-Canary", allow_from = { "192.168.0.0/16", "::1" } } })
+    handler:configure({ conf })
+    local route = runtime.get(conf).route
+    local denied = runtime.state.seg:read(route).events.override_denied
+    local seen = {}
+    for _ = 1, 20 do
+      local k = request(conf, { ["X-Canary"] = "always" })  -- from 10.1.2.3
+      seen[k.upstream] = true
+    end
+    assert.truthy(seen["automation-service"])
+    assert.equal(denied + 20, runtime.state.seg:read(route).events.override_denied)
+    local k = request(conf, { ["X-Canary"] = "always" }, function(s) s.ip = "192.168.7.9" end)
+    assert.equal("automation-service-canary", k.upstream)
+  end)
+
+  it("sticks a header key to one upstream, and falls back down the chain", function()
+    local conf = config({ sticky = { by = "header", header = "X-User", cookie = "u",
+                                     fallback = { "cookie" } } })
+    handler:configure({ conf })
+    for i = 1, 200 do
+      local key = "user-" .. i
+      local first = request(conf, { ["X-User"] = key }).upstream
+      for _ = 1, 3 do
+        assert.equal(first, request(conf, { ["X-User"] = key }).upstream)
+      end
+      -- the same key from the cookie lands on the same upstream
+      assert.equal(first, request(conf, { Cookie = "a=b; u=" .. key }).upstream)
+    end
+  end)
+
+  it("sends traffic of an upstream Kong refuses to the stable one, counted", function()
+    local conf = config()
+    local route = runtime.get(conf).route
+    local before = runtime.state.seg:read(route).events.fallback
+    local k
+    for _ = 1, 20 do
+      k = request(conf, { ["X-Canary"] = "always" }, function(s)
+        s.refuse["automation-service-canary"] = true
+      end)
+      assert.equal("automation-service", k.upstream)
+    end
+    assert.equal(before + 20, runtime.state.seg:read(route).events.fallback)
+    local errs = 0
+    for _, l in ipairs(k.logged) do if l:find("refused", 1, true) then errs = errs + 1 end end
+    assert.equal(0, errs)  -- logged once, earlier, not on every request
+  end)
+
+  it("records latency and status for the upstream that served", function()
+    local conf = config()
+    local route = runtime.get(conf).route
+    local before = runtime.state.seg:summary(route, 2)
+    for _ = 1, 10 do
+      request(conf, { ["X-Canary"] = "always" }, function(s) s.status = 503 end)
+    end
+    local after = runtime.state.seg:summary(route, 2)
+    assert.equal(before.count + 10, after.count)
+    assert.equal(before.errors + 10, after.errors)
+    assert.equal(before.status["5xx"] + 10, after.status["5xx"])
+  end)
+
+  it("does not record responses another plugin produced", function()
+    local conf = config()
+    local route = runtime.get(conf).route
+    local before = runtime.state.seg:summary(route, 1).count +
+                   runtime.state.seg:summary(route, 2).count
+    request(conf, nil, function(s) s.source = "exit" end)
+    assert.equal(before, runtime.state.seg:summary(route, 1).count +
+                         runtime.state.seg:summary(route, 2).count)
+  end)
+
+  it("fails open to the stable upstream when the segment is unavailable", function()
+    local saved_seg = runtime.state.seg
+    runtime.state.seg = nil
+    local conf = config({ __plugin_id = "no-segment-instance" })
+    local ok, k = pcall(request, conf, { ["X-Canary"] = "always" })
+    runtime.state.seg = saved_seg
+    assert.truthy(ok, k)
+    assert.equal("automation-service", k.upstream)
+    assert.truthy(k.upstream_headers["X-Trace-Id"])  -- trace ids still work
+  end)
+
+  it("takes a new config table's weights on first sight, without configure", function()
+    local conf = config({
+      upstreams = { { name = "automation-service", weight = 50 },
+                    { name = "automation-service-canary", weight = 50 } },
+    })
+    local counts = {}
+    for _ = 1, 10000 do
+      local k = request(conf)
+      counts[k.upstream] = (counts[k.upstream] or 0) + 1
+    end
+    assert.same({ ["automation-service"] = 5000,
+                  ["automation-service-canary"] = 5000 }, counts)
+  end)
+
+  it("reports every path it tried when the library cannot be found", function()
+    local fresh = dofile("plugin/engine.lua")
+    local saved = package.cpath
+    package.cpath = "/nonexistent/?.so;/also/missing/lib?.so"
+    local ok, err = fresh.load()
+    package.cpath = saved
+    assert.is_nil(ok)
+    assert.matches("tried: /nonexistent/libcanary.so, /also/missing/liblibcanary.so", err, 1, true)
+    ok, err = fresh.load("/nonexistent/explicit.so")
+    assert.is_nil(ok)
+    assert.equal("libcanary.so not found; tried: /nonexistent/explicit.so", err)
+  end)
+end)
