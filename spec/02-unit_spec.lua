@@ -1,7 +1,6 @@
 -- Unit: handler.lua against a stubbed `kong` global and the real
 -- libcanary.so (CANARY_ROUTER_LIB or package.cpath), on a temp segment.
 
-local engine = require "kong.plugins.canary-router.engine"
 
 local function tmpdir()
   local p = io.popen("mktemp -d")
@@ -199,7 +198,9 @@ describe("canary-router handler (unit)", function()
   end)
 
   it("ignores and counts overrides from outside allow_from", function()
-    local conf = config({ override = { header = "X-Canary", allow_from = { "192.168.0.0/16", "::1" } } })
+    local conf = config({
+      override = { header = "X-Canary", allow_from = { "192.168.0.0/16", "::1" } },
+    })
     handler:configure({ conf })
     local route = runtime.get(conf).route
     local denied = runtime.state.seg:read(route).events.override_denied
