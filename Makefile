@@ -144,8 +144,11 @@ test-prom:
 
 # ---- bench, run --------------------------------------------------------
 
-bench: deps build
-	@mkdir -p $(BUILD)
+$(BUILD)/bench/bench: native/bench/bench.c $(BUILD)/libcanary.a $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) $(INCS) -O2 -g -o $@ $< $(BUILD)/libcanary.a $(LDLIBS)
+
+bench: deps build $(BUILD)/bench/bench
 	@bash native/bench/run.sh
 
 run: deps build

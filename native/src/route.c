@@ -35,6 +35,7 @@
 #include "internal.h"
 
 #include <ck_pr.h>
+#include <endian.h>
 #include <string.h>
 
 #define WRITER_TIMEOUT_MS 250u
@@ -496,17 +497,16 @@ int canary_route_read(const canary_seg_t *seg, int route,
 
 /* ---- picking -------------------------------------------------------- */
 
-static inline uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
+/* Little-endian 64-bit load of n <= 8 bytes (zero-padded).  Explicit
+ * byte order keeps buckets identical on every architecture. */
+static inline uint64_t load_le(const unsigned char *p, size_t n) {
+  uint64_t w = 0;
+  memcpy(&w, p, n);
+  return le64toh(w);
 }
 
 /* Fixed, seedless: every worker, every node and every release must put a
- * key in the same bucket.  Bytes are taken little-endian explicitly. */
+ * key in the same bucket.  Golden test values in test_route.c pin it. */
 uint32_t canary_sticky_bucket(const char *key, size_t key_len) {
   const unsigned char *p = (const unsigned char *)key;
   uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)key_len;
@@ -515,20 +515,18 @@ uint32_t canary_sticky_bucket(const char *key, size_t key_len) {
   if (key == NULL)
     key_len = 0;
   for (; i + 8 <= key_len; i += 8) {
-    uint64_t w = 0;
-    for (int k = 7; k >= 0; k--)
-      w = (w << 8) | p[i + (size_t)k];
-    h = (h ^ w) * 0xff51afd7ed558ccdULL;
+    h = (h ^ load_le(p + i, 8)) * 0xff51afd7ed558ccdULL;
     h ^= h >> 32;
   }
   if (i < key_len) {
-    uint64_t w = 0;
-    for (size_t k = key_len; k > i; k--)
-      w = (w << 8) | p[k - 1];
-    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+    h = (h ^ load_le(p + i, key_len - i)) * 0xc4ceb9fe1a85ec53ULL;
     h ^= h >> 32;
   }
-  return (uint32_t)(mix64(h) % CANARY_WEIGHT_SCALE);
+  h ^= h >> 29;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 32;
+  /* Multiply-shift range reduction: the top 32 bits scaled to 0..9999. */
+  return (uint32_t)(((h >> 32) * CANARY_WEIGHT_SCALE) >> 32);
 }
 
 /* Golden-ratio step on the 0..9999 line.  Coprime with 10000, so any
