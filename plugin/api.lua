@@ -1,14 +1,57 @@
 -- Admin API endpoints of canary-router (Kong loads
 -- kong.plugins.canary-router.api and mounts these routes).  They read and
 -- change the engine's segment only, never Kong's database, so they work
--- the same in DB-less mode.
+-- the same in DB-less mode, and on the node that serves the call.
 
 local status = require "kong.plugins.canary-router.status"
+local runtime = require "kong.plugins.canary-router.runtime"
+
+local ACTIONS = { promote = true, pause = true, resume = true, abort = true }
 
 return {
   ["/canary-router/status"] = {
     GET = function()
       return kong.response.exit(200, status.collect())
+    end,
+  },
+
+  -- Like `kubectl argo rollouts promote|pause|resume|abort`.
+  -- POST /canary-router/{plugin id}/promote?full=true jumps to the end.
+  ["/canary-router/:plugin/:action"] = {
+    POST = function(self)
+      local action = self.params.action
+      if not ACTIONS[action] then
+        return kong.response.exit(404, {
+          message = "unknown action '" .. tostring(action) ..
+                    "'; expected promote, pause, resume or abort",
+        })
+      end
+      local c = runtime.instance(self.params.plugin)
+      local seg = runtime.state.seg
+      if not c then
+        return kong.response.exit(404, {
+          message = "no canary-router instance with id '" ..
+                    tostring(self.params.plugin) .. "'",
+        })
+      end
+      if not (seg and c.route) then
+        return kong.response.exit(503, {
+          message = "canary-router segment unavailable: " ..
+                    tostring(runtime.state.seg_err),
+        })
+      end
+      if action == "promote" then
+        local full = self.params.full
+        if full == true or full == "true" or full == "1" then
+          action = "promote_full"
+        end
+      end
+      local ok, err, kind = seg:prog_action(c.route, action)
+      if not ok then
+        return kong.response.exit(kind == "state" and 409 or 500,
+                                  { message = err })
+      end
+      return kong.response.exit(200, status.instance(c))
     end,
   },
 }

@@ -44,7 +44,9 @@ enum canary_limits {
   CANARY_TRACE_ID_LEN = 32,
   CANARY_SPAN_ID_LEN = 16,
   CANARY_TRACEPARENT_LEN = 55,
-  CANARY_TRACE_HEADER_MAX = 128
+  CANARY_TRACE_HEADER_MAX = 128,
+  CANARY_MAX_STEPS = 20,
+  CANARY_REASON_MAX = 192
 };
 enum canary_trace_source {
   CANARY_TRACE_CLIENT = 0,
@@ -67,6 +69,60 @@ enum canary_seg_opened {
   CANARY_SEG_ATTACHED = 0,
   CANARY_SEG_CREATED = 1,
   CANARY_SEG_RECREATED = 2
+};
+enum canary_prog_state {
+  CANARY_PROG_NONE = 0,
+  CANARY_PROG_RUNNING = 1,
+  CANARY_PROG_PAUSED = 2,
+  CANARY_PROG_PROMOTED = 3,
+  CANARY_PROG_ROLLED_BACK = 4
+};
+enum canary_prog_on_success {
+  CANARY_PROG_PROMOTE = 0,
+  CANARY_PROG_HOLD = 1
+};
+enum canary_prog_action {
+  CANARY_ACT_PROMOTE = 0,
+  CANARY_ACT_PAUSE = 1,
+  CANARY_ACT_RESUME = 2,
+  CANARY_ACT_ABORT = 3,
+  CANARY_ACT_PROMOTE_FULL = 4
+};
+enum canary_gate_result {
+  CANARY_GATE_PASS = 0,
+  CANARY_GATE_FAIL = 1,
+  CANARY_GATE_INCONCLUSIVE = 2,
+  CANARY_GATE_RESULTS = 3
+};
+struct canary_prog_params {
+  uint32_t canary;
+  uint32_t nsteps;
+  uint32_t steps[CANARY_MAX_STEPS];
+  uint32_t interval_ms;
+  uint32_t min_requests;
+  uint32_t failure_limit;
+  uint32_t on_success;
+  double max_error_rate;
+  double max_p95_us;
+  double max_p99_us;
+  double rollback_error_rate;
+};
+struct canary_prog_status {
+  uint32_t state;
+  uint32_t step;
+  uint32_t nsteps;
+  uint32_t canary;
+  uint32_t step_weight;
+  uint32_t failures;
+  uint32_t last_result;
+  uint32_t interval_ms;
+  uint64_t evaluations[CANARY_GATE_RESULTS];
+  uint64_t window_requests;
+  double window_age_ms;
+  double error_rate;
+  double p95_us;
+  double p99_us;
+  char reason[CANARY_REASON_MAX];
 };
 typedef struct canary_seg canary_seg_t;
 struct canary_seg_info {
@@ -127,6 +183,21 @@ struct canary_hist_summary {
                                     const struct canary_table *t,
                                     uint64_t config_hash, uint64_t *gen_out,
                                     char *err, size_t err_len);
+ int canary_route_publish_prog(canary_seg_t *seg, int route,
+                                         const struct canary_table *t,
+                                         const struct canary_prog_params *prog,
+                                         uint64_t config_hash,
+                                         uint64_t *gen_out, char *err,
+                                         size_t err_len);
+ int canary_prog_check(const struct canary_prog_params *prog,
+                                 uint32_t n, char *err, size_t err_len);
+ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
+                                struct canary_prog_status *out);
+ int canary_prog_action(canary_seg_t *seg, int route, int action,
+                                  double now_us, char *err, size_t err_len);
+ int canary_prog_status(const canary_seg_t *seg, int route,
+                                  double now_us,
+                                  struct canary_prog_status *out);
  int canary_route_set_effective(canary_seg_t *seg, int route,
                                           const uint32_t *effective,
                                           uint32_t n, uint64_t *gen_out,
@@ -185,6 +256,8 @@ local table_buf = ffi_new("struct canary_table")
 local eff_buf = ffi_new("uint32_t[16]")
 local view_buf = ffi_new("struct canary_route_view")
 local snap_now = ffi_new("struct canary_hist_snapshot")
+local prog_buf = ffi_new("struct canary_prog_params")
+local prog_status_buf = ffi_new("struct canary_prog_status")
 local summary_buf = ffi_new("struct canary_hist_summary")
 local render_cap = 256 * 1024
 local render_buf = ffi_new("char[?]", render_cap)
@@ -198,6 +271,11 @@ _M.E = {
 _M.TRACE = { CLIENT = 0, TRACEPARENT = 1, GENERATED = 2, REJECTED = 3 }
 _M.EVENT = { OVERRIDE = 0, OVERRIDE_DENIED = 1, FALLBACK = 2,
              ENGINE_ERROR = 3 }
+_M.PROG_STATE = { [0] = "none", [1] = "running", [2] = "paused",
+                  [3] = "promoted", [4] = "rolled_back" }
+_M.GATE = { [0] = "pass", [1] = "fail", [2] = "inconclusive" }
+_M.ACTION = { promote = 0, pause = 1, resume = 2, abort = 3,
+              promote_full = 4 }
 _M.MAX_UPSTREAMS = 16
 _M.WEIGHT_SCALE = 10000
 local OPENED = { [0] = "attached", [1] = "created", [2] = "recreated" }
@@ -354,15 +432,94 @@ local function fill_table(names, weights)
   return true
 end
 
--- Validates and publishes a weights table (weights on 0..10000).
--- Returns the generation in effect, or nil and the reason.
-function Seg:publish(route, names, weights, config_hash)
+-- Progression parameters in engine units: canary (1-based upstream),
+-- steps (0..10000 weights), interval_ms, min_requests, failure_limit,
+-- on_success ("promote"/"hold"), and optional limits max_error_rate and
+-- rollback_error_rate (fractions), max_p95_us, max_p99_us.
+local function fill_prog(p)
+  ffi_fill(prog_buf, ffi.sizeof(prog_buf))
+  if #p.steps > 20 then return nil, "more than 20 steps" end
+  prog_buf.canary = p.canary - 1
+  prog_buf.nsteps = #p.steps
+  for i, w in ipairs(p.steps) do prog_buf.steps[i - 1] = w end
+  prog_buf.interval_ms = p.interval_ms
+  prog_buf.min_requests = p.min_requests or 0
+  prog_buf.failure_limit = p.failure_limit or 1
+  prog_buf.on_success = p.on_success == "hold" and 1 or 0
+  prog_buf.max_error_rate = p.max_error_rate or -1
+  prog_buf.max_p95_us = p.max_p95_us or -1
+  prog_buf.max_p99_us = p.max_p99_us or -1
+  prog_buf.rollback_error_rate = p.rollback_error_rate or -1
+  return prog_buf
+end
+
+-- Validates and publishes a weights table (weights on 0..10000), with an
+-- optional progression (see fill_prog).  Returns the generation in
+-- effect, or nil and the reason.
+function Seg:publish(route, names, weights, config_hash, prog)
   local ok, err = fill_table(names, weights)
   if not ok then return nil, err end
-  local rc = C.canary_route_publish(self.h, route, table_buf,
-                                    config_hash or 0, gen64, msg_buf, 512)
+  local pp = C_NULL
+  if prog then
+    pp, err = fill_prog(prog)
+    if not pp then return nil, err end
+  end
+  local rc = C.canary_route_publish_prog(self.h, route, table_buf, pp,
+                                         config_hash or 0, gen64, msg_buf, 512)
   if rc < 0 then return nil, ffi_string(msg_buf) end
   return tonumber(gen64[0])
+end
+
+local function prog_status_table(s)
+  return {
+    state = _M.PROG_STATE[s.state] or "unknown",
+    step = s.step + 1,
+    steps = s.nsteps,
+    canary = s.canary + 1,
+    step_weight = s.step_weight,
+    failures = s.failures,
+    last_result = _M.GATE[s.last_result],
+    interval_ms = s.interval_ms,
+    evaluations = {
+      pass = tonumber(s.evaluations[0]), fail = tonumber(s.evaluations[1]),
+      inconclusive = tonumber(s.evaluations[2]),
+    },
+    window_requests = tonumber(s.window_requests),
+    window_age_ms = s.window_age_ms,
+    error_rate = s.error_rate, p95_us = s.p95_us, p99_us = s.p99_us,
+    reason = ffi_string(s.reason),
+  }
+end
+
+-- Drives the route's progression (call a few times a second).  Returns
+-- 0 (nothing judged), 1 (judged), 2 (weights or state changed) and the
+-- status table, or nil and an error.
+function Seg:prog_tick(route)
+  local rc = C.canary_prog_tick(self.h, route, C.canary_clock_us(),
+                                prog_status_buf)
+  if rc < 0 then return nil, strerror(rc) end
+  return rc, prog_status_table(prog_status_buf)
+end
+
+function Seg:prog_status(route)
+  local rc = C.canary_prog_status(self.h, route, C.canary_clock_us(),
+                                  prog_status_buf)
+  if rc < 0 then return nil, strerror(rc) end
+  return prog_status_table(prog_status_buf)
+end
+
+-- Operator action by name (promote, pause, resume, abort, promote_full).
+-- Returns true, or nil, the reason and the error code name ("state" when
+-- the action does not fit the current state).
+function Seg:prog_action(route, action)
+  local a = _M.ACTION[action]
+  if not a then error("prog_action: unknown action " .. tostring(action), 2) end
+  local rc = C.canary_prog_action(self.h, route, a, C.canary_clock_us(),
+                                  msg_buf, 512)
+  if rc < 0 then
+    return nil, ffi_string(msg_buf), rc == _M.E.STATE and "state" or "error"
+  end
+  return true
 end
 
 -- Validates a table without publishing; returns true or nil, reason.

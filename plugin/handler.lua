@@ -32,8 +32,18 @@ local CanaryRouter = {
   VERSION = "0.1.0",
 }
 
+-- Every worker ticks the progressions; the engine makes sure exactly one
+-- of them judges each window.
+local TICK_SECONDS = 0.25
+
 function CanaryRouter:init_worker()
   runtime.attach()
+  if ngx and ngx.timer and ngx.timer.every then
+    local ok, err = ngx.timer.every(TICK_SECONDS, runtime.tick)
+    if not ok then
+      kong.log.err("canary-router cannot start its progression timer: ", err)
+    end
+  end
 end
 
 function CanaryRouter:configure(configs)

@@ -17,6 +17,7 @@ local ipairs = ipairs
 local tostring = tostring
 local type = type
 local setmetatable = setmetatable
+local ngx_null = ngx and ngx.null
 
 local _M = {}
 
@@ -194,6 +195,7 @@ local function compile(conf)
   c.response_header = conf.response_header
 
   c.hash = hash(concat(canonical({ conf.upstreams, conf.progression }, {})))
+  c.prog = _M.progression(conf.progression, c.index_of)
 
   local seg = state.seg
   if seg then
@@ -202,7 +204,7 @@ local function compile(conf)
       log_once("err", "canary-router cannot claim a route slot for " ..
                       c.key .. ": " .. err .. "; failing open to " .. c.stable)
     else
-      local gen, perr = seg:publish(route, c.names, c.weights, c.hash)
+      local gen, perr = seg:publish(route, c.names, c.weights, c.hash, c.prog)
       if not gen then
         log_once("err", "canary-router cannot publish weights for " ..
                         c.key .. ": " .. perr)
@@ -214,6 +216,53 @@ local function compile(conf)
   compiled[conf] = c
   by_key[c.key] = c
   return c
+end
+
+-- The plugin's `progression` record in engine units (percentages to
+-- 0..10000 weights and fractions, seconds and ms to ms and us), or nil.
+function _M.progression(p, index_of)
+  if p == nil or p == ngx_null or not p.canary then return nil end
+  local steps = {}
+  for i, pct in ipairs(p.steps or {}) do steps[i] = floor(pct * 100 + 0.5) end
+  local function rate(v) return v and v ~= ngx_null and v / 100 or nil end
+  local function us(v) return v and v ~= ngx_null and v * 1000 or nil end
+  return {
+    canary = index_of[p.canary],
+    steps = steps,
+    interval_ms = floor((p.interval or 300) * 1000),
+    min_requests = p.min_requests or 0,
+    failure_limit = p.failure_limit or 3,
+    on_success = p.on_success or "promote",
+    max_error_rate = rate(p.max_error_rate),
+    rollback_error_rate = rate(p.rollback_error_rate),
+    max_p95_us = us(p.max_p95_ms),
+    max_p99_us = us(p.max_p99_ms),
+  }
+end
+
+-- One progression tick for every instance with a progression; logs
+-- decisions that changed weights or state.  Runs from a timer.
+function _M.tick()
+  local seg = state.seg
+  if not seg then return end
+  for _, c in pairs(by_key) do
+    if c.prog and c.route then
+      local rc, st = seg:prog_tick(c.route)
+      if rc == 2 then
+        local level = st.state == "rolled_back" and "warn" or "notice"
+        kong.log[level]("canary-router ", c.key, ": ", st.state, " at step ",
+                        st.step, "/", st.steps, ": ", st.reason)
+      elseif not rc then
+        log_once("err", "canary-router progression tick failed for " ..
+                        c.key .. ": " .. tostring(st))
+      end
+    end
+  end
+end
+
+-- The compiled instance with this plugin id, or nil.
+function _M.instance(key)
+  return by_key[key]
 end
 
 -- The compiled form of `conf`, compiling it on first sight.

@@ -32,6 +32,9 @@ function _M.instance(c)
     return out
   end
   out.route = v.label ~= "" and v.label or v.key
+  if c.prog then
+    out.progression = seg:prog_status(c.route)
+  end
   out.generation = v.generation
   out.trace_ids = v.trace
   out.events = v.events

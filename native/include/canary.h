@@ -65,7 +65,9 @@ enum canary_limits {
   CANARY_TRACE_ID_LEN = 32,   /* hex chars of a 128-bit trace id */
   CANARY_SPAN_ID_LEN = 16,    /* hex chars of a 64-bit span (parent) id */
   CANARY_TRACEPARENT_LEN = 55, /* "00-" id "-" span "-" flags */
-  CANARY_TRACE_HEADER_MAX = 128 /* longest X-Trace-Id value kept */
+  CANARY_TRACE_HEADER_MAX = 128, /* longest X-Trace-Id value kept */
+  CANARY_MAX_STEPS = 20,      /* progression steps */
+  CANARY_REASON_MAX = 192     /* progression reason text, NUL included */
 };
 
 /* How a request's trace ID was obtained; counted per route. */
@@ -96,6 +98,74 @@ enum canary_seg_opened {
   CANARY_SEG_ATTACHED = 0,  /* an existing, valid segment was attached */
   CANARY_SEG_CREATED = 1,   /* no file existed: a fresh one was created */
   CANARY_SEG_RECREATED = 2  /* a bad file was set aside, see `why` */
+};
+
+/* Progression states. */
+enum canary_prog_state {
+  CANARY_PROG_NONE = 0,       /* no progression configured */
+  CANARY_PROG_RUNNING = 1,    /* evaluating windows, stepping up */
+  CANARY_PROG_PAUSED = 2,     /* weights frozen until resume/promote */
+  CANARY_PROG_PROMOTED = 3,   /* every step passed (or promoted by hand) */
+  CANARY_PROG_ROLLED_BACK = 4 /* canary at 0 after a failed gate or abort */
+};
+
+/* What happens after the last step's window passes. */
+enum canary_prog_on_success {
+  CANARY_PROG_PROMOTE = 0, /* state PROMOTED, canary stays at the last step */
+  CANARY_PROG_HOLD = 1     /* state PAUSED at the last step until promoted */
+};
+
+/* Operator actions, like `kubectl argo rollouts promote|pause|...`. */
+enum canary_prog_action {
+  CANARY_ACT_PROMOTE = 0,      /* next step now (PROMOTED after the last) */
+  CANARY_ACT_PAUSE = 1,
+  CANARY_ACT_RESUME = 2,       /* a fresh window starts now */
+  CANARY_ACT_ABORT = 3,        /* roll back: canary weight 0 */
+  CANARY_ACT_PROMOTE_FULL = 4  /* straight to the last step, PROMOTED */
+};
+
+/* Verdict of one gate window. */
+enum canary_gate_result {
+  CANARY_GATE_PASS = 0,
+  CANARY_GATE_FAIL = 1,
+  CANARY_GATE_INCONCLUSIVE = 2, /* fewer than min_requests */
+  CANARY_GATE_RESULTS = 3
+};
+
+/* A progression as configured.  Limits < 0 are not set; with no limit
+ * set, progression is purely time-based (every window passes). */
+struct canary_prog_params {
+  uint32_t canary;         /* upstream index, 1..n-1 (0 is stable) */
+  uint32_t nsteps;         /* 1..CANARY_MAX_STEPS */
+  uint32_t steps[CANARY_MAX_STEPS]; /* canary weight per step, 1..10000,
+                                       strictly increasing */
+  uint32_t interval_ms;    /* window length, >= 100 */
+  uint32_t min_requests;   /* fewer in a window: inconclusive */
+  uint32_t failure_limit;  /* consecutive failed windows before rollback */
+  uint32_t on_success;     /* canary_prog_on_success */
+  double max_error_rate;   /* fraction 0..1 of 5xx */
+  double max_p95_us;
+  double max_p99_us;
+  double rollback_error_rate; /* checked on every tick: immediate rollback */
+};
+
+/* Where a route's progression stands. */
+struct canary_prog_status {
+  uint32_t state;          /* canary_prog_state */
+  uint32_t step;           /* 0-based index into steps */
+  uint32_t nsteps;
+  uint32_t canary;         /* upstream index */
+  uint32_t step_weight;    /* canary weight of the current step */
+  uint32_t failures;       /* consecutive failed windows */
+  uint32_t last_result;    /* canary_gate_result of the last window */
+  uint32_t interval_ms;
+  uint64_t evaluations[CANARY_GATE_RESULTS]; /* windows judged, by result */
+  uint64_t window_requests; /* requests in the last judged window */
+  double window_age_ms;    /* age of the window now open */
+  double error_rate;       /* of the last judged window */
+  double p95_us;
+  double p99_us;
+  char reason[CANARY_REASON_MAX]; /* last decision, for humans */
 };
 
 typedef struct canary_seg canary_seg_t; /* process-local, opaque */
@@ -212,6 +282,47 @@ CANARY_API int canary_route_publish(canary_seg_t *seg, int route,
                                     const struct canary_table *t,
                                     uint64_t config_hash, uint64_t *gen_out,
                                     char *err, size_t err_len);
+
+/* canary_route_publish() with a progression: when the table or `prog`
+ * differs from what is published (config_hash covers both), the route
+ * restarts its progression at step 0 — effective weights are the first
+ * step's — with a window opening now.  prog == NULL publishes without a
+ * progression (state CANARY_PROG_NONE).  Same rules otherwise. */
+CANARY_API int canary_route_publish_prog(canary_seg_t *seg, int route,
+                                         const struct canary_table *t,
+                                         const struct canary_prog_params *prog,
+                                         uint64_t config_hash,
+                                         uint64_t *gen_out, char *err,
+                                         size_t err_len);
+
+/* Validates progression parameters for a table of n upstreams.  Returns 0
+ * or CANARY_EINVAL with `err` naming the rule.  Pure. */
+CANARY_API int canary_prog_check(const struct canary_prog_params *prog,
+                                 uint32_t n, char *err, size_t err_len);
+
+/* Drives the route's progression; every worker calls it periodically
+ * (a few times a second).  Cheap when nothing is due.  When the open
+ * window is older than the interval, exactly one caller claims it (a CAS
+ * on the window start, so no lock can be left behind), judges the
+ * canary's window (difference of cumulative snapshots) and steps up,
+ * rolls back or waits.  The immediate rollback limit is checked on every
+ * call against the window so far.  Effective weights change through the
+ * normal publish, so all workers switch at their next pick.  now_us is
+ * canary_clock_us().  Fills `out` (may be NULL).  Returns 0 (nothing
+ * judged), 1 (a window judged, weights unchanged), 2 (weights or state
+ * changed), or a negative error. */
+CANARY_API int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
+                                struct canary_prog_status *out);
+
+/* Applies an operator action (canary_prog_action).  CANARY_ESTATE when
+ * the action makes no sense in the current state (err says why). */
+CANARY_API int canary_prog_action(canary_seg_t *seg, int route, int action,
+                                  double now_us, char *err, size_t err_len);
+
+/* Reads the route's progression status.  Lock-free; read-only safe. */
+CANARY_API int canary_prog_status(const canary_seg_t *seg, int route,
+                                  double now_us,
+                                  struct canary_prog_status *out);
 
 /* Publishes new effective weights (same names and configured weights) for
  * the route, e.g. for a progression step or a rollback.  Same validation

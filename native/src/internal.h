@@ -15,6 +15,8 @@
  *                           cache line because every pick increments it
  *     struct up_stats[max_upstreams]
  *                           one per upstream: sum, status classes, buckets
+ *     struct prog_area      progression parameters and state, and the
+ *                           canary's snapshot at the open window's start
  *
  * Every field that more than one process touches is read and written with
  * ck_pr_* only.  See route.c for the publish protocol.
@@ -90,6 +92,40 @@ struct up_stats {
   uint64_t buckets[CANARY_HIST_BUCKETS];
 };
 
+/* Progression of one route (prog.c).  Written by the holder of the
+ * route's writer word, except window_start_us, which any process may CAS
+ * to claim a due window.  Read lock-free by status readers. */
+struct prog_area {
+  uint32_t state;
+  uint32_t step;
+  uint32_t failures;
+  uint32_t last_result;
+  uint64_t window_start_us;
+  uint64_t evaluations[CANARY_GATE_RESULTS];
+  uint64_t window_requests;
+  uint64_t error_rate_bits; /* doubles as their bit patterns */
+  uint64_t p95_bits;
+  uint64_t p99_bits;
+  uint64_t base_seq; /* odd while `base` is being rewritten */
+  char reason[CANARY_REASON_MAX];
+  struct canary_prog_params params;
+  struct canary_hist_snapshot base;
+};
+
+/* A weights table as the engine handles it (route.c). */
+struct table_data {
+  uint64_t config_hash;
+  uint32_t n;
+  uint32_t weights[CANARY_MAX_UPSTREAMS];
+  uint32_t effective[CANARY_MAX_UPSTREAMS];
+  uint32_t upper[CANARY_MAX_UPSTREAMS];
+  char names[CANARY_MAX_UPSTREAMS][CANARY_NAME_MAX];
+};
+
+static_assert(sizeof(struct canary_prog_params) % 8 == 0 &&
+                  offsetof(struct prog_area, params) % 8 == 0 &&
+                  offsetof(struct prog_area, reason) % 8 == 0,
+              "progression fields are copied in 64-bit atomic words");
 static_assert(offsetof(struct table_buf, names) % 8 == 0,
               "names are copied in 64-bit atomic words");
 static_assert(offsetof(struct route_hdr, key) % 8 == 0 &&
@@ -142,6 +178,31 @@ static inline struct up_stats *canary__stats(const canary_seg_t *seg,
                                      (uint64_t)upstream *
                                          sizeof(struct up_stats));
 }
+
+static inline struct prog_area *canary__prog(const canary_seg_t *seg,
+                                            uint32_t route) {
+  return (struct prog_area *)(void *)canary__stats(seg, route,
+                                                   seg->max_upstreams);
+}
+
+/* Route tables (route.c).  read_table returns 0, CANARY_ENOTPUB or
+ * CANARY_ECORRUPT; publish_locked requires the route's writer word and
+ * returns the new generation. */
+int canary__read_table(const canary_seg_t *seg, struct route_hdr *r,
+                       struct table_data *d, uint64_t *gen_out,
+                       int names_too);
+uint64_t canary__publish_locked(struct route_hdr *r,
+                                const struct table_data *d);
+void canary__compute_upper(struct table_data *d);
+void canary__load_words(void *dst, const void *src, size_t words);
+void canary__store_words(void *dst, const void *src, size_t words);
+
+/* Progression (prog.c).  Caller holds the route's writer word: resets the
+ * route's progression to `p` (NULL: none) and sets d's effective weights
+ * to its first step. */
+void canary__prog_start(const canary_seg_t *seg, uint32_t route,
+                        const struct canary_prog_params *p,
+                        struct table_data *d, double now_us);
 
 /* Writer words (owner.c).  A word holds the owner's pid or 0.  Acquire
  * takes a free word, or one whose owner process no longer exists (or is

@@ -39,6 +39,10 @@ static const char *const status_text[6] = {"other", "1xx", "2xx",
                                            "3xx",   "4xx", "5xx"};
 static const char *const source_text[CANARY_TRACE_SOURCES] = {
     "client", "traceparent", "generated", "rejected"};
+static const char *const prog_state_text[] = {
+    "none", "running", "paused", "promoted", "rolled_back"};
+static const char *const gate_text[CANARY_GATE_RESULTS] = {
+    "pass", "fail", "inconclusive"};
 static const char *const event_text[4] = {"override", "override_denied",
                                           "fallback", "engine_error"};
 
@@ -140,6 +144,7 @@ static void fill_row(const canary_seg_t *seg, int slot, struct row *row,
 int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
                        size_t *len_out) {
   struct canary_route_view *views = NULL;
+  struct canary_prog_status *progs = NULL;
   struct canary_hist_snapshot *snap = NULL;
   struct row *rows = NULL;
   size_t nviews = 0, nrows = 0;
@@ -149,9 +154,10 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
   if (seg == NULL || len_out == NULL)
     return CANARY_EINVAL;
   views = calloc(seg->max_routes, sizeof *views);
+  progs = calloc(seg->max_routes, sizeof *progs);
   rows = calloc((size_t)seg->max_routes * seg->max_upstreams, sizeof *rows);
   snap = malloc(sizeof *snap);
-  if (!views || !rows || !snap) {
+  if (!views || !progs || !rows || !snap) {
     rc = CANARY_ENOMEM;
     goto done;
   }
@@ -159,6 +165,8 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
     struct canary_route_view *v = &views[nviews];
     if (canary_route_read(seg, (int)i, v) != 0 || v->generation == 0)
       continue; /* free, unpublished, or unreadable: nothing to say */
+    if (canary_prog_status(seg, (int)i, 0, &progs[nviews]) != 0)
+      progs[nviews].state = CANARY_PROG_NONE;
     for (uint32_t u = 0; u < v->n; u++) {
       rows[nrows].route = (int)nviews;
       rows[nrows].upstream = (int)u;
@@ -223,6 +231,33 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
          (double)v->effective[rows[r].upstream] / CANARY_WEIGHT_SCALE);
   }
 
+  family(&o, "canary_progression_step", "gauge",
+         "Current progression step, 1-based; 0 without a progression.");
+  for (size_t i = 0; i < nviews; i++) {
+    series(&o, "canary_progression_step", &views[i], -1);
+    putf(&o, "} %u\n",
+         progs[i].state == CANARY_PROG_NONE ? 0u : progs[i].step + 1);
+  }
+
+  family(&o, "canary_progression_state", "gauge",
+         "1 for the progression's current state, 0 for the others.");
+  for (size_t i = 0; i < nviews; i++)
+    for (uint32_t st = CANARY_PROG_NONE; st <= CANARY_PROG_ROLLED_BACK;
+         st++) {
+      series(&o, "canary_progression_state", &views[i], -1);
+      putf(&o, ",state=\"%s\"} %d\n", prog_state_text[st],
+           progs[i].state == st);
+    }
+
+  family(&o, "canary_gate_evaluations_total", "counter",
+         "Progression windows judged, by verdict.");
+  for (size_t i = 0; i < nviews; i++)
+    for (int g = 0; g < CANARY_GATE_RESULTS; g++) {
+      series(&o, "canary_gate_evaluations_total", &views[i], -1);
+      putf(&o, ",result=\"%s\"} %llu\n", gate_text[g],
+           (unsigned long long)progs[i].evaluations[g]);
+    }
+
   family(&o, "canary_trace_ids_total", "counter",
          "Requests by where their trace ID came from.");
   for (size_t i = 0; i < nviews; i++)
@@ -247,6 +282,7 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
     rc = CANARY_ENOSPC;
 done:
   free(views);
+  free(progs);
   free(rows);
   free(snap);
   return rc;

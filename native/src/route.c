@@ -48,7 +48,7 @@ static int route_ok(const canary_seg_t *seg, int route) {
 }
 
 /* Copies `words` 64-bit words from shared memory with atomic loads. */
-static void load_words(void *dst, const void *src, size_t words) {
+void canary__load_words(void *dst, const void *src, size_t words) {
   uint64_t *d = dst;
   uint64_t *s = (uint64_t *)(uintptr_t)src;
   for (size_t i = 0; i < words; i++)
@@ -56,7 +56,7 @@ static void load_words(void *dst, const void *src, size_t words) {
 }
 
 /* Copies `words` 64-bit words into shared memory with atomic stores. */
-static void store_words(void *dst, const void *src, size_t words) {
+void canary__store_words(void *dst, const void *src, size_t words) {
   uint64_t *d = dst;
   const uint64_t *s = src;
   for (size_t i = 0; i < words; i++)
@@ -166,7 +166,7 @@ static void store_label(struct route_hdr *r, const char *label,
   char buf[CANARY_LABEL_MAX];
   memset(buf, 0, sizeof buf);
   canary__copy_str(buf, sizeof buf, label, label_len);
-  store_words(r->label, buf, CANARY_LABEL_MAX / 8);
+  canary__store_words(r->label, buf, CANARY_LABEL_MAX / 8);
 }
 
 int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
@@ -190,7 +190,7 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
   idx = canary_route_find(seg, key, key_len);
   if (idx >= 0) {
     struct route_hdr *r = canary__route(seg, (uint32_t)idx);
-    load_words(cur, r->label, CANARY_LABEL_MAX / 8);
+    canary__load_words(cur, r->label, CANARY_LABEL_MAX / 8);
     cur[CANARY_LABEL_MAX - 1] = '\0';
     /* Relabelling races only with readers copying the label word by
      * word; the worst they see is a mixed label once, never bad memory. */
@@ -206,7 +206,7 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
         continue;
       memset(kbuf, 0, sizeof kbuf);
       memcpy(kbuf, key, key_len);
-      store_words(r->key, kbuf, CANARY_KEY_MAX / 8);
+      canary__store_words(r->key, kbuf, CANARY_KEY_MAX / 8);
       store_label(r, label, label_len);
       /* Key and label must be visible before the slot reads as READY. */
       ck_pr_fence_store();
@@ -222,16 +222,8 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
 
 /* ---- publishing ----------------------------------------------------- */
 
-struct table_data {
-  uint64_t config_hash;
-  uint32_t n;
-  uint32_t weights[CANARY_MAX_UPSTREAMS];
-  uint32_t effective[CANARY_MAX_UPSTREAMS];
-  uint32_t upper[CANARY_MAX_UPSTREAMS];
-  char names[CANARY_MAX_UPSTREAMS][CANARY_NAME_MAX];
-};
 
-static void compute_upper(struct table_data *d) {
+void canary__compute_upper(struct table_data *d) {
   uint32_t acc = 0;
   for (uint32_t i = 0; i < CANARY_MAX_UPSTREAMS; i++) {
     if (i < d->n)
@@ -263,12 +255,12 @@ static void write_data(struct table_buf *b, const struct table_data *d,
     ck_pr_store_32(&b->upper[i], d->upper[i]);
   }
   if (names_too)
-    store_words(b->names, d->names, sizeof d->names / 8);
+    canary__store_words(b->names, d->names, sizeof d->names / 8);
 }
 
 /* Caller holds the route's writer word.  Writes d into the back buffer
  * and publishes it; returns the new generation. */
-static uint64_t publish_locked(struct route_hdr *r,
+uint64_t canary__publish_locked(struct route_hdr *r,
                                const struct table_data *d) {
   uint64_t gen = ck_pr_load_64(&r->generation);
   struct table_buf *b = &r->tables[(gen + 1) & 1];
@@ -286,7 +278,7 @@ static uint64_t publish_locked(struct route_hdr *r,
 
 /* Consistent copy of the published buffer.  Returns 0, CANARY_ENOTPUB or
  * CANARY_ECORRUPT (a buffer that never settles, or impossible contents). */
-static int read_table(const canary_seg_t *seg, struct route_hdr *r,
+int canary__read_table(const canary_seg_t *seg, struct route_hdr *r,
                       struct table_data *d, uint64_t *gen_out,
                       int names_too) {
   for (int tries = 0; tries < READ_RETRIES; tries++) {
@@ -312,7 +304,7 @@ static int read_table(const canary_seg_t *seg, struct route_hdr *r,
       d->upper[i] = ck_pr_load_32(&b->upper[i]);
     }
     if (names_too)
-      load_words(d->names, b->names, sizeof d->names / 8);
+      canary__load_words(d->names, b->names, sizeof d->names / 8);
     /* The data is read before the sequence is checked again. */
     ck_pr_fence_load();
     s2 = ck_pr_load_64(&b->seq);
@@ -356,6 +348,15 @@ static int same_config(const struct table_data *a,
 int canary_route_publish(canary_seg_t *seg, int route,
                          const struct canary_table *t, uint64_t config_hash,
                          uint64_t *gen_out, char *err, size_t err_len) {
+  return canary_route_publish_prog(seg, route, t, NULL, config_hash, gen_out,
+                                   err, err_len);
+}
+
+int canary_route_publish_prog(canary_seg_t *seg, int route,
+                              const struct canary_table *t,
+                              const struct canary_prog_params *prog,
+                              uint64_t config_hash, uint64_t *gen_out,
+                              char *err, size_t err_len) {
   struct table_data d, cur;
   struct route_hdr *r;
   uint64_t gen;
@@ -372,6 +373,11 @@ int canary_route_publish(canary_seg_t *seg, int route,
   rc = canary_table_check(t, seg->max_upstreams, err, err_len);
   if (rc != 0)
     return rc;
+  if (prog != NULL) {
+    rc = canary_prog_check(prog, t->n, err, err_len);
+    if (rc != 0)
+      return rc;
+  }
 
   memset(&d, 0, sizeof d);
   d.config_hash = config_hash;
@@ -382,7 +388,6 @@ int canary_route_publish(canary_seg_t *seg, int route,
     canary__copy_str(d.names[i], CANARY_NAME_MAX, t->names[i],
                      strlen(t->names[i]));
   }
-  compute_upper(&d);
 
   rc = canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS);
   if (rc != 0)
@@ -391,13 +396,16 @@ int canary_route_publish(canary_seg_t *seg, int route,
   /* Every worker applies the same config change; only the first one
    * publishes, the rest find it in place and keep (for instance) the
    * effective weights a progression has set since. */
-  if (read_table(seg, r, &cur, &gen, 1) == 0 && same_config(&cur, &d)) {
+  if (canary__read_table(seg, r, &cur, &gen, 1) == 0 &&
+      same_config(&cur, &d)) {
     canary__owner_release(&r->writer);
     if (gen_out != NULL)
       *gen_out = gen;
     return 0;
   }
-  gen = publish_locked(r, &d);
+  canary__prog_start(seg, (uint32_t)route, prog, &d, canary_clock_us());
+  canary__compute_upper(&d);
+  gen = canary__publish_locked(r, &d);
   canary__owner_release(&r->writer);
   if (gen_out != NULL)
     *gen_out = gen;
@@ -425,7 +433,7 @@ int canary_route_set_effective(canary_seg_t *seg, int route,
   if (rc != 0)
     return canary__fail(err, err_len, rc,
                         "another process is publishing this route");
-  rc = read_table(seg, r, &d, &gen, 1);
+  rc = canary__read_table(seg, r, &d, &gen, 1);
   if (rc == 0 && n != d.n)
     rc = canary__fail(err, err_len, CANARY_EWEIGHTS,
                       "%u effective weights for %u upstreams", n, d.n);
@@ -433,8 +441,8 @@ int canary_route_set_effective(canary_seg_t *seg, int route,
     rc = check_weights(effective, n, err, err_len);
   if (rc == 0) {
     memcpy(d.effective, effective, n * sizeof *effective);
-    compute_upper(&d);
-    gen = publish_locked(r, &d);
+    canary__compute_upper(&d);
+    gen = canary__publish_locked(r, &d);
     if (gen_out != NULL)
       *gen_out = gen;
   }
@@ -476,13 +484,13 @@ int canary_route_read(const canary_seg_t *seg, int route,
   memset(out, 0, sizeof *out);
   memcpy(out->key, r->key, CANARY_KEY_MAX); /* immutable once READY */
   out->key[CANARY_KEY_MAX - 1] = '\0';
-  load_words(out->label, r->label, CANARY_LABEL_MAX / 8);
+  canary__load_words(out->label, r->label, CANARY_LABEL_MAX / 8);
   out->label[CANARY_LABEL_MAX - 1] = '\0';
   for (int i = 0; i < CANARY_TRACE_SOURCES; i++)
     out->trace[i] = ck_pr_load_64(&r->trace[i]);
   for (int i = 0; i < CANARY_EVENTS; i++)
     out->events[i] = ck_pr_load_64(&r->events[i]);
-  rc = read_table(seg, r, &d, &out->generation, 1);
+  rc = canary__read_table(seg, r, &d, &out->generation, 1);
   if (rc == CANARY_ENOTPUB)
     return 0; /* claimed, nothing published yet: generation 0 */
   if (rc != 0)

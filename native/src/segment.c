@@ -43,8 +43,10 @@
 uint64_t canary__route_bytes(uint32_t max_upstreams) {
   uint64_t hdr = (sizeof(struct route_hdr) + CANARY_CACHELINE - 1) /
                  CANARY_CACHELINE * CANARY_CACHELINE;
+  uint64_t prog = (sizeof(struct prog_area) + CANARY_CACHELINE - 1) /
+                  CANARY_CACHELINE * CANARY_CACHELINE;
   return hdr + sizeof(struct route_seq) +
-         (uint64_t)max_upstreams * sizeof(struct up_stats);
+         (uint64_t)max_upstreams * sizeof(struct up_stats) + prog;
 }
 
 static uint64_t segment_bytes(uint32_t max_routes, uint32_t max_upstreams) {
