@@ -22,7 +22,7 @@ CC         := gcc
 # Debian packages this project uses (build, test, run, bench).
 DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	libck-dev libssl-dev libcmocka-dev valgrind \
-	luajit2 libluajit2-5.1-dev lua-busted lua-cjson lua-yaml lua-check \
+	luajit2 libluajit2-5.1-dev lua-busted lua-cjson lua-yaml lua-check lua-penlight \
 	nginx-light libnginx-mod-http-lua lua-resty-core lua-resty-lrucache \
 	luarocks wrk prometheus curl procps
 

@@ -70,6 +70,8 @@ function _M.compile(list)
   for _, entry in ipairs(list or {}) do
     local addr, bits = entry:match("^([^/]+)/(%d+)$")
     addr = addr or entry
+    -- Kong's ip_or_cidr accepts bracketed IPv6 ("[::1]") as well.
+    addr = addr:match("^%[(.*)%]$") or addr
     local b = parse_ip(addr)
     if not b then return nil, "invalid CIDR '" .. entry .. "'" end
     bits = tonumber(bits) or #b * 8

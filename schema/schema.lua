@@ -1,0 +1,491 @@
+-- Kong plugin schema for canary-router (kong.plugins.canary-router.schema).
+--
+-- Where each rule lives decides where Kong reports it, so rules sit on the
+-- field they are about:
+--
+--   * single values (ranges, names, header names, CIDRs) on their field,
+--     e.g. config.upstreams[2].weight;
+--   * rules across the elements of an array (unique names, weights adding
+--     up to 100, increasing steps) on the array, e.g. config.upstreams;
+--   * the one rule across fields, "progression.canary names a configured
+--     upstream other than the stable one", on the config record, whose
+--     message therefore names the field itself.
+--
+-- Weights are percentages with at most two decimals because the engine
+-- works on a 0..10000 scale (0.01 %); the checks below compare
+-- floor(w * 100 + 0.5), the value the engine will receive, so 33.33 +
+-- 33.33 + 33.34 adds up to exactly 100 despite binary floating point.
+-- libcanary checks the same rules again when the handler publishes a
+-- table, so a config that bypassed this schema still cannot corrupt a
+-- route.
+
+local typedefs = require "kong.db.schema.typedefs"
+
+
+local type = type
+local tostring = tostring
+local abs = math.abs
+local floor = math.floor
+local fmt = string.format
+local match = string.match
+
+
+local MAX_UPSTREAMS = 16   -- CANARY_MAX_UPSTREAMS
+local NAME_MAX = 63        -- CANARY_NAME_MAX less the NUL
+local MAX_STEPS = 20
+
+local STICKY_SOURCES = { "header", "cookie", "consumer", "ip" }
+local STICKY_BY = { "none", "header", "cookie", "consumer", "ip" }
+
+-- The defaults of the three records a config always has; the records'
+-- own defaults are built from the same values as their fields'.
+local STICKY = {
+  by = "none",
+  header = "X-Canary-User",
+  cookie = "canary_user",
+  fallback = {},
+}
+
+local OVERRIDE = {
+  header = "X-Canary",
+  allow_from = {},
+}
+
+local TRACE = {
+  header = "X-Trace-Id",
+  traceparent = true,
+  echo_downstream = true,
+}
+
+local DEFAULT_STEPS = { 10, 25, 50, 75, 100 }
+
+
+-- A percentage on the engine's 0.01 % grid.  NaN fails too.
+local function has_two_decimals_at_most(x)
+  local scaled = x * 100
+  return abs(scaled - floor(scaled + 0.5)) <= 1e-9
+end
+
+
+-- "90", "99.99", "100.5": a sum of hundredths, for messages.
+local function format_hundredths(h)
+  local s = fmt("%d.%02d", floor(h / 100), h % 100)
+  return (s:gsub("%.?0+$", ""))
+end
+
+
+local function validate_percent(value)
+  if not has_two_decimals_at_most(value) then
+    return nil, fmt("at most 2 decimals allowed (got %s)", tostring(value))
+  end
+  return true
+end
+
+
+local function validate_upstream_name(name)
+  if not match(name, "^[A-Za-z0-9._%-]+$") then
+    return nil, fmt("invalid upstream name '%s': allowed characters are " ..
+                    "A-Z, a-z, 0-9, '.', '_', and '-'", name)
+  end
+  return true
+end
+
+
+-- Same rule as Kong's validate_cookie_name (kong.tools.utils, 3.x).
+local function validate_cookie_name(name)
+  if not match(name, "^[A-Za-z0-9_%-]+$") then
+    return nil, fmt("bad cookie name '%s', allowed characters are " ..
+                    "A-Z, a-z, 0-9, '_', and '-'", name)
+  end
+  return true
+end
+
+
+-- Runs once every element is valid: names are unique and the weights,
+-- each already on the 0.01 % grid, add up to exactly 100 %.
+local function validate_upstreams(upstreams)
+  local seen = {}
+  local total = 0
+  for i = 1, #upstreams do
+    local u = upstreams[i]
+    if seen[u.name] then
+      return nil, fmt("duplicate upstream name '%s'", u.name)
+    end
+    seen[u.name] = true
+    total = total + floor(u.weight * 100 + 0.5)
+  end
+  if total ~= 10000 then
+    return nil, fmt("weights must sum to 100 (got %s)", format_hundredths(total))
+  end
+  return true
+end
+
+
+local function validate_steps(steps)
+  for i = 2, #steps do
+    if steps[i] <= steps[i - 1] then
+      return nil, fmt("must be strictly increasing (got %s then %s)",
+                      tostring(steps[i - 1]), tostring(steps[i]))
+    end
+  end
+  return true
+end
+
+
+-- The config as a whole, with its defaults; runs once every field is
+-- valid.  progression is null (not a table) when absent.
+local function validate_config(config)
+  local progression = config.progression
+  if type(progression) ~= "table" then
+    return true
+  end
+
+  local canary = progression.canary
+  local upstreams = config.upstreams
+  if canary == upstreams[1].name then
+    return nil, fmt("progression.canary: '%s' is the stable upstream " ..
+                    "(the first of upstreams) and cannot be the canary", canary)
+  end
+  for i = 2, #upstreams do
+    if upstreams[i].name == canary then
+      return true
+    end
+  end
+  return nil, fmt("progression.canary: '%s' is not one of the configured upstreams",
+                  canary)
+end
+
+
+return {
+  name = "canary-router",
+  fields = {
+    { consumer = typedefs.no_consumer },
+    { protocols = typedefs.protocols_http },
+    {
+      config = {
+        type = "record",
+        custom_validator = validate_config,
+        fields = {
+          {
+            upstreams = {
+              description = "Kong upstreams to split the route's traffic between, " ..
+                            "1 to 16, with unique names and weights in percent " ..
+                            "adding up to 100. The first is the stable upstream: " ..
+                            "it absorbs the weight the others give up, for example " ..
+                            "when a canary is rolled back.",
+              type = "array",
+              required = true,
+              len_min = 1,
+              len_max = MAX_UPSTREAMS,
+              custom_validator = validate_upstreams,
+              elements = {
+                type = "record",
+                fields = {
+                  {
+                    name = {
+                      description = "Name of a Kong upstream, 1 to 63 characters: " ..
+                                    "letters, digits, '.', '_' and '-'.",
+                      type = "string",
+                      required = true,
+                      len_min = 1,
+                      len_max = NAME_MAX,
+                      custom_validator = validate_upstream_name,
+                    },
+                  },
+                  {
+                    weight = {
+                      description = "Share of the traffic in percent, from 0 to 100, " ..
+                                    "with at most 2 decimals (0.01 % granularity).",
+                      type = "number",
+                      required = true,
+                      between = { 0, 100 },
+                      custom_validator = validate_percent,
+                    },
+                  },
+                },
+              },
+            },
+          },
+          {
+            sticky = {
+              description = "Sticky routing: requests with the same key always " ..
+                            "reach the same upstream, on every worker and node, and " ..
+                            "raising the canary's weight only moves keys onto the " ..
+                            "canary, never off it.",
+              type = "record",
+              required = true,
+              default = STICKY,
+              fields = {
+                {
+                  by = {
+                    description = "Source of the sticky key: 'none' (no stickiness, " ..
+                                  "each request follows the weights), 'header' " ..
+                                  "(sticky.header), 'cookie' (sticky.cookie), " ..
+                                  "'consumer' (the authenticated Kong consumer) or " ..
+                                  "'ip' (the client address).",
+                    type = "string",
+                    required = true,
+                    default = STICKY.by,
+                    one_of = STICKY_BY,
+                  },
+                },
+                {
+                  header = typedefs.header_name {
+                    description = "Request header holding the sticky key when the " ..
+                                  "key comes from a header.",
+                    required = true,
+                    default = STICKY.header,
+                  },
+                },
+                {
+                  cookie = {
+                    description = "Cookie holding the sticky key when the key comes " ..
+                                  "from a cookie.",
+                    type = "string",
+                    required = true,
+                    default = STICKY.cookie,
+                    custom_validator = validate_cookie_name,
+                  },
+                },
+                {
+                  fallback = {
+                    description = "Key sources tried in order when 'by' yields no " ..
+                                  "key for a request (for example, the header is " ..
+                                  "absent). When every source fails, the request is " ..
+                                  "routed without stickiness.",
+                    type = "array",
+                    required = true,
+                    default = STICKY.fallback,
+                    len_max = #STICKY_SOURCES,
+                    elements = {
+                      type = "string",
+                      one_of = STICKY_SOURCES,
+                    },
+                  },
+                },
+              },
+            },
+          },
+          {
+            override = {
+              description = "Per-request overrides for testers. A value of 'always' " ..
+                            "sends the request to the canary (progression.canary, or " ..
+                            "the last upstream without a progression), 'never' to " ..
+                            "the stable upstream, and the name of a configured " ..
+                            "upstream to that upstream; other values are ignored.",
+              type = "record",
+              required = true,
+              default = OVERRIDE,
+              fields = {
+                {
+                  header = typedefs.header_name {
+                    description = "Request header carrying an override: 'always', " ..
+                                  "'never' or an upstream name.",
+                    required = true,
+                    default = OVERRIDE.header,
+                  },
+                },
+                {
+                  cookie = {
+                    description = "Cookie carrying an override, with the same values " ..
+                                  "as the header, which wins when both are present. " ..
+                                  "Unset: cookies are not looked at.",
+                    type = "string",
+                    required = false,
+                    custom_validator = validate_cookie_name,
+                  },
+                },
+                {
+                  allow_from = {
+                    description = "Client addresses (IPv4 or IPv6 addresses or CIDR " ..
+                                  "blocks) whose overrides are honoured; overrides " ..
+                                  "from elsewhere are ignored and counted. Empty: " ..
+                                  "honoured from anywhere.",
+                    type = "array",
+                    required = true,
+                    default = OVERRIDE.allow_from,
+                    elements = typedefs.ip_or_cidr,
+                  },
+                },
+              },
+            },
+          },
+          {
+            trace = {
+              description = "Trace-ID propagation: every request carries a trace ID " ..
+                            "from the client through the gateway to the upstream and " ..
+                            "back, generated when missing or invalid.",
+              type = "record",
+              required = true,
+              default = TRACE,
+              fields = {
+                {
+                  header = typedefs.header_name {
+                    description = "Header carrying the trace ID. A valid incoming " ..
+                                  "value is kept; a missing or invalid one is " ..
+                                  "replaced by a new ID.",
+                    required = true,
+                    default = TRACE.header,
+                  },
+                },
+                {
+                  traceparent = {
+                    description = "Also honour the W3C traceparent header: a valid " ..
+                                  "incoming one supplies the trace ID, and one is " ..
+                                  "generated and sent upstream when absent.",
+                    type = "boolean",
+                    required = true,
+                    default = TRACE.traceparent,
+                  },
+                },
+                {
+                  echo_downstream = {
+                    description = "Send the trace ID header back to the client in " ..
+                                  "the response.",
+                    type = "boolean",
+                    required = true,
+                    default = TRACE.echo_downstream,
+                  },
+                },
+              },
+            },
+          },
+          {
+            response_header = typedefs.header_name {
+              description = "Response header naming the upstream that served the " ..
+                            "request, for example X-Canary-Upstream. Unset: no such " ..
+                            "header is sent.",
+              required = false,
+            },
+          },
+          {
+            progression = {
+              description = "Automatic progression of the canary through weight " ..
+                            "steps, gated by its error rate and latency, with " ..
+                            "automatic rollback. Judged by each node on its own " ..
+                            "traffic. Unset: the configured weights apply as they are.",
+              type = "record",
+              required = false,
+              fields = {
+                {
+                  canary = {
+                    description = "Name of the upstream whose weight the progression " ..
+                                  "raises: one of upstreams, other than the first " ..
+                                  "(the stable upstream).",
+                    type = "string",
+                    required = true,
+                    len_min = 1,
+                    len_max = NAME_MAX,
+                  },
+                },
+                {
+                  steps = {
+                    description = "Canary weights in percent, strictly increasing, " ..
+                                  "each above 0 and at most 100 with at most 2 " ..
+                                  "decimals, 1 to 20 of them.",
+                    type = "array",
+                    required = true,
+                    default = DEFAULT_STEPS,
+                    len_min = 1,
+                    len_max = MAX_STEPS,
+                    custom_validator = validate_steps,
+                    elements = {
+                      type = "number",
+                      gt = 0,
+                      between = { 0, 100 },
+                      custom_validator = validate_percent,
+                    },
+                  },
+                },
+                {
+                  interval = {
+                    description = "Seconds between two evaluations of the gates " ..
+                                  "(and so the shortest time spent on a step), " ..
+                                  "from 1 to 86400.",
+                    type = "integer",
+                    required = true,
+                    default = 300,
+                    between = { 1, 86400 },
+                  },
+                },
+                {
+                  min_requests = {
+                    description = "Requests the canary must have served since the " ..
+                                  "last evaluation for the gates to be judged; with " ..
+                                  "fewer, the step simply lasts longer.",
+                    type = "integer",
+                    required = true,
+                    default = 100,
+                    between = { 0, 1000000000 },
+                  },
+                },
+                {
+                  max_error_rate = {
+                    description = "Highest error rate of the canary (percent of 5xx " ..
+                                  "responses) that passes a gate. Unset: not gated " ..
+                                  "on errors.",
+                    type = "number",
+                    required = false,
+                    between = { 0, 100 },
+                  },
+                },
+                {
+                  max_p95_ms = {
+                    description = "Highest p95 upstream latency of the canary, in " ..
+                                  "milliseconds, that passes a gate. Unset: not " ..
+                                  "gated on p95.",
+                    type = "number",
+                    required = false,
+                    gt = 0,
+                  },
+                },
+                {
+                  max_p99_ms = {
+                    description = "Highest p99 upstream latency of the canary, in " ..
+                                  "milliseconds, that passes a gate. Unset: not " ..
+                                  "gated on p99.",
+                    type = "number",
+                    required = false,
+                    gt = 0,
+                  },
+                },
+                {
+                  failure_limit = {
+                    description = "Failed gate evaluations in a row after which the " ..
+                                  "canary is rolled back to weight 0.",
+                    type = "integer",
+                    required = true,
+                    default = 3,
+                    between = { 1, 100 },
+                  },
+                },
+                {
+                  rollback_error_rate = {
+                    description = "Error rate of the canary (percent of 5xx " ..
+                                  "responses) that rolls it back at once, without " ..
+                                  "waiting for failure_limit. Unset: no immediate " ..
+                                  "rollback.",
+                    type = "number",
+                    required = false,
+                    between = { 0, 100 },
+                  },
+                },
+                {
+                  on_success = {
+                    description = "After the last step passes: 'promote' gives the " ..
+                                  "canary all the traffic, 'hold' keeps the last " ..
+                                  "step's weight until the configuration changes.",
+                    type = "string",
+                    required = true,
+                    default = "promote",
+                    one_of = { "promote", "hold" },
+                  },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+  },
+}
