@@ -1,0 +1,296 @@
+-- spec/helpers/host.lua: drive the local Kong stand-in host from busted.
+--
+--   local host = require "helpers.host"
+--
+--   host.start {
+--     prefix = "/tmp/x",            -- optional; a fresh temp dir by default
+--     config = { _format_version = "3.0", ... } or "kong/kong.yml",
+--     upstreams = { { name = "automation-service", port = 9001 }, ... },
+--     plugins = "canary-router",    -- optional, comma-separated
+--     proxy_port = 8000, admin_port = 8001, status_port = 8007, workers = 2,
+--   }
+--   local status, body, headers = host.request("GET", "/ai/x", { headers = {...} })
+--   local status, json = host.admin("PATCH", "/plugins/" .. id, { config = {...} })
+--   host.control("automation-service-canary", { latency_ms = 50, error_rate = 0.2 })
+--   host.worker_pids()   host.reload()   host.error_log()   host.stop()
+--
+-- Real processes, real HTTP on 127.0.0.1: the demo upstreams
+-- (kong/host/demo_upstream) and the gateway (kong/host/ctl.sh) run in the
+-- prefix.  Ports default to Kong's (8000/8001/8007), so do not run the
+-- integration specs while `make run` is up.  Lua modules come from
+-- $LUA_PATH (the Makefile's LUA_ENV puts build/lua and kong/host/lib on it).
+
+local cjson = require "cjson.safe"
+local http = require "socket.http"
+local ltn12 = require "ltn12"
+
+local _M = {}
+
+local ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers/host%.lua$")) or "."
+if ROOT:sub(1, 1) ~= "/" then
+  ROOT = os.getenv("PWD") .. "/" .. ROOT
+end
+
+local state -- the running instance: prefix, ports, upstreams
+
+
+local function sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+
+-- Runs a shell command; returns ok, combined output.
+local function run(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("*a")
+  local ok, _, code = p:close()
+  return ok == true or code == 0, out
+end
+
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return nil
+  end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+
+function _M.root()
+  return ROOT
+end
+
+
+--- Starts the demo upstreams and the gateway; returns once they answer.
+function _M.start(opts)
+  opts = opts or {}
+  if state then
+    error("host already started (prefix " .. state.prefix .. "); call host.stop() first", 2)
+  end
+  local prefix = opts.prefix
+  if not prefix then
+    local _, out = run("mktemp -d /tmp/kong_host_spec.XXXXXX")
+    prefix = out:gsub("%s+$", "")
+  end
+  assert(run("mkdir -p " .. sh_quote(prefix)))
+
+  local config = opts.config or (ROOT .. "/kong/kong.yml")
+  if type(config) == "table" then
+    local json = assert(cjson.encode(config))
+    config = prefix .. "/kong.json"
+    write_file(config, json)
+  end
+
+  local upstreams = opts.upstreams or {
+    { name = "automation-service", port = 9001 },
+    { name = "automation-service-canary", port = 9002 },
+  }
+  local ports = {
+    proxy = opts.proxy_port or 8000,
+    admin = opts.admin_port or 8001,
+    status = opts.status_port or 8007,
+  }
+  state = { prefix = prefix, ports = ports, upstreams = {} }
+
+  if #upstreams > 0 then
+    local list = {}
+    for _, u in ipairs(upstreams) do
+      list[#list + 1] = u.name .. ":" .. u.port
+      state.upstreams[u.name] = u.port
+    end
+    local ok, out = run(table.concat({
+      "bash", sh_quote(ROOT .. "/kong/host/demo_upstream/ctl.sh"), "start",
+      "--prefix", sh_quote(prefix .. "/demo_upstream"),
+      "--servers", sh_quote(table.concat(list, ",")),
+    }, " "))
+    if not ok then
+      state = nil
+      error("demo upstreams failed to start:\n" .. out, 2)
+    end
+  end
+
+  local ok, out = run(table.concat({
+    "bash", sh_quote(ROOT .. "/kong/host/ctl.sh"), "start",
+    "--prefix", sh_quote(prefix),
+    "--config", sh_quote(config),
+    "--plugins", sh_quote(opts.plugins or "canary-router"),
+    "--proxy-listen", "127.0.0.1:" .. ports.proxy,
+    "--admin-listen", "127.0.0.1:" .. ports.admin,
+    "--status-listen", "127.0.0.1:" .. ports.status,
+    "--workers", tostring(opts.workers or 2),
+    "--log-level", opts.log_level or "info",
+  }, " "))
+  if not ok then
+    local log = read_file(prefix .. "/logs/error.log") or ""
+    run("bash " .. sh_quote(ROOT .. "/kong/host/demo_upstream/ctl.sh") .. " stop --prefix "
+        .. sh_quote(prefix .. "/demo_upstream"))
+    state = nil
+    error("gateway failed to start:\n" .. out .. "\n" .. log:sub(-4000), 2)
+  end
+  return state
+end
+
+
+--- Stops the gateway and the demo upstreams (waits until they are gone).
+function _M.stop()
+  if not state then
+    return
+  end
+  local ok, out = run("bash " .. sh_quote(ROOT .. "/kong/host/ctl.sh") .. " stop --prefix "
+                      .. sh_quote(state.prefix))
+  state = nil
+  if not ok then
+    error("stop failed:\n" .. out, 2)
+  end
+end
+
+
+--- `nginx -s reload` through ctl.sh; returns once the new workers serve.
+-- Like `kong reload`, the declarative config file is read again.
+function _M.reload()
+  assert(state, "host not started")
+  local ok, out = run("bash " .. sh_quote(ROOT .. "/kong/host/ctl.sh") .. " reload --prefix "
+                      .. sh_quote(state.prefix))
+  if not ok then
+    error("reload failed:\n" .. out, 2)
+  end
+end
+
+
+--- One HTTP request.  `port` defaults to the proxy port.  Returns status,
+-- body (string) and headers (lower-case names; repeated headers joined
+-- with ", "), or nil and an error.
+function _M.request(method, path, opts, port)
+  assert(state, "host not started")
+  opts = opts or {}
+  local chunks = {}
+  local headers = {}
+  for k, v in pairs(opts.headers or {}) do
+    headers[k] = v
+  end
+  local body = opts.body
+  if type(body) == "table" then
+    body = assert(cjson.encode(body))
+    headers["Content-Type"] = headers["Content-Type"] or "application/json"
+  end
+  if body then
+    headers["Content-Length"] = #body
+  end
+  http.TIMEOUT = opts.timeout or 10
+  local ok, status, resp_headers = http.request {
+    url = "http://127.0.0.1:" .. (port or state.ports.proxy) .. path,
+    method = method,
+    headers = headers,
+    source = body and ltn12.source.string(body) or nil,
+    sink = ltn12.sink.table(chunks),
+    redirect = false,
+  }
+  if not ok then
+    return nil, status
+  end
+  return status, table.concat(chunks), resp_headers
+end
+
+
+--- An Admin API call with a JSON body; returns status and the decoded
+-- JSON answer (the raw body when it is not JSON).
+function _M.admin(method, path, body_table)
+  local status, body = _M.request(method, path, {
+    body = body_table,
+    headers = body_table and { ["Content-Type"] = "application/json" } or nil,
+  }, state.ports.admin)
+  if not status then
+    return nil, body
+  end
+  local json = cjson.decode(body)
+  if json == nil then
+    return status, body
+  end
+  return status, json
+end
+
+
+--- A status-listener call (metrics live there); returns status, body, headers.
+function _M.status_request(method, path)
+  return _M.request(method, path, nil, state.ports.status)
+end
+
+
+--- Changes a demo upstream's behaviour: latency_ms, error_rate (0..1),
+-- status (for the errors), reset.  Returns the settings now in force.
+function _M.control(upstream_name, settings)
+  assert(state, "host not started")
+  local port = state.upstreams[upstream_name]
+  if not port then
+    error("no demo upstream named '" .. tostring(upstream_name) .. "'", 2)
+  end
+  local status, body = _M.request("POST", "/__control", { body = settings or {} }, port)
+  if status ~= 200 then
+    error(("control %s failed: %s %s"):format(upstream_name, tostring(status), tostring(body)), 2)
+  end
+  return cjson.decode(body)
+end
+
+
+--- A demo upstream's request counters: { requests, errors, by_status }.
+function _M.upstream_stats(upstream_name)
+  local port = assert(state.upstreams[upstream_name], "no such demo upstream")
+  local _, body = _M.request("GET", "/__stats", nil, port)
+  return cjson.decode(body)
+end
+
+
+--- Pids of the current worker processes (each worker registers itself at
+-- init_worker; a respawned or reloaded worker replaces its slot).
+function _M.worker_pids()
+  assert(state, "host not started")
+  local status, info = _M.admin("GET", "/")
+  if status ~= 200 or type(info) ~= "table" then
+    error("GET / failed: " .. tostring(status), 2)
+  end
+  local pids = {}
+  for _, pid in ipairs(info.pids.workers) do
+    pids[#pids + 1] = pid
+  end
+  return pids
+end
+
+
+function _M.master_pid()
+  assert(state, "host not started")
+  return tonumber((read_file(state.prefix .. "/logs/nginx.pid") or ""):match("%d+"))
+end
+
+
+function _M.error_log()
+  assert(state, "host not started")
+  return read_file(state.prefix .. "/logs/error.log") or ""
+end
+
+
+function _M.prefix()
+  return state and state.prefix
+end
+
+
+function _M.segment_path()
+  return state and state.prefix .. "/canary-router.seg"
+end
+
+
+function _M.ports()
+  return state and state.ports
+end
+
+
+return _M
