@@ -353,7 +353,8 @@ CANARY_API int canary_route_read(const canary_seg_t *seg, int route,
  * expense of upstream 0 only adds buckets to it.  Writes the low 32 bits
  * of the generation used to *gen_out.  Lock-free, allocation-free, safe
  * across processes.  Returns the upstream index, CANARY_ENOENT,
- * CANARY_ENOTPUB or CANARY_ECORRUPT. */
+ * CANARY_ENOTPUB, CANARY_ECORRUPT, or CANARY_EREADONLY for a non-sticky
+ * pick on a read-only segment (it would advance the shared sequence). */
 CANARY_API int canary_route_pick(canary_seg_t *seg, int route,
                                  const char *key, size_t key_len,
                                  uint32_t *gen_out);
@@ -365,8 +366,10 @@ CANARY_API uint32_t canary_sticky_bucket(const char *key, size_t key_len);
 
 /* Records one response of `upstream` on `route`: latency (microseconds,
  * clamped to the histogram range), HTTP status, and the request's trace
- * source (a canary_trace_source, or -1 for none).  One atomic add per
- * field, no lock, no allocation; safe across processes. */
+ * source (a canary_trace_source, or -1 for none).  No lock, no
+ * allocation: one shared atomic add for the latency bucket, and the
+ * other counters in this process's own stripe.  Safe across processes;
+ * within a process, threads that record concurrently use a handle each. */
 CANARY_API int canary_route_record(canary_seg_t *seg, int route,
                                    int upstream, uint64_t latency_us,
                                    int status, int trace_source);

@@ -160,9 +160,12 @@ int canary_hist_snapshot(const canary_seg_t *seg, int route, int upstream,
   st = canary__stats(seg, (uint32_t)route, (uint32_t)upstream);
   /* Each counter is read atomically; the snapshot as a whole is not a
    * single instant, which only matters to the last few samples. */
-  out->sum_us = ck_pr_load_64(&st->sum_us);
-  for (int i = 0; i < 6; i++)
-    out->status[i] = ck_pr_load_64(&st->status[i]);
+  memset(out, 0, sizeof *out);
+  for (uint32_t k = 0; k < CANARY_STRIPES; k++) {
+    out->sum_us += ck_pr_load_64(&st->stripes[k].sum_us);
+    for (int i = 0; i < 6; i++)
+      out->status[i] += ck_pr_load_64(&st->stripes[k].status[i]);
+  }
   for (int i = 0; i < CANARY_HIST_BUCKETS; i++)
     out->buckets[i] = ck_pr_load_64(&st->buckets[i]);
   return 0;

@@ -13,13 +13,30 @@
  *                           label, two table buffers, trace/event counters
  *     struct route_seq      the non-sticky sequence counter, alone on its
  *                           cache line because every pick increments it
+ *     struct route_stripe[CANARY_STRIPES]
+ *                           trace-source and event counters, per stripe
  *     struct up_stats[max_upstreams]
- *                           one per upstream: sum, status classes, buckets
+ *                           one per upstream: per-stripe sum and status
+ *                           classes, then the shared latency buckets
  *     struct prog_area      progression parameters and state, and the
  *                           canary's snapshot at the open window's start
  *
  * Every field that more than one process touches is read and written with
  * ck_pr_* only.  See route.c for the publish protocol.
+ *
+ * Counter stripes.  A record touches a latency bucket, the latency sum, a
+ * status class and a trace source.  As shared atomic adds that is four
+ * locked read-modify-writes, and two workers recording at once bounce the
+ * same cache lines between cores.  So the small counters are striped: a
+ * process claims one of CANARY_STRIPES - 1 stripes the first time it
+ * records (a writer word per stripe, taken over from a dead owner like
+ * every other), and is then the only writer of that stripe's counters,
+ * which it updates with an atomic load and an atomic store — no lock
+ * prefix, no contention.  The last stripe is shared, with atomic adds, by
+ * processes that find none free.  Readers add the stripes up.  A stripe
+ * left by a dead process keeps its counts, so totals never go back.
+ * Latency buckets stay single shared counters with one atomic add each:
+ * 1408 of them per stripe would cost too much memory.
  */
 #ifndef CANARY_INTERNAL_H
 #define CANARY_INTERNAL_H
@@ -27,6 +44,7 @@
 #include "canary.h"
 
 #include <assert.h>
+#include <ck_pr.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +52,7 @@
 #define CANARY_LAYOUT_VERSION 1u
 #define CANARY_HEADER_BYTES 4096u
 #define CANARY_CACHELINE 64u
+#define CANARY_STRIPES 64u /* last one shared */
 
 /* Route claim states. */
 enum { ROUTE_FREE = 0, ROUTE_READY = 1 };
@@ -51,6 +70,8 @@ struct seg_header {
   /* Writer word serialising route claims: pid of the owner, 0 when free. */
   uint32_t claim_owner;
   uint32_t routes_used;   /* claimed slots, grows only */
+  /* Writer words of the counter stripes (the last stripe has none). */
+  uint32_t stripe_owner[CANARY_STRIPES - 1];
 };
 
 /* One of the two buffers of a route's weights table. */
@@ -75,8 +96,6 @@ struct route_hdr {
   uint64_t generation;
   char key[CANARY_KEY_MAX];
   char label[CANARY_LABEL_MAX];
-  uint64_t trace[CANARY_TRACE_SOURCES];
-  uint64_t events[CANARY_EVENTS];
   struct table_buf tables[2];
 };
 
@@ -85,10 +104,20 @@ struct route_seq {
   char pad[CANARY_CACHELINE - sizeof(uint64_t)];
 };
 
-struct up_stats {
+struct route_stripe {
+  uint64_t trace[CANARY_TRACE_SOURCES];
+  uint64_t events[CANARY_EVENTS];
+  uint64_t pad[4];
+};
+
+struct up_stripe {
   uint64_t sum_us;
   uint64_t status[6];
   uint64_t pad;
+};
+
+struct up_stats {
+  struct up_stripe stripes[CANARY_STRIPES];
   uint64_t buckets[CANARY_HIST_BUCKETS];
 };
 
@@ -135,6 +164,9 @@ static_assert(sizeof(struct seg_header) <= CANARY_HEADER_BYTES,
               "segment header must fit its page");
 static_assert(sizeof(struct route_seq) == CANARY_CACHELINE,
               "sequence counter owns one cache line");
+static_assert(sizeof(struct route_stripe) % CANARY_CACHELINE == 0 &&
+                  sizeof(struct up_stripe) == CANARY_CACHELINE,
+              "each stripe owns whole cache lines");
 static_assert(sizeof(struct up_stats) % CANARY_CACHELINE == 0,
               "upstream stats stay cache-line aligned");
 
@@ -142,6 +174,8 @@ struct canary_seg {
   unsigned char *base;
   uint64_t size;
   int readonly;
+  int stripe;              /* this process's stripe, -1 before the claim */
+  uint64_t stripe_fork;    /* canary__fork_count when it was claimed */
   uint32_t max_routes;
   uint32_t max_upstreams;
   uint64_t route_bytes;
@@ -169,14 +203,47 @@ static inline struct route_seq *canary__route_seq(const canary_seg_t *seg,
                                       off);
 }
 
+static inline struct route_stripe *
+canary__route_stripes(const canary_seg_t *seg, uint32_t route) {
+  return (struct route_stripe *)(void *)((unsigned char *)canary__route_seq(
+                                             seg, route) +
+                                         sizeof(struct route_seq));
+}
+
 static inline struct up_stats *canary__stats(const canary_seg_t *seg,
                                              uint32_t route,
                                              uint32_t upstream) {
-  return (struct up_stats *)(void *)((unsigned char *)canary__route_seq(
+  return (struct up_stats *)(void *)((unsigned char *)canary__route_stripes(
                                          seg, route) +
-                                     sizeof(struct route_seq) +
+                                     CANARY_STRIPES *
+                                         sizeof(struct route_stripe) +
                                      (uint64_t)upstream *
                                          sizeof(struct up_stats));
+}
+
+/* Counter stripes (stripe.c).  canary__stripe() returns the caller's
+ * stripe, claiming one on first use; stripes below CANARY_STRIPES - 1 have
+ * this process as their only writer.  canary__count() adds to a striped
+ * counter accordingly. */
+extern uint64_t canary__fork_count;
+int canary__stripe_claim(canary_seg_t *seg);
+void canary__stripe_release(canary_seg_t *seg);
+void canary__fork_hook(void);
+
+static inline int canary__stripe(canary_seg_t *seg) {
+  if (seg->stripe >= 0 && seg->stripe_fork == canary__fork_count)
+    return seg->stripe;
+  return canary__stripe_claim(seg);
+}
+
+static inline void canary__count(uint64_t *counter, uint64_t v, int stripe) {
+  if (stripe == CANARY_STRIPES - 1) {
+    ck_pr_add_64(counter, v); /* shared stripe: atomic add */
+  } else {
+    /* Sole writer: a plain atomic load and store, no locked RMW.  Readers
+     * only ever see the old or the new value. */
+    ck_pr_store_64(counter, ck_pr_load_64(counter) + v);
+  }
 }
 
 static inline struct prog_area *canary__prog(const canary_seg_t *seg,

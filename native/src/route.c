@@ -486,10 +486,16 @@ int canary_route_read(const canary_seg_t *seg, int route,
   out->key[CANARY_KEY_MAX - 1] = '\0';
   canary__load_words(out->label, r->label, CANARY_LABEL_MAX / 8);
   out->label[CANARY_LABEL_MAX - 1] = '\0';
-  for (int i = 0; i < CANARY_TRACE_SOURCES; i++)
-    out->trace[i] = ck_pr_load_64(&r->trace[i]);
-  for (int i = 0; i < CANARY_EVENTS; i++)
-    out->events[i] = ck_pr_load_64(&r->events[i]);
+  {
+    const struct route_stripe *rs =
+        canary__route_stripes(seg, (uint32_t)route);
+    for (uint32_t k = 0; k < CANARY_STRIPES; k++) {
+      for (int i = 0; i < CANARY_TRACE_SOURCES; i++)
+        out->trace[i] += ck_pr_load_64((uint64_t *)&rs[k].trace[i]);
+      for (int i = 0; i < CANARY_EVENTS; i++)
+        out->events[i] += ck_pr_load_64((uint64_t *)&rs[k].events[i]);
+    }
+  }
   rc = canary__read_table(seg, r, &d, &out->generation, 1);
   if (rc == CANARY_ENOTPUB)
     return 0; /* claimed, nothing published yet: generation 0 */
@@ -552,6 +558,8 @@ int canary_route_pick(canary_seg_t *seg, int route, const char *key,
   r = canary__route(seg, (uint32_t)route);
   if (key != NULL && key_len > 0) {
     pos = canary_sticky_bucket(key, key_len);
+  } else if (seg->readonly) {
+    return CANARY_EREADONLY; /* the sequence is a shared write */
   } else {
     /* One shared counter per route for all processes; fetch-and-add is
      * the only shared write of a pick. */
@@ -605,7 +613,7 @@ int canary_route_record(canary_seg_t *seg, int route, int upstream,
                         uint64_t latency_us, int status, int trace_source) {
   struct route_hdr *r;
   struct up_stats *st;
-  int cls;
+  int cls, stripe;
 
   if (!route_ok(seg, route) || upstream < 0 ||
       (uint32_t)upstream >= seg->max_upstreams ||
@@ -618,13 +626,17 @@ int canary_route_record(canary_seg_t *seg, int route, int upstream,
     return CANARY_ENOENT;
   st = canary__stats(seg, (uint32_t)route, (uint32_t)upstream);
   cls = (status >= 100 && status <= 599) ? status / 100 : 0;
+  stripe = canary__stripe(seg);
   /* Independent counters: no ordering among them is promised, a snapshot
-   * may see one add and not yet another (like any Prometheus scrape). */
+   * may see one add and not yet another (like any Prometheus scrape).
+   * The bucket is shared by all processes: one atomic add. */
   ck_pr_add_64(&st->buckets[canary__bucket_of(latency_us)], 1);
-  ck_pr_add_64(&st->sum_us, latency_us);
-  ck_pr_add_64(&st->status[cls], 1);
+  canary__count(&st->stripes[stripe].sum_us, latency_us, stripe);
+  canary__count(&st->stripes[stripe].status[cls], 1, stripe);
   if (trace_source >= 0)
-    ck_pr_add_64(&r->trace[trace_source], 1);
+    canary__count(
+        &canary__route_stripes(seg, (uint32_t)route)[stripe].trace[trace_source],
+        1, stripe);
   return 0;
 }
 
@@ -636,6 +648,11 @@ int canary_route_event(canary_seg_t *seg, int route, int event) {
     return CANARY_EINVAL;
   if (seg->readonly)
     return CANARY_EREADONLY;
-  ck_pr_inc_64(&r->events[event]);
+  {
+    int stripe = canary__stripe(seg);
+    canary__count(
+        &canary__route_stripes(seg, (uint32_t)route)[stripe].events[event], 1,
+        stripe);
+  }
   return 0;
 }

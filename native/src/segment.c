@@ -16,7 +16,10 @@
  * the others see a complete header.  flock() locks die with their owner,
  * so a process killed while initialising cannot wedge the others; the
  * next one finds a zero magic or a short file and sets it aside.  Request
- * paths never take this lock.
+ * paths never take this lock.  It must be dropped explicitly (unlock_close):
+ * the lock belongs to the open file description, and a MAP_SHARED mapping
+ * keeps that alive after close(), so closing the descriptor alone would
+ * hold the lock for as long as the segment stays mapped.
  *
  * The header's magic is written last, after a store fence, so a header
  * with the right magic is always complete.  Blocks are allocated with
@@ -46,6 +49,7 @@ uint64_t canary__route_bytes(uint32_t max_upstreams) {
   uint64_t prog = (sizeof(struct prog_area) + CANARY_CACHELINE - 1) /
                   CANARY_CACHELINE * CANARY_CACHELINE;
   return hdr + sizeof(struct route_seq) +
+         CANARY_STRIPES * sizeof(struct route_stripe) +
          (uint64_t)max_upstreams * sizeof(struct up_stats) + prog;
 }
 
@@ -103,6 +107,8 @@ static canary_seg_t *handle_new(void *base, const struct seg_header *h,
   seg->max_routes = h->max_routes;
   seg->max_upstreams = h->max_upstreams;
   seg->route_bytes = h->route_bytes;
+  seg->stripe = -1;
+  canary__fork_hook();
   return seg;
 }
 
@@ -169,6 +175,12 @@ static int init_file(int fd, uint32_t max_routes, uint32_t max_upstreams,
     ck_pr_store_64(&sh->magic, h.magic);
   }
   return 0;
+}
+
+/* Drops the open-time flock and the descriptor; the mapping stays. */
+static void unlock_close(int fd) {
+  (void)flock(fd, LOCK_UN);
+  close(fd);
 }
 
 /* Renames a bad file aside as "<path>.bad-<unix>-<pid>". */
@@ -256,14 +268,14 @@ int canary_seg_open(canary_seg_t **out, const char *path,
      * for the lock: then our fd names a retired inode; start over. */
     if (fstat(fd, &st) != 0 || stat(path, &pst) != 0 ||
         st.st_ino != pst.st_ino || st.st_dev != pst.st_dev) {
-      close(fd);
+      unlock_close(fd);
       continue;
     }
     if (st.st_size == 0) {
       rc = init_file(fd, max_routes, max_upstreams, out, why, why_len);
       if (rc != 0)
         (void)unlink(path); /* ours, empty: leave no half-made file */
-      close(fd);            /* closing drops the flock; the map stays */
+      unlock_close(fd);
       if (rc != 0)
         return rc;
       return recreated ? CANARY_SEG_RECREATED : CANARY_SEG_CREATED;
@@ -272,18 +284,18 @@ int canary_seg_open(canary_seg_t **out, const char *path,
     if (pread(fd, &h, sizeof h, 0) < 0) {
       rc = canary__fail(why, why_len, CANARY_EIO, "cannot read %s: %s",
                         path, strerror(errno));
-      close(fd);
+      unlock_close(fd);
       return rc;
     }
     problem = header_problem(&h, (uint64_t)st.st_size);
     if (problem != NULL) {
       set_aside(path, why, why_len, problem);
       recreated = 1;
-      close(fd);
+      unlock_close(fd);
       continue;
     }
     rc = map_file(fd, &h, 0, out, why, why_len);
-    close(fd);
+    unlock_close(fd);
     if (rc != 0)
       return rc;
     return recreated ? CANARY_SEG_RECREATED : CANARY_SEG_ATTACHED;
@@ -295,6 +307,7 @@ int canary_seg_open(canary_seg_t **out, const char *path,
 void canary_seg_close(canary_seg_t *seg) {
   if (seg == NULL)
     return;
+  canary__stripe_release(seg);
   munmap(seg->base, seg->size);
   free(seg);
 }
