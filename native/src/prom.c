@@ -209,17 +209,26 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
     putf(&o, "} %llu\n", (unsigned long long)rows[r].count);
   }
 
-  family(&o, "canary_upstream_latency_quantile_seconds", "gauge",
+  /* Quantiles computed here are a summary in Prometheus' terms (the only
+   * type that may carry a `quantile` label), with its _sum and _count. */
+  family(&o, "canary_upstream_latency_quantile_seconds", "summary",
          "Upstream latency quantiles since the segment was created, "
-         "within 1 %; per node, do not sum.");
+         "within 1 %; per node, do not aggregate.");
   for (size_t r = 0; r < nrows; r++) {
+    const struct canary_route_view *v = &views[rows[r].route];
     const double q[3] = {rows[r].p50, rows[r].p95, rows[r].p99};
     const char *qt[3] = {"0.5", "0.95", "0.99"};
     for (int k = 0; k < 3; k++) {
-      series(&o, "canary_upstream_latency_quantile_seconds",
-             &views[rows[r].route], rows[r].upstream);
+      series(&o, "canary_upstream_latency_quantile_seconds", v,
+             rows[r].upstream);
       putf(&o, ",quantile=\"%s\"} %.6f\n", qt[k], q[k] / 1e6);
     }
+    series(&o, "canary_upstream_latency_quantile_seconds_sum", v,
+           rows[r].upstream);
+    putf(&o, "} %.6f\n", (double)rows[r].sum_us / 1e6);
+    series(&o, "canary_upstream_latency_quantile_seconds_count", v,
+           rows[r].upstream);
+    putf(&o, "} %llu\n", (unsigned long long)rows[r].count);
   }
 
   family(&o, "canary_upstream_weight", "gauge",
