@@ -616,7 +616,7 @@ int canary_route_record(canary_seg_t *seg, int route, int upstream,
   int cls, stripe;
 
   if (!route_ok(seg, route) || upstream < 0 ||
-      (uint32_t)upstream >= seg->max_upstreams ||
+      (uint32_t)upstream >= seg->max_upstreams || trace_source < -1 ||
       trace_source >= CANARY_TRACE_SOURCES)
     return CANARY_EINVAL;
   if (seg->readonly)

@@ -35,7 +35,10 @@ int canary__stripe_claim(canary_seg_t *seg) {
     return seg->stripe;
   for (uint32_t i = 0; i < CANARY_STRIPES - 1; i++) {
     uint32_t cur = ck_pr_load_32(&h->stripe_owner[i]);
-    if (cur != 0 && cur != me && canary__pid_alive(cur))
+    /* A stripe already ours belongs to another handle of this process:
+     * sharing it would let that handle's close free a stripe we still
+     * write.  So only free stripes and those of dead processes qualify. */
+    if (cur != 0 && (cur == me || canary__pid_alive(cur)))
       continue;
     /* A full barrier: our first counter store cannot be seen before the
      * stripe names us (the dead owner's last stores are long visible). */

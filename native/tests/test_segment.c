@@ -69,11 +69,11 @@ static void make_valid_file(const char *path, unsigned char **data,
                             size_t *len) {
   canary_seg_t *seg = NULL;
   char why[256] = "";
-  int rc = canary_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
-                           sizeof why);
+  int rc =
+      test_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, 0, why, sizeof why);
   assert_int_equal(rc, CANARY_SEG_CREATED);
   assert_true(canary_route_claim(seg, "r", 1, "", 0) >= 0);
-  canary_seg_close(seg);
+  test_seg_close(seg);
   *data = test_read_file(path, len);
   assert_non_null(*data);
 }
@@ -99,8 +99,8 @@ static void expect_recreated(struct test_fx *fx, const void *data,
   assert_int_equal(test_write_file(fx->path, data, len), 0);
   memset(why, 0, sizeof why);
   t0 = time(NULL);
-  rc = canary_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
-                       sizeof why);
+  rc = test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
+                     sizeof why);
   t1 = time(NULL);
   if (rc != CANARY_SEG_RECREATED)
     fail_msg("open of a bad file returned %d (%s), want RECREATED; why: %s",
@@ -109,9 +109,8 @@ static void expect_recreated(struct test_fx *fx, const void *data,
   if (why[0] == '\0')
     fail_msg("RECREATED without a reason in `why`");
 
-  assert_int_equal(bad_files(fx->dir, fx->path, bad, sizeof bad, &bad_unix,
-                             &bad_pid),
-                   1);
+  assert_int_equal(
+      bad_files(fx->dir, fx->path, bad, sizeof bad, &bad_unix, &bad_pid), 1);
   assert_true(bad_unix >= (long long)t0 && bad_unix <= (long long)t1);
   assert_int_equal(bad_pid, (long)getpid());
   kept = test_read_file(bad, &kept_len);
@@ -119,7 +118,7 @@ static void expect_recreated(struct test_fx *fx, const void *data,
   assert_int_equal(kept_len, len);
   if (len > 0)
     assert_memory_equal(kept, data, len);
-  free(kept);
+  t_free(kept);
 
   assert_int_equal(canary_seg_info(seg, &info), 0);
   assert_int_equal(info.max_routes, SEG_ROUTES);
@@ -130,15 +129,15 @@ static void expect_recreated(struct test_fx *fx, const void *data,
   assert_int_equal(st.st_mode & 0777, 0600);
   assert_int_equal((uint64_t)st.st_size, info.size);
   assert_int_equal(canary_route_claim(seg, "fresh", 5, "", 0), 0);
-  canary_seg_close(seg);
+  test_seg_close(seg);
 
   /* The replacement is itself a good segment: it attaches next time. */
   seg = NULL;
-  rc = canary_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
-                       sizeof why);
+  rc = test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
+                     sizeof why);
   assert_int_equal(rc, CANARY_SEG_ATTACHED);
   assert_int_equal(canary_route_find(seg, "fresh", 5), 0);
-  canary_seg_close(seg);
+  test_seg_close(seg);
 }
 
 /* ---- argument errors ------------------------------------------------- */
@@ -166,8 +165,8 @@ static void seg_open_rejects_bad_arguments(void **state) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     int rc;
     memset(why, 0, sizeof why);
-    rc = canary_seg_open(&seg, cases[i].path, cases[i].routes, cases[i].ups,
-                         cases[i].flags, why, sizeof why);
+    rc = test_seg_open(&seg, cases[i].path, cases[i].routes, cases[i].ups,
+                       cases[i].flags, why, sizeof why);
     if (rc != CANARY_EINVAL)
       fail_msg("%s: got %d, want CANARY_EINVAL", cases[i].what, rc);
     if (why[0] == '\0')
@@ -176,16 +175,14 @@ static void seg_open_rejects_bad_arguments(void **state) {
     assert_false(file_exists(fx->path));
   }
 
-  assert_int_equal(canary_seg_open(NULL, fx->path, 8, 4, 0, NULL, 0),
+  assert_int_equal(test_seg_open(NULL, fx->path, 8, 4, 0, NULL, 0),
                    CANARY_EINVAL);
   assert_false(file_exists(fx->path));
 
   /* `why` may be NULL; a short `why` is cut, never overrun. */
-  assert_int_equal(canary_seg_open(&seg, NULL, 8, 4, 0, NULL, 0),
-                   CANARY_EINVAL);
+  assert_int_equal(test_seg_open(&seg, NULL, 8, 4, 0, NULL, 0), CANARY_EINVAL);
   memset(why, 'Z', sizeof why);
-  assert_int_equal(canary_seg_open(&seg, NULL, 8, 4, 0, why, 8),
-                   CANARY_EINVAL);
+  assert_int_equal(test_seg_open(&seg, NULL, 8, 4, 0, why, 8), CANARY_EINVAL);
   assert_int_equal(strnlen(why, 8), 7);
   for (size_t i = 8; i < sizeof why; i++)
     assert_int_equal(why[i], 'Z');
@@ -193,7 +190,7 @@ static void seg_open_rejects_bad_arguments(void **state) {
   /* An impossible path is an error with a reason, not a crash. */
   test_path(missing, sizeof missing, fx->dir, "no/such/dir/seg");
   memset(why, 0, sizeof why);
-  assert_true(canary_seg_open(&seg, missing, 8, 4, 0, why, sizeof why) < 0);
+  assert_true(test_seg_open(&seg, missing, 8, 4, 0, why, sizeof why) < 0);
   assert_true(why[0] != '\0');
 
   /* NULL-safe close; info validates its arguments. */
@@ -220,8 +217,8 @@ static void seg_create_then_attach(void **state) {
    * holds routing state that no other user may read or change. */
   old = umask(0);
   t0 = time(NULL);
-  rc = canary_seg_open(&a, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
-                       sizeof why);
+  rc = test_seg_open(&a, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
+                     sizeof why);
   t1 = time(NULL);
   umask(old);
   assert_int_equal(rc, CANARY_SEG_CREATED);
@@ -243,7 +240,7 @@ static void seg_create_then_attach(void **state) {
 
   /* A second open attaches, and an existing segment keeps its own sizes
    * whatever the caller asks for. */
-  rc = canary_seg_open(&b, fx->path, 2, 16, 0, why, sizeof why);
+  rc = test_seg_open(&b, fx->path, 2, 16, 0, why, sizeof why);
   assert_int_equal(rc, CANARY_SEG_ATTACHED);
   assert_int_equal(canary_seg_info(b, &ib), 0);
   assert_int_equal(ib.max_routes, SEG_ROUTES);
@@ -258,8 +255,8 @@ static void seg_create_then_attach(void **state) {
   assert_int_equal(ib.routes_used, 1);
   assert_int_equal(bad_files(fx->dir, fx->path, NULL, 0, NULL, NULL), 0);
 
-  canary_seg_close(a);
-  canary_seg_close(b);
+  test_seg_close(a);
+  test_seg_close(b);
 }
 
 /* nginx workers keep the segment mapped for their whole life: another
@@ -268,11 +265,11 @@ static void seg_create_then_attach(void **state) {
  * reported as such instead of hanging the suite. */
 static void attach_child(const char *path, int flags) {
   canary_seg_t *seg = NULL;
-  int rc = canary_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, flags,
-                           NULL, 0);
+  int rc =
+      test_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, flags, NULL, 0);
   CHILD_CHECK(rc == CANARY_SEG_ATTACHED, 2);
   CHILD_CHECK(canary_route_find(seg, "held", 4) == 0, 3);
-  canary_seg_close(seg);
+  test_seg_close(seg);
   _exit(0);
 }
 
@@ -311,20 +308,20 @@ static void seg_attach_while_another_process_has_it_mapped(void **state) {
   canary_seg_t *creator = NULL, *attached = NULL;
 
   /* The creator keeps its mapping, like the first nginx worker. */
-  assert_int_equal(canary_seg_open(&creator, fx->path, SEG_ROUTES,
-                                   SEG_UPSTREAMS, 0, NULL, 0),
-                   CANARY_SEG_CREATED);
+  assert_int_equal(
+      test_seg_open(&creator, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0),
+      CANARY_SEG_CREATED);
   assert_int_equal(canary_route_claim(creator, "held", 4, "", 0), 0);
   expect_attach_while_mapped(fx->path, 0, "read-write");
   expect_attach_while_mapped(fx->path, CANARY_SEG_READONLY, "read-only");
-  canary_seg_close(creator);
+  test_seg_close(creator);
 
   /* Same for a process that attached (rather than created) and stays. */
-  assert_int_equal(canary_seg_open(&attached, fx->path, SEG_ROUTES,
-                                   SEG_UPSTREAMS, 0, NULL, 0),
+  assert_int_equal(test_seg_open(&attached, fx->path, SEG_ROUTES,
+                                 SEG_UPSTREAMS, 0, NULL, 0),
                    CANARY_SEG_ATTACHED);
   expect_attach_while_mapped(fx->path, 0, "read-write (after attach)");
-  canary_seg_close(attached);
+  test_seg_close(attached);
 }
 
 /* N children open a path that does not exist yet, all at the same moment.
@@ -340,8 +337,8 @@ static void race_child(const char *path, struct test_gate *gate, int me) {
   int rc, code;
 
   test_gate_wait(gate);
-  rc = canary_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
-                       sizeof why);
+  rc =
+      test_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, 0, why, sizeof why);
   CHILD_CHECK(rc != CANARY_SEG_RECREATED, 3);
   CHILD_CHECK(rc == CANARY_SEG_CREATED || rc == CANARY_SEG_ATTACHED, 2);
   code = rc == CANARY_SEG_CREATED ? 10 : 11;
@@ -362,7 +359,7 @@ static void race_child(const char *path, struct test_gate *gate, int me) {
     snprintf(key, sizeof key, "child-%d", j);
     CHILD_CHECK(canary_route_find(seg, key, strlen(key)) >= 0, 8);
   }
-  canary_seg_close(seg);
+  test_seg_close(seg);
   _exit(code);
 }
 
@@ -403,12 +400,12 @@ static void seg_concurrent_open_has_one_initialiser(void **state) {
     assert_int_equal(attached, RACE_CHILDREN - 1);
     assert_int_equal(bad_files(fx->dir, path, NULL, 0, NULL, NULL), 0);
 
-    assert_int_equal(canary_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS,
-                                     0, NULL, 0),
-                     CANARY_SEG_ATTACHED);
+    assert_int_equal(
+        test_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0),
+        CANARY_SEG_ATTACHED);
     assert_int_equal(canary_seg_info(seg, &info), 0);
     assert_int_equal(info.routes_used, RACE_CHILDREN);
-    canary_seg_close(seg);
+    test_seg_close(seg);
   }
 }
 
@@ -422,7 +419,7 @@ static void seg_recovers_truncated_file(void **state) {
   make_valid_file(fx->path, &good, &len);
   /* Cut inside the route area: the header is intact, the size is not. */
   expect_recreated(fx, good, len / 2);
-  free(good);
+  t_free(good);
 }
 
 static void seg_recovers_file_shorter_than_header(void **state) {
@@ -432,7 +429,7 @@ static void seg_recovers_file_shorter_than_header(void **state) {
 
   make_valid_file(fx->path, &good, &len);
   expect_recreated(fx, good, 100); /* magic and version, then nothing */
-  free(good);
+  t_free(good);
 }
 
 /* An existing empty file (a creator killed before it wrote anything, or
@@ -447,11 +444,11 @@ static void seg_recovers_empty_file(void **state) {
   int rc;
 
   assert_int_equal(test_write_file(fx->path, "", 0), 0);
-  rc = canary_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
-                       sizeof why);
+  rc = test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
+                     sizeof why);
   if (rc != CANARY_SEG_CREATED && rc != CANARY_SEG_RECREATED)
-    fail_msg("empty file: open returned %d (%s): %s", rc,
-             canary_strerror(rc), why);
+    fail_msg("empty file: open returned %d (%s): %s", rc, canary_strerror(rc),
+             why);
   if (rc == CANARY_SEG_RECREATED) {
     assert_true(why[0] != '\0');
     assert_int_equal(bad_files(fx->dir, fx->path, NULL, 0, NULL, NULL), 1);
@@ -460,13 +457,13 @@ static void seg_recovers_empty_file(void **state) {
   assert_int_equal(info.max_routes, SEG_ROUTES);
   assert_int_equal(info.routes_used, 0);
   assert_int_equal(canary_route_claim(seg, "x", 1, "", 0), 0);
-  canary_seg_close(seg);
+  test_seg_close(seg);
   seg = NULL;
-  assert_int_equal(canary_seg_open(&seg, fx->path, SEG_ROUTES,
-                                   SEG_UPSTREAMS, 0, why, sizeof why),
+  assert_int_equal(test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0,
+                                 why, sizeof why),
                    CANARY_SEG_ATTACHED);
   assert_int_equal(canary_route_find(seg, "x", 1), 0);
-  canary_seg_close(seg);
+  test_seg_close(seg);
 }
 
 static void seg_recovers_foreign_file(void **state) {
@@ -478,13 +475,13 @@ static void seg_recovers_foreign_file(void **state) {
   /* Random bytes exactly as long as a real segment, so that no size
    * check alone can tell. */
   make_valid_file(fx->path, &good, &len);
-  junk = malloc(len);
+  junk = t_alloc(len);
   assert_non_null(junk);
   for (size_t i = 0; i < len; i++)
     junk[i] = (unsigned char)test_rand_next(&rs);
   expect_recreated(fx, junk, len);
-  free(junk);
-  free(good);
+  t_free(junk);
+  t_free(good);
 }
 
 static void seg_recovers_other_layout_version(void **state) {
@@ -496,7 +493,7 @@ static void seg_recovers_other_layout_version(void **state) {
   make_valid_file(fx->path, &good, &len);
   memcpy(good + offsetof(struct seg_header, layout_version), &v, sizeof v);
   expect_recreated(fx, good, len);
-  free(good);
+  t_free(good);
 }
 
 static void seg_recovers_checksum_mismatch(void **state) {
@@ -511,7 +508,7 @@ static void seg_recovers_checksum_mismatch(void **state) {
   t ^= 1;
   memcpy(good + offsetof(struct seg_header, created_unix), &t, sizeof t);
   expect_recreated(fx, good, len);
-  free(good);
+  t_free(good);
 }
 
 /* ---- read-only ------------------------------------------------------- */
@@ -528,8 +525,8 @@ static void expect_readonly_refuses(struct test_fx *fx, const void *data,
   assert_int_equal(test_write_file(fx->path, data, len), 0);
   assert_int_equal(stat(fx->path, &before), 0);
   memset(why, 0, sizeof why);
-  rc = canary_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
-                       CANARY_SEG_READONLY, why, sizeof why);
+  rc = test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
+                     CANARY_SEG_READONLY, why, sizeof why);
   if (rc >= 0)
     fail_msg("%s: read-only open returned %d, want an error", what, rc);
   if (why[0] == '\0')
@@ -543,7 +540,7 @@ static void expect_readonly_refuses(struct test_fx *fx, const void *data,
   assert_int_equal(now_len, len);
   if (len > 0)
     assert_memory_equal(now, data, len);
-  free(now);
+  t_free(now);
   assert_int_equal(bad_files(fx->dir, fx->path, NULL, 0, NULL, NULL), 0);
 }
 
@@ -556,37 +553,37 @@ static void seg_readonly_never_touches_a_bad_file(void **state) {
   char why[256] = "";
 
   /* A missing file is not created. */
-  assert_true(canary_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
-                              CANARY_SEG_READONLY, why, sizeof why) < 0);
+  assert_true(test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
+                            CANARY_SEG_READONLY, why, sizeof why) < 0);
   assert_true(why[0] != '\0');
   assert_false(file_exists(fx->path));
 
   make_valid_file(fx->path, &good, &len);
   expect_readonly_refuses(fx, good, len / 2, "truncated");
   expect_readonly_refuses(fx, "", 0, "empty");
-  junk = malloc(len);
+  junk = t_alloc(len);
   assert_non_null(junk);
   for (size_t i = 0; i < len; i++)
     junk[i] = (unsigned char)test_rand_next(&rs);
   expect_readonly_refuses(fx, junk, len, "foreign");
   good[offsetof(struct seg_header, created_unix)] ^= 1;
   expect_readonly_refuses(fx, good, len, "checksum");
-  free(junk);
-  free(good);
+  t_free(junk);
+  t_free(good);
 }
 
 static void ro_nonsticky_pick_child(const char *path, int route) {
   canary_seg_t *ro = NULL;
   int rc;
 
-  CHILD_CHECK(canary_seg_open(&ro, path, SEG_ROUTES, SEG_UPSTREAMS,
-                              CANARY_SEG_READONLY, NULL,
-                              0) == CANARY_SEG_ATTACHED,
+  CHILD_CHECK(test_seg_open(&ro, path, SEG_ROUTES, SEG_UPSTREAMS,
+                            CANARY_SEG_READONLY, NULL,
+                            0) == CANARY_SEG_ATTACHED,
               2);
   /* A non-sticky pick advances the shared sequence, a write: on a
    * read-only mapping it must fail cleanly (or not write), never fault. */
   rc = canary_route_pick(ro, route, NULL, 0, NULL);
-  canary_seg_close(ro);
+  test_seg_close(ro);
   CHILD_CHECK(rc == CANARY_EREADONLY || (rc >= 0 && rc < 2), 3);
   _exit(0);
 }
@@ -607,22 +604,21 @@ static void seg_readonly_attach_reads_and_refuses_writes(void **state) {
   int route, rc;
   pid_t pid;
 
-  s_rw = malloc(sizeof *s_rw);
-  s_ro = malloc(sizeof *s_ro);
-  s_after = malloc(sizeof *s_after);
+  s_rw = t_alloc(sizeof *s_rw);
+  s_ro = t_alloc(sizeof *s_ro);
+  s_after = t_alloc(sizeof *s_after);
   assert_non_null(s_rw);
   assert_non_null(s_ro);
   assert_non_null(s_after);
 
-  assert_int_equal(canary_seg_open(&rw, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
-                                   0, NULL, 0),
-                   CANARY_SEG_CREATED);
+  assert_int_equal(
+      test_seg_open(&rw, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0),
+      CANARY_SEG_CREATED);
   route = canary_route_claim(rw, "svc", 3, "Service", 7);
   assert_true(route >= 0);
   test_table(&t, "up", 2, w);
-  assert_int_equal(canary_route_publish(rw, route, &t, 1, &gen, err,
-                                        sizeof err),
-                   0);
+  assert_int_equal(
+      canary_route_publish(rw, route, &t, 1, &gen, err, sizeof err), 0);
   assert_int_equal(canary_route_record(rw, route, 0, 1500, 200, 2), 0);
   assert_int_equal(canary_route_record(rw, route, 1, 2500, 503, 0), 0);
 
@@ -630,7 +626,7 @@ static void seg_readonly_attach_reads_and_refuses_writes(void **state) {
   assert_non_null(bytes_before);
 
   /* Sizes passed to a read-only open do not matter. */
-  rc = canary_seg_open(&ro, fx->path, 1, 1, CANARY_SEG_READONLY, NULL, 0);
+  rc = test_seg_open(&ro, fx->path, 1, 1, CANARY_SEG_READONLY, NULL, 0);
   assert_int_equal(rc, CANARY_SEG_ATTACHED);
   assert_int_equal(canary_seg_info(ro, &info), 0);
   assert_int_equal(info.max_routes, SEG_ROUTES);
@@ -655,14 +651,13 @@ static void seg_readonly_attach_reads_and_refuses_writes(void **state) {
   /* Every write is refused. */
   assert_int_equal(canary_route_claim(ro, "svc", 3, "Other", 5),
                    CANARY_EREADONLY);
-  assert_int_equal(canary_route_claim(ro, "new", 3, "", 0),
-                   CANARY_EREADONLY);
-  assert_int_equal(canary_route_publish(ro, route, &t, 2, NULL, err,
-                                        sizeof err),
-                   CANARY_EREADONLY);
-  assert_int_equal(canary_route_set_effective(ro, route, eff, 2, NULL, err,
-                                              sizeof err),
-                   CANARY_EREADONLY);
+  assert_int_equal(canary_route_claim(ro, "new", 3, "", 0), CANARY_EREADONLY);
+  assert_int_equal(
+      canary_route_publish(ro, route, &t, 2, NULL, err, sizeof err),
+      CANARY_EREADONLY);
+  assert_int_equal(
+      canary_route_set_effective(ro, route, eff, 2, NULL, err, sizeof err),
+      CANARY_EREADONLY);
   assert_int_equal(canary_route_record(ro, route, 0, 100, 200, -1),
                    CANARY_EREADONLY);
   assert_int_equal(canary_route_event(ro, route, CANARY_EVENT_FALLBACK),
@@ -694,13 +689,13 @@ static void seg_readonly_attach_reads_and_refuses_writes(void **state) {
   assert_int_equal(len_after, len_before);
   assert_memory_equal(bytes_before, bytes_after, len_before);
 
-  free(bytes_before);
-  free(bytes_after);
-  free(s_rw);
-  free(s_ro);
-  free(s_after);
-  canary_seg_close(ro);
-  canary_seg_close(rw);
+  t_free(bytes_before);
+  t_free(bytes_after);
+  t_free(s_rw);
+  t_free(s_ro);
+  t_free(s_after);
+  test_seg_close(ro);
+  test_seg_close(rw);
 }
 
 /* ---- persistence ----------------------------------------------------- */
@@ -716,8 +711,8 @@ static uint64_t snap_count(const struct canary_hist_snapshot *s) {
 static void crash_child(const char *path, int fd) {
   canary_seg_t *seg = NULL;
   int route;
-  CHILD_CHECK(canary_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL,
-                              0) == CANARY_SEG_ATTACHED,
+  CHILD_CHECK(test_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL,
+                            0) == CANARY_SEG_ATTACHED,
               2);
   route = canary_route_find(seg, "svc", 3);
   CHILD_CHECK(route >= 0, 3);
@@ -739,20 +734,19 @@ static void seg_survives_reopen_with_counters_intact(void **state) {
   int route, sticky;
   char err[128];
 
-  s1 = malloc(sizeof *s1);
-  s2 = malloc(sizeof *s2);
+  s1 = t_alloc(sizeof *s1);
+  s2 = t_alloc(sizeof *s2);
   assert_non_null(s1);
   assert_non_null(s2);
 
-  assert_int_equal(canary_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
-                                   0, NULL, 0),
-                   CANARY_SEG_CREATED);
+  assert_int_equal(
+      test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0),
+      CANARY_SEG_CREATED);
   route = canary_route_claim(seg, "svc", 3, "Service", 7);
   assert_true(route >= 0);
   test_table(&t, "up", 2, w);
-  assert_int_equal(canary_route_publish(seg, route, &t, 99, &gen, err,
-                                        sizeof err),
-                   0);
+  assert_int_equal(
+      canary_route_publish(seg, route, &t, 99, &gen, err, sizeof err), 0);
   for (int i = 0; i < 100; i++)
     assert_int_equal(canary_route_record(seg, route, 0, 1000 + (uint64_t)i,
                                          200, CANARY_TRACE_GENERATED),
@@ -761,13 +755,13 @@ static void seg_survives_reopen_with_counters_intact(void **state) {
   sticky = canary_route_pick(seg, route, "bob", 3, NULL);
   assert_int_equal(canary_route_read(seg, route, &v1), 0);
   assert_int_equal(canary_hist_snapshot(seg, route, 0, s1), 0);
-  canary_seg_close(seg);
+  test_seg_close(seg);
   seg = NULL;
 
   /* A reload: everything is still there. */
-  assert_int_equal(canary_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
-                                   0, NULL, 0),
-                   CANARY_SEG_ATTACHED);
+  assert_int_equal(
+      test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0),
+      CANARY_SEG_ATTACHED);
   assert_int_equal(canary_route_find(seg, "svc", 3), route);
   assert_int_equal(canary_route_read(seg, route, &v2), 0);
   assert_memory_equal(&v1, &v2, sizeof v1);
@@ -803,11 +797,11 @@ static void seg_survives_reopen_with_counters_intact(void **state) {
   /* Several reloads: counters only grow. */
   for (int cycle = 0; cycle < 3; cycle++) {
     uint64_t c;
-    canary_seg_close(seg);
+    test_seg_close(seg);
     seg = NULL;
-    assert_int_equal(canary_seg_open(&seg, fx->path, SEG_ROUTES,
-                                     SEG_UPSTREAMS, 0, NULL, 0),
-                     CANARY_SEG_ATTACHED);
+    assert_int_equal(
+        test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0),
+        CANARY_SEG_ATTACHED);
     assert_int_equal(canary_hist_snapshot(seg, route, 0, s2), 0);
     c = snap_count(s2);
     assert_true(c >= last_count);
@@ -825,9 +819,9 @@ static void seg_survives_reopen_with_counters_intact(void **state) {
   assert_int_equal(v2.generation, gen);
   assert_int_equal(v2.trace[CANARY_TRACE_TRACEPARENT], 50);
 
-  canary_seg_close(seg);
-  free(s1);
-  free(s2);
+  test_seg_close(seg);
+  t_free(s1);
+  t_free(s2);
 }
 
 int main(void) {
@@ -844,14 +838,13 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(seg_recovers_foreign_file, setup,
                                       teardown),
-      cmocka_unit_test_setup_teardown(seg_recovers_other_layout_version,
-                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(seg_recovers_other_layout_version, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(seg_recovers_checksum_mismatch, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(
           seg_attach_while_another_process_has_it_mapped, setup, teardown),
-      cmocka_unit_test_setup_teardown(seg_create_then_attach, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(seg_create_then_attach, setup, teardown),
       cmocka_unit_test_setup_teardown(seg_concurrent_open_has_one_initialiser,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(

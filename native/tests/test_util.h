@@ -18,9 +18,12 @@
 #ifndef CANARY_TEST_UTIL_H
 #define CANARY_TEST_UTIL_H
 
+/* cmocka.h needs these first; the blank line keeps clang-format from
+ * sorting it above them. */
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
+
 #include <cmocka.h>
 
 #include <dirent.h>
@@ -98,7 +101,8 @@ static inline uint64_t test_rand_below(uint64_t *s, uint64_t n) {
 
 /* Uniform in (0, 1). */
 static inline double test_rand_unit(uint64_t *s) {
-  return ((double)(test_rand_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  return ((double)(test_rand_next(s) >> 11) + 0.5) *
+         (1.0 / 9007199254740992.0);
 }
 
 /* ---- watchdog and children ------------------------------------------ */
@@ -144,8 +148,8 @@ static inline pid_t test_fork(void) {
     /* cmocka catches fatal signals and longjmps into its runner; in a
      * child that would run the rest of the suite there.  A crashing child
      * must die, so the parent sees the signal in its status. */
-    static const int fatal[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT,
-                                SIGSYS};
+    static const int fatal[] = {SIGSEGV, SIGBUS,  SIGILL,
+                                SIGFPE,  SIGABRT, SIGSYS};
     for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++)
       signal(fatal[i], SIG_DFL);
     memset(pids, 0, sizeof(pid_t) * TEST_MAX_CHILDREN);
@@ -159,6 +163,103 @@ static inline pid_t test_fork(void) {
       }
   }
   return pid;
+}
+
+/* ---- memory and handles that survive a failed assertion -------------- */
+
+/* A failing cmocka assertion longjmps out of the test, past its free()
+ * and canary_seg_close() calls.  Leaked blocks would then be inherited by
+ * the children of later tests and fail their valgrind leak check, turning
+ * one failure into many.  So test memory and segment handles are tracked
+ * here and released by the fixture's teardown. */
+#define TEST_MAX_TRACKED 128
+
+struct test_tracked {
+  void *p;
+  int is_seg;
+};
+
+static inline struct test_tracked *test_tracked(void) {
+  static struct test_tracked t[TEST_MAX_TRACKED];
+  return t;
+}
+
+static inline void *test_track(void *p, int is_seg) {
+  struct test_tracked *t = test_tracked();
+  if (p == NULL)
+    return NULL;
+  for (int i = 0; i < TEST_MAX_TRACKED; i++)
+    if (t[i].p == NULL) {
+      t[i].p = p;
+      t[i].is_seg = is_seg;
+      return p;
+    }
+  fail_msg("test_track: more than %d live allocations", TEST_MAX_TRACKED);
+  return p;
+}
+
+static inline int test_untrack(void *p) {
+  struct test_tracked *t = test_tracked();
+  if (p == NULL)
+    return 0;
+  for (int i = 0; i < TEST_MAX_TRACKED; i++)
+    if (t[i].p == p) {
+      t[i].p = NULL;
+      return 1;
+    }
+  return 0;
+}
+
+/* Zero-filled, tracked; never NULL (fails the test instead). */
+static inline void *t_alloc(size_t n) {
+  void *p = calloc(1, n ? n : 1);
+  if (p == NULL)
+    fail_msg("out of memory (%zu bytes)", n);
+  return test_track(p, 0);
+}
+
+static inline void *t_realloc(void *p, size_t n) {
+  void *q;
+  test_untrack(p);
+  q = realloc(p, n ? n : 1);
+  if (q == NULL)
+    fail_msg("out of memory (%zu bytes)", n);
+  return test_track(q, 0);
+}
+
+static inline void t_free(void *p) {
+  test_untrack(p);
+  free(p);
+}
+
+/* canary_seg_open() whose handle is closed by teardown if the test
+ * fails before it does. */
+static inline int test_seg_open(canary_seg_t **out, const char *path,
+                                uint32_t max_routes, uint32_t max_upstreams,
+                                int flags, char *why, size_t why_len) {
+  int rc = canary_seg_open(out, path, max_routes, max_upstreams, flags, why,
+                           why_len);
+  if (rc >= 0 && out != NULL && *out != NULL)
+    test_track(*out, 1);
+  return rc;
+}
+
+static inline void test_seg_close(canary_seg_t *seg) {
+  test_untrack(seg);
+  canary_seg_close(seg);
+}
+
+/* Releases everything still tracked (teardown). */
+static inline void test_release_all(void) {
+  struct test_tracked *t = test_tracked();
+  for (int i = 0; i < TEST_MAX_TRACKED; i++)
+    if (t[i].p != NULL) {
+      if (t[i].is_seg)
+        canary_seg_close(t[i].p);
+      else
+        free(t[i].p);
+      t[i].p = NULL;
+    }
 }
 
 /* ---- temporary directories and segment paths ------------------------ */
@@ -221,8 +322,8 @@ static inline int test_fx_setup(void **state, uint32_t max_routes,
   }
   test_path(fx->path, sizeof fx->path, fx->dir, "canary.seg");
   if (max_routes != 0) {
-    int rc = canary_seg_open(&fx->seg, fx->path, max_routes, max_upstreams,
-                             0, why, sizeof why);
+    int rc = canary_seg_open(&fx->seg, fx->path, max_routes, max_upstreams, 0,
+                             why, sizeof why);
     if (rc != CANARY_SEG_CREATED) {
       fprintf(stderr, "fixture: canary_seg_open -> %d (%s) %s\n", rc,
               canary_strerror(rc), why);
@@ -238,6 +339,7 @@ static inline int test_fx_setup(void **state, uint32_t max_routes,
 static inline int test_fx_teardown(void **state) {
   struct test_fx *fx = *state;
   test_watchdog_disarm();
+  test_release_all();
   if (fx != NULL) {
     canary_seg_close(fx->seg);
     test_dir_remove(fx->dir);
@@ -352,11 +454,7 @@ static inline unsigned char *test_read_file(const char *path, size_t *len) {
     close(fd);
     return NULL;
   }
-  buf = malloc((size_t)st.st_size + 1);
-  if (buf == NULL) {
-    close(fd);
-    return NULL;
-  }
+  buf = t_alloc((size_t)st.st_size + 1);
   while (off < (size_t)st.st_size) {
     ssize_t r = read(fd, buf + off, (size_t)st.st_size - off);
     if (r <= 0)
