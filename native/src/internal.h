@@ -145,6 +145,7 @@ struct prog_area {
 struct table_data {
   uint64_t config_hash;
   uint32_t n;
+  uint32_t pad;
   uint32_t weights[CANARY_MAX_UPSTREAMS];
   uint32_t effective[CANARY_MAX_UPSTREAMS];
   uint32_t upper[CANARY_MAX_UPSTREAMS];

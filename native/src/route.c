@@ -47,20 +47,27 @@ static int route_ok(const canary_seg_t *seg, int route) {
   return seg != NULL && route >= 0 && (uint32_t)route < seg->max_routes;
 }
 
-/* Copies `words` 64-bit words from shared memory with atomic loads. */
+/* Copies `words` 64-bit words from shared memory (8-byte aligned) with
+ * atomic loads into a process-local buffer of any alignment. */
 void canary__load_words(void *dst, const void *src, size_t words) {
-  uint64_t *d = dst;
+  unsigned char *d = dst;
   uint64_t *s = (uint64_t *)(uintptr_t)src;
-  for (size_t i = 0; i < words; i++)
-    d[i] = ck_pr_load_64(&s[i]);
+  for (size_t i = 0; i < words; i++) {
+    uint64_t w = ck_pr_load_64(&s[i]);
+    memcpy(d + i * 8, &w, 8);
+  }
 }
 
-/* Copies `words` 64-bit words into shared memory with atomic stores. */
+/* Copies `words` 64-bit words from a process-local buffer of any alignment
+ * into shared memory (8-byte aligned) with atomic stores. */
 void canary__store_words(void *dst, const void *src, size_t words) {
   uint64_t *d = dst;
-  const uint64_t *s = src;
-  for (size_t i = 0; i < words; i++)
-    ck_pr_store_64(&d[i], s[i]);
+  const unsigned char *s = src;
+  for (size_t i = 0; i < words; i++) {
+    uint64_t w;
+    memcpy(&w, s + i * 8, 8);
+    ck_pr_store_64(&d[i], w);
+  }
 }
 
 static int name_char_ok(unsigned char c) {
@@ -309,6 +316,14 @@ int canary__read_table(const canary_seg_t *seg, struct route_hdr *r,
     ck_pr_fence_load();
     s2 = ck_pr_load_64(&b->seq);
     if (s1 != s2)
+      continue;
+    /* A reader delayed between loading `generation` and the buffer's
+     * sequence may have copied the publish after next, complete and
+     * consistent but newer than `gen`: the generation must still be the
+     * one we started from, or the contents would carry the wrong number.
+     * The fence keeps this load after the sequence re-check. */
+    ck_pr_fence_load();
+    if (ck_pr_load_64(&r->generation) != gen)
       continue;
     if (d->n == 0 || d->n > seg->max_upstreams ||
         d->upper[d->n - 1] != CANARY_WEIGHT_SCALE)
@@ -597,6 +612,10 @@ int canary_route_pick(canary_seg_t *seg, int route, const char *key,
     /* Data before the sequence re-check. */
     ck_pr_fence_load();
     if (ck_pr_load_64(&b->seq) != s1)
+      continue;
+    /* Same generation still: see canary__read_table. */
+    ck_pr_fence_load();
+    if (ck_pr_load_64(&r->generation) != gen)
       continue;
     if (idx >= n)
       return CANARY_ECORRUPT;
