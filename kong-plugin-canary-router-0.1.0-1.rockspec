@@ -30,7 +30,7 @@ build = {
   type = "make",
   build_target = "build",
   build_variables = {
-    CFLAGS = "-O2 -g",
+    CFLAGS = "$(CFLAGS)",
   },
   install_target = "install-rock",
   install_variables = {
