@@ -172,11 +172,14 @@ void canary__prog_start(const canary_seg_t *seg, uint32_t route,
   ck_pr_store_32(&pa->state, CANARY_PROG_RUNNING);
 }
 
-/* Caller holds the writer word: publishes the canary at weight w. */
+/* Caller holds the writer word: publishes the canary at weight w.  A
+ * canary index the table does not have (a corrupt segment) publishes
+ * nothing: the weights would not add up. */
 static void publish_step(const canary_seg_t *seg, struct route_hdr *r,
                          uint32_t canary, uint32_t w) {
   struct table_data d;
-  if (canary__read_table(seg, r, &d, NULL, 1) != 0)
+  if (canary__read_table(seg, r, &d, NULL, 1) != 0 || canary == 0 ||
+      canary >= d.n)
     return;
   step_weights(&d, canary, w);
   canary__compute_upper(&d);
@@ -310,6 +313,8 @@ static int judge_window(const canary_seg_t *seg, uint32_t route,
   uint32_t step = ck_pr_load_32(&pa->step);
   int result, changed = 0;
 
+  if (step >= p->nsteps)
+    return CANARY_ECORRUPT; /* only a damaged segment says so */
   if (window(seg, route, pa, p->canary, &w) != 0)
     memset(&w, 0, sizeof w);
   result = judge(p, &w, why, sizeof why);
@@ -373,7 +378,8 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
   ck_pr_fence_load();
   load_params(pa, &p);
   if (canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
-      p.canary >= seg->max_upstreams)
+      p.canary >= seg->max_upstreams ||
+      ck_pr_load_32(&pa->step) >= p.nsteps)
     return CANARY_ECORRUPT;
   ws = ck_pr_load_64(&pa->window_start_us);
   if (ws > now + (uint64_t)p.interval_ms * 1000u * 10u) {
@@ -450,9 +456,15 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
   state = ck_pr_load_32(&pa->state);
   step = ck_pr_load_32(&pa->step);
   load_params(pa, &p);
-  if (state == CANARY_PROG_NONE || state > CANARY_PROG_ROLLED_BACK ||
-      p.nsteps == 0 || p.nsteps > CANARY_MAX_STEPS ||
-      p.canary >= seg->max_upstreams) {
+  if (state != CANARY_PROG_NONE &&
+      (state > CANARY_PROG_ROLLED_BACK || p.nsteps == 0 ||
+       p.nsteps > CANARY_MAX_STEPS || step >= p.nsteps ||
+       p.canary >= seg->max_upstreams)) {
+    rc = canary__fail(err, err_len, CANARY_ECORRUPT,
+                      "progression state of this route is corrupt");
+    goto out;
+  }
+  if (state == CANARY_PROG_NONE) {
     rc = canary__fail(err, err_len, CANARY_ESTATE,
                       "no progression configured on this route");
     goto out;
