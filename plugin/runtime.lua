@@ -19,6 +19,12 @@ local type = type
 local setmetatable = setmetatable
 local ngx_null = ngx and ngx.null
 
+-- Optional fields arrive as nil, or as ngx.null from a JSON-stored config.
+local function opt(v)
+  if v == ngx_null then return nil end
+  return v
+end
+
 local _M = {}
 
 local DEFAULT_MAX_ROUTES = 64
@@ -141,6 +147,7 @@ local function instance_key(conf)
 end
 
 local function cookie_pattern(name)
+  name = opt(name)
   if not name then return nil end
   return "%f[^;%s]" .. name:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0") ..
          "=([^;]*)"
@@ -163,39 +170,40 @@ local function compile(conf)
     c.index_of[u.name] = i
   end
   c.stable = c.names[1]
-  local prog = conf.progression
-  c.canary = (prog and prog.canary) or c.names[#c.names]
+  local prog = opt(conf.progression)
+  c.canary = (prog and opt(prog.canary)) or c.names[#c.names]
 
-  local sticky = conf.sticky or {}
+  local sticky = opt(conf.sticky) or {}
   c.sticky_sources = {}
   if sticky.by and sticky.by ~= "none" then
     c.sticky_sources[1] = sticky.by
   end
-  for _, s in ipairs(sticky.fallback or {}) do
+  for _, s in ipairs(opt(sticky.fallback) or {}) do
     c.sticky_sources[#c.sticky_sources + 1] = s
   end
-  c.sticky_header = sticky.header
+  c.sticky_header = opt(sticky.header)
   c.sticky_cookie = cookie_pattern(sticky.cookie)
 
-  local ov = conf.override or {}
-  c.override_header = ov.header
+  local ov = opt(conf.override) or {}
+  c.override_header = opt(ov.header)
   c.override_cookie = cookie_pattern(ov.cookie)
-  if ov.allow_from and #ov.allow_from > 0 then
-    local m, err = cidr.compile(ov.allow_from)
+  local allow = opt(ov.allow_from)
+  if allow and #allow > 0 then
+    local m, err = cidr.compile(allow)
     -- The schema already rejected bad CIDRs; an engine-side failure
     -- here means allow nobody rather than everybody.
     c.allow_from = m or {}
     if not m then log_once("err", "canary-router: " .. err) end
   end
 
-  local tr = conf.trace or {}
-  c.trace_header = tr.header or "X-Trace-Id"
+  local tr = opt(conf.trace) or {}
+  c.trace_header = opt(tr.header) or "X-Trace-Id"
   c.traceparent = tr.traceparent ~= false
   c.echo = tr.echo_downstream ~= false
-  c.response_header = conf.response_header
+  c.response_header = opt(conf.response_header)
 
   c.hash = hash(concat(canonical({ conf.upstreams, conf.progression }, {})))
-  c.prog = _M.progression(conf.progression, c.index_of)
+  c.prog = _M.progression(prog, c.index_of)
 
   local seg = state.seg
   if seg then
@@ -221,18 +229,18 @@ end
 -- The plugin's `progression` record in engine units (percentages to
 -- 0..10000 weights and fractions, seconds and ms to ms and us), or nil.
 function _M.progression(p, index_of)
-  if p == nil or p == ngx_null or not p.canary then return nil end
+  if p == nil or p == ngx_null or opt(p.canary) == nil then return nil end
   local steps = {}
-  for i, pct in ipairs(p.steps or {}) do steps[i] = floor(pct * 100 + 0.5) end
+  for i, pct in ipairs(opt(p.steps) or {}) do steps[i] = floor(pct * 100 + 0.5) end
   local function rate(v) return v and v ~= ngx_null and v / 100 or nil end
   local function us(v) return v and v ~= ngx_null and v * 1000 or nil end
   return {
     canary = index_of[p.canary],
     steps = steps,
-    interval_ms = floor((p.interval or 300) * 1000),
-    min_requests = p.min_requests or 0,
-    failure_limit = p.failure_limit or 3,
-    on_success = p.on_success or "promote",
+    interval_ms = floor((opt(p.interval) or 300) * 1000),
+    min_requests = opt(p.min_requests) or 0,
+    failure_limit = opt(p.failure_limit) or 3,
+    on_success = opt(p.on_success) or "promote",
     max_error_rate = rate(p.max_error_rate),
     rollback_error_rate = rate(p.rollback_error_rate),
     max_p95_us = us(p.max_p95_ms),
