@@ -10,6 +10,8 @@
 #   --admin-listen ADDR   default 127.0.0.1:8001
 #   --status-listen ADDR  default 127.0.0.1:8007
 #   --workers N           worker processes (default 2)
+#   --segment PATH        the plugin's segment (CANARY_ROUTER_SEGMENT;
+#                         default PREFIX/canary-router.seg)
 #
 # start   generates PREFIX/conf/nginx.conf, starts nginx and returns once
 #         the proxy, Admin API and status ports answer.
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
     --status-listen) OPT[status_listen]=$2; shift 2 ;;
     --workers)       OPT[workers]=$2; shift 2 ;;
     --log-level)     OPT[log_level]=$2; shift 2 ;;
+    --segment)       OPT[segment]=$2; shift 2 ;;
     *) die "unknown option '$1'" ;;
   esac
 done
@@ -95,7 +98,7 @@ load_settings() {
   user_cpath=${user_cpath%%;;*}
   user_cpath=${user_cpath%;}
   OPT[lua_cpath]="${user_cpath:+$user_cpath;}$ROOT/build/?.so;;"
-  OPT[segment]=$PREFIX/canary-router.seg
+  : "${OPT[segment]:=$PREFIX/canary-router.seg}"
   if [ "$(id -u)" = 0 ]; then
     OPT[user]="$(id -un) $(id -gn)"
   else
@@ -105,7 +108,7 @@ load_settings() {
 
 save_settings() {
   : > "$SETTINGS"
-  for k in config plugins proxy_listen admin_listen status_listen workers log_level; do
+  for k in config plugins proxy_listen admin_listen status_listen workers log_level segment; do
     echo "$k=${OPT[$k]}" >> "$SETTINGS"
   done
 }

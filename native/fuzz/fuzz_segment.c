@@ -10,7 +10,9 @@
  * route slots are not checksummed, so a file with a valid header can
  * still carry any bytes in its routes; every reader must survive that.
  *
- * Input: u8 mode % 3, u32 tick offset (ms), then by mode:
+ * Input: u8 mode % 3, u32 clock offset (ms) for progression calls,
+ * u8 action % 7 (0..4 a canary_prog_action, 5 an unknown one, 6 none),
+ * then by mode:
  *   0  the rest is the whole file;
  *   1  u8 fix flags, then the header fields as bytes (rest of the header
  *      page zero), then the body.  Fix flags set fields the fuzzer would
@@ -39,10 +41,11 @@
  * calls, for every route index, canary_route_read, sticky and non-sticky
  * canary_route_pick, canary_hist_snapshot / _summarize on every
  * upstream, canary_prog_status, and in read-write mode also
- * canary_route_record, canary_route_event and canary_prog_tick; then
- * canary_prom_render, whose output must be well-formed exposition even
- * from corrupt data.  Errors are allowed; crashes, sanitizer reports and
- * out-of-range results are not.
+ * canary_route_record, canary_route_event, canary_prog_action and
+ * canary_prog_tick (neither may leave a table the engine cannot read
+ * back); then canary_prom_render, whose output must be well-formed
+ * exposition even from corrupt data.  Errors are allowed; crashes,
+ * sanitizer reports and out-of-range results are not.
  */
 #include "fuzz_common.h"
 #include "internal.h"
@@ -243,31 +246,38 @@ static void check_cstr(const char *s, size_t cap, const char *what) {
   FZ_CHECK(memchr(s, '\0', cap) != NULL, "%s is not NUL-terminated", what);
 }
 
-/* The writer word names a live process other than us: a tick would wait
- * out its 250 ms timeout, which slows the campaign and proves nothing. */
+/* The writer word names a live process other than us: an action or a
+ * tick would wait out its 250 ms timeout, which slows the campaign and
+ * proves nothing. */
 static int writer_blocks(const canary_seg_t *seg, int route) {
   uint32_t w = canary__route(seg, (uint32_t)route)->writer;
   return w != 0 && w != (uint32_t)getpid() && canary__pid_alive(w);
 }
 
-/* KNOWN BUG "prog-step": judge_window() (prog.c) indexes params.steps
- * with the step read from the segment without checking it against
- * nsteps, so a corrupt step reads past the array.  Only that state is
- * stepped around; every other tick still runs. */
-static int prog_step_bad(const canary_seg_t *seg, int route) {
-  const struct prog_area *pa = canary__prog(seg, (uint32_t)route);
-  return pa->step >= pa->params.nsteps;
+/* What the input asks of the progression: an operator action (one of
+ * canary_prog_action, one past them to check the EINVAL, or none) and
+ * the clock reading for it and for the tick. */
+struct prog_input {
+  int action;
+  double now_us;
+};
+
+/* Whatever progression state they find, actions and ticks change weights
+ * through the engine's own publish: they must never leave a table that
+ * the engine itself refuses to read (every pick would fail). */
+static void unreadable_after(const canary_seg_t *seg, int route,
+                             int was_readable, const char *what) {
+  static struct canary_route_view v;
+  int rc;
+  if (!was_readable)
+    return;
+  rc = canary_route_read(seg, route, &v);
+  FZ_CHECK(rc == 0, "%s on route %d left an unreadable table (%d)", what,
+           route, rc);
 }
 
-/* KNOWN BUG "prog-canary": step_weights() (prog.c) trusts the canary
- * index in the progression parameters; when it is not below the table's
- * n, the weights it publishes do not sum to 10000. */
-static int prog_canary_bad(const canary_seg_t *seg, int route,
-                           const struct canary_route_view *v) {
-  return canary__prog(seg, (uint32_t)route)->params.canary >= v->n;
-}
-
-static void exercise(canary_seg_t *seg, int readonly, double tick_us) {
+static void exercise(canary_seg_t *seg, int readonly,
+                     const struct prog_input *act) {
   struct canary_seg_info info;
   static struct canary_route_view v;
   static struct canary_hist_snapshot snap;
@@ -331,7 +341,7 @@ static void exercise(canary_seg_t *seg, int readonly, double tick_us) {
         FZ_CHECK(canary_hist_summarize(&snap, NULL, &sum) == 0,
                  "summarize failed");
     }
-    rc = canary_prog_status(seg, r, tick_us, &ps);
+    rc = canary_prog_status(seg, r, act->now_us, &ps);
     FZ_CHECK(rc == 0 || rc == CANARY_EINVAL || rc == CANARY_ECORRUPT,
              "prog_status: %d", rc);
     if (rc == 0)
@@ -343,19 +353,22 @@ static void exercise(canary_seg_t *seg, int readonly, double tick_us) {
     }
     canary_route_record(seg, r, 0, 1234, 200, CANARY_TRACE_GENERATED);
     canary_route_event(seg, r, CANARY_EVENT_OVERRIDE);
-    if (!writer_blocks(seg, r) &&
-        !(fz_known_bug("prog-step") && prog_step_bad(seg, r))) {
-      rc = canary_prog_tick(seg, r, tick_us, &ps);
-      FZ_CHECK(rc <= 2, "prog_tick returned %d", rc);
-      /* Whatever it found, a tick publishes through the engine's own
-       * publish: it must never leave behind a table that the engine
-       * itself then refuses to read, which would fail every pick. */
-      if (view_ok &&
-          !(fz_known_bug("prog-canary") && prog_canary_bad(seg, r, &v)))
-        FZ_CHECK(canary_route_read(seg, r, &v) == 0,
-                 "prog_tick on route %d published an unreadable table (%d)", r,
-                 canary_route_read(seg, r, &v));
+    if (writer_blocks(seg, r))
+      continue;
+    if (act->action <= CANARY_ACT_PROMOTE_FULL + 1) {
+      char err[256] = "";
+      rc = canary_prog_action(seg, r, act->action, act->now_us, err,
+                              sizeof err);
+      FZ_CHECK(rc <= 0 && (rc == 0 || err[0] != '\0'),
+               "prog_action %d on route %d: %d without a reason", act->action,
+               r, rc);
+      if (act->action > CANARY_ACT_PROMOTE_FULL)
+        FZ_CHECK(rc == CANARY_EINVAL, "unknown action accepted: %d", rc);
+      unreadable_after(seg, r, view_ok, "prog_action");
     }
+    rc = canary_prog_tick(seg, r, act->now_us, &ps);
+    FZ_CHECK(rc <= 2, "prog_tick returned %d", rc);
+    unreadable_after(seg, r, view_ok, "prog_tick");
   }
 
   out = fz_prom_render(seg, &len, &rc);
@@ -368,7 +381,7 @@ static void exercise(canary_seg_t *seg, int readonly, double tick_us) {
 
 /* ---- one file ----------------------------------------------------------- */
 
-static void run(const struct file *f, double tick_us) {
+static void run(const struct file *f, const struct prog_input *act) {
   canary_seg_t *seg = NULL;
   unsigned char *after;
   char why[512];
@@ -386,7 +399,7 @@ static void run(const struct file *f, double tick_us) {
   FZ_CHECK(ro >= 0 || (why[0] != '\0' && seg == NULL),
            "read-only open failed (%d) without a reason", ro);
   if (ro >= 0) {
-    exercise(seg, 1, tick_us);
+    exercise(seg, 1, act);
     canary_seg_close(seg);
   }
   /* Read-only: never renamed, never written. */
@@ -415,7 +428,7 @@ static void run(const struct file *f, double tick_us) {
   if (rw == CANARY_SEG_RECREATED)
     FZ_CHECK(why[0] != '\0', "recreated without saying why");
   if (rw >= 0) {
-    exercise(seg, 0, tick_us);
+    exercise(seg, 0, act);
     canary_seg_close(seg);
   }
   bad = fz_remove_bad(seg_path, f->p, f->len);
@@ -428,7 +441,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   struct fz_in in = {data, size};
   struct file f;
   uint8_t mode = fz_u8(&in) % 3;
-  double tick_us = canary_clock_us() + (double)fz_u32(&in) * 1e3;
+  struct prog_input act;
+
+  act.now_us = canary_clock_us() + (double)fz_u32(&in) * 1e3;
+  act.action = fz_u8(&in) % (CANARY_ACT_PROMOTE_FULL + 3);
 
   switch (mode) {
   case 0:
@@ -444,7 +460,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     file_from_template(&in, &f);
     break;
   }
-  run(&f, tick_us);
+  run(&f, &act);
   free(f.p);
   return 0;
 }

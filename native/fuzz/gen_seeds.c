@@ -248,8 +248,9 @@ static void weights_seeds(void) {
   s.keys[0] = "k";
   weights("corpus", "valid-16", &s);
 
-  /* misaligned-words: any valid publish reports the misaligned copy of
-   * table_data.names (route.c canary__store_words/canary__load_words). */
+  /* misaligned-words: any valid publish reported the misaligned copy of
+   * table_data.names (route.c canary__store_words/canary__load_words;
+   * fixed in 18c1a6a). */
   memset(&s, 0, sizeof s);
   s.n = 1;
   s.mu = 16;
@@ -383,9 +384,18 @@ static unsigned char *small_segment(size_t *len) {
   return p;
 }
 
+/* mode, clock offset for progression calls, operator action (6: none) */
 static void seg_start(struct buf *b, unsigned mode, uint32_t tick_ms) {
   u8(b, mode);
   u32(b, tick_ms);
+  u8(b, 6);
+}
+
+static void seg_start_action(struct buf *b, uint32_t tick_ms,
+                             unsigned action) {
+  u8(b, 2);
+  u32(b, tick_ms);
+  u8(b, action);
 }
 
 static void seg_header(struct buf *b, unsigned fix, uint32_t routes,
@@ -483,6 +493,17 @@ static void segment_seeds(void) {
   patch(&b, 1, (unsigned)offsetof(struct seg_header, routes_used), &v, 4);
   save("corpus", "fuzz_segment", "template-routes-used", &b);
 
+  /* The template with each operator action (abort, pause, promote). */
+  seg_start_action(&b, 500, CANARY_ACT_ABORT);
+  u8(&b, 0);
+  save("corpus", "fuzz_segment", "template-abort", &b);
+  seg_start_action(&b, 0, CANARY_ACT_PAUSE);
+  u8(&b, 0);
+  save("corpus", "fuzz_segment", "template-pause", &b);
+  seg_start_action(&b, 200, CANARY_ACT_PROMOTE_FULL);
+  u8(&b, 0);
+  save("corpus", "fuzz_segment", "template-promote-full", &b);
+
   /* ro-pick: any read-only attach; the non-sticky pick used to fault
    * there (fixed in db282fe) and must return CANARY_EREADONLY. */
   seg_start(&b, 2, 0);
@@ -490,7 +511,8 @@ static void segment_seeds(void) {
   save("regressions", "fuzz_segment", "ro-pick", &b);
 
   /* prog-step: a running progression whose step is 40, past steps[20];
-   * the window is due 1 s later. */
+   * the window is due 1 s later.  judge_window() read steps[40] (fixed in
+   * fda3850: the tick answers CANARY_ECORRUPT). */
   seg_start(&b, 2, 1000);
   u8(&b, 0);
   v = 40;
@@ -502,7 +524,7 @@ static void segment_seeds(void) {
    * reads as a valid one-upstream table.  The due window passes, and
    * step_weights() builds effective weights without the canary's share:
    * the published table sums to 5000 and every later read or pick gets
-   * CANARY_ECORRUPT. */
+   * CANARY_ECORRUPT (fixed in fda3850: publish_step refuses the index). */
   seg_start(&b, 2, 1000);
   u8(&b, 0);
   for (unsigned k = 0; k < 2; k++) {

@@ -8,6 +8,7 @@
 --     upstreams = { { name = "automation-service", port = 9001 }, ... },
 --     plugins = "canary-router",    -- optional, comma-separated
 --     proxy_port = 8000, admin_port = 8001, status_port = 8007, workers = 2,
+--     segment = "/path/x.seg",      -- optional; PREFIX/canary-router.seg by default
 --   }
 --   local status, body, headers = host.request("GET", "/ai/x", { headers = {...} })
 --   local status, json = host.admin("PATCH", "/plugins/" .. id, { config = {...} })
@@ -100,7 +101,8 @@ function _M.start(opts)
     admin = opts.admin_port or 8001,
     status = opts.status_port or 8007,
   }
-  state = { prefix = prefix, ports = ports, upstreams = {} }
+  state = { prefix = prefix, ports = ports, upstreams = {},
+            segment = opts.segment or (prefix .. "/canary-router.seg") }
 
   if #upstreams > 0 then
     local list = {}
@@ -129,6 +131,7 @@ function _M.start(opts)
     "--status-listen", "127.0.0.1:" .. ports.status,
     "--workers", tostring(opts.workers or 2),
     "--log-level", opts.log_level or "info",
+    "--segment", sh_quote(state.segment),
   }, " "))
   if not ok then
     local log = read_file(prefix .. "/logs/error.log") or ""
@@ -284,7 +287,7 @@ end
 
 
 function _M.segment_path()
-  return state and state.prefix .. "/canary-router.seg"
+  return state and state.segment
 end
 
 
