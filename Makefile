@@ -112,7 +112,7 @@ $(BUILD)/san/tests/%: native/tests/%.c $(SAN_OBJ) $(HDRS)
 	$(CC) $(CSTD) $(WARN) $(INCS) $(SAN_FLAGS) -o $@ $< $(SAN_OBJ) $(LDLIBS) -lcmocka -lm
 
 test: deps build
-	@$(MAKE) --no-print-directory test-native test-san test-valgrind check-cdef lint test-lua test-prom
+	@$(MAKE) --no-print-directory test-native test-san test-valgrind fuzz-smoke check-cdef lint test-lua test-prom
 	@echo "make test: all suites passed"
 
 test-native: $(TESTS)
@@ -159,6 +159,11 @@ reload:
 
 stop:
 	@bash kong/host/ctl.sh stop
+
+# ---- fuzzing (libFuzzer, clang) ------------------------------------------
+# make fuzz FUZZ_SECONDS=N runs every target longer; make test runs
+# fuzz-smoke (8 s per target plus every regression input).
+include native/fuzz/fuzz.mk
 
 # ---- install (used by the rockspec) --------------------------------------
 

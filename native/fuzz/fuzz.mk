@@ -34,7 +34,7 @@
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 8
-FUZZ_KNOWN_BUGS ?= # ids of open engine bugs; none at the moment
+FUZZ_KNOWN_BUGS ?=
 
 FUZZ_DIR     := native/fuzz
 FUZZ_OUT     := $(BUILD)/fuzz

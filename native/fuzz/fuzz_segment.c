@@ -276,6 +276,17 @@ static void unreadable_after(const canary_seg_t *seg, int route,
            route, rc);
 }
 
+/* KNOWN BUG "prog-action": canary_prog_action() (prog.c) does not run
+ * canary_prog_check() on the parameters it finds in the segment, as
+ * canary_prog_tick() does, so a promote publishes a step weight above
+ * 10000 and leaves a table that sums to something else.  Only actions on
+ * routes whose stored parameters fail that check are stepped around. */
+static int prog_params_bad(const canary_seg_t *seg, int route) {
+  struct canary_prog_params p;
+  memcpy(&p, &canary__prog(seg, (uint32_t)route)->params, sizeof p);
+  return canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0;
+}
+
 static void exercise(canary_seg_t *seg, int readonly,
                      const struct prog_input *act) {
   struct canary_seg_info info;
@@ -355,7 +366,8 @@ static void exercise(canary_seg_t *seg, int readonly,
     canary_route_event(seg, r, CANARY_EVENT_OVERRIDE);
     if (writer_blocks(seg, r))
       continue;
-    if (act->action <= CANARY_ACT_PROMOTE_FULL + 1) {
+    if (act->action <= CANARY_ACT_PROMOTE_FULL + 1 &&
+        !(fz_known_bug("prog-action") && prog_params_bad(seg, r))) {
       char err[256] = "";
       rc = canary_prog_action(seg, r, act->action, act->now_us, err,
                               sizeof err);

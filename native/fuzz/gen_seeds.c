@@ -535,6 +535,21 @@ static void segment_seeds(void) {
     patch(&b, 3, base + (unsigned)offsetof(struct table_buf, upper), &v, 4);
   }
   save("regressions", "fuzz_segment", "prog-canary", &b);
+
+  /* prog-action: route 0's stored progression says its last step
+   * (steps[2]) is 20000, above the 10000 scale; a PROMOTE_FULL action
+   * publishes it, step_weights() computes 10000 - 20000 in uint32_t, and
+   * the table left behind reads as CANARY_ECORRUPT.  (Found by the
+   * 120 s campaign on cf44ed5; canary_prog_tick() checks the parameters
+   * with canary_prog_check() first, canary_prog_action() does not.) */
+  seg_start_action(&b, 0, CANARY_ACT_PROMOTE_FULL);
+  u8(&b, 0);
+  v = 20000;
+  patch(&b, 7,
+        (unsigned)(offsetof(struct canary_prog_params, steps) +
+                   2 * sizeof(uint32_t)),
+        &v, 4);
+  save("regressions", "fuzz_segment", "prog-action", &b);
 }
 
 int main(int argc, char **argv) {

@@ -22,6 +22,13 @@ set -uo pipefail
 out=$1 fuzzdir=$2 mode=$3 secs=$4
 shift 4
 
+# The targets make their segment files in a directory of their own under
+# $TMPDIR and remove it at exit; a run that crashes leaves it behind, so
+# keep those under OUT (make clean) rather than in /tmp.
+export TMPDIR=$out/tmp
+rm -rf "$TMPDIR"
+mkdir -p "$TMPDIR"
+
 # UBSan: known-bugs.supp holds the reported, unfixed bugs; a campaign
 # suppresses them so it can look for new ones.
 campaign_ubsan="suppressions=$fuzzdir/known-bugs.supp:halt_on_error=1:print_stacktrace=1"

@@ -179,7 +179,7 @@ static void publish_step(const canary_seg_t *seg, struct route_hdr *r,
                          uint32_t canary, uint32_t w) {
   struct table_data d;
   if (canary__read_table(seg, r, &d, NULL, 1) != 0 || canary == 0 ||
-      canary >= d.n)
+      canary >= d.n || w > CANARY_WEIGHT_SCALE)
     return;
   step_weights(&d, canary, w);
   canary__compute_upper(&d);
@@ -395,7 +395,12 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
     if (window(seg, (uint32_t)route, pa, p.canary, &w) == 0 &&
         w.count >= floor && w.error_rate > p.rollback_error_rate &&
         canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) == 0) {
-      if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING) {
+      struct canary_prog_params now_p;
+      /* Under the writer word: the progression may have been restarted
+       * (other parameters, another canary) since we looked. */
+      load_params(pa, &now_p);
+      if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
+          memcmp(&now_p, &p, sizeof p) == 0) {
         rollback(seg, r, pa, p.canary);
         ck_pr_inc_64(&pa->evaluations[CANARY_GATE_FAIL]);
         ck_pr_store_32(&pa->last_result, CANARY_GATE_FAIL);
@@ -423,7 +428,15 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
     goto done;
   if (canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) != 0)
     return CANARY_EBUSY; /* that window goes unjudged; the next one won't */
-  if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING)
+  /* A publish may have restarted the progression between our CAS and the
+   * writer word: then the window start is no longer ours, and the
+   * parameters we loaded may be stale.  Judge only our window, with the
+   * parameters in force now. */
+  load_params(pa, &p);
+  if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
+      ck_pr_load_64(&pa->window_start_us) == now &&
+      canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) == 0 &&
+      p.canary < seg->max_upstreams)
     rc = judge_window(seg, (uint32_t)route, r, pa, &p, now_us,
                       (double)(now - ws) / 1e3);
   canary__owner_release(&r->writer);
@@ -457,9 +470,9 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
   step = ck_pr_load_32(&pa->step);
   load_params(pa, &p);
   if (state != CANARY_PROG_NONE &&
-      (state > CANARY_PROG_ROLLED_BACK || p.nsteps == 0 ||
-       p.nsteps > CANARY_MAX_STEPS || step >= p.nsteps ||
-       p.canary >= seg->max_upstreams)) {
+      (state > CANARY_PROG_ROLLED_BACK ||
+       canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
+       step >= p.nsteps || p.canary >= seg->max_upstreams)) {
     rc = canary__fail(err, err_len, CANARY_ECORRUPT,
                       "progression state of this route is corrupt");
     goto out;
