@@ -52,7 +52,7 @@ LUA_ENV := LUA_PATH="$(CURDIR)/$(BUILD)/lua/?.lua;$(CURDIR)/$(BUILD)/lua/?/init.
 	LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
 
 .PHONY: deps build lib cli lua test test-native test-san test-valgrind \
-	check-cdef lint test-lua test-prom bench run reload stop install install-rock \
+	check-cdef lint test-lua test-prom test-summary bench run reload stop install install-rock \
 	clean format
 
 # ---- dependencies ------------------------------------------------------
@@ -112,7 +112,7 @@ $(BUILD)/san/tests/%: native/tests/%.c $(SAN_OBJ) $(HDRS)
 	$(CC) $(CSTD) $(WARN) $(INCS) $(SAN_FLAGS) -o $@ $< $(SAN_OBJ) $(LDLIBS) -lcmocka -lm
 
 test: deps build
-	@$(MAKE) --no-print-directory test-native test-san test-valgrind fuzz-smoke check-cdef lint test-lua test-prom
+	@$(MAKE) --no-print-directory test-native test-san test-valgrind fuzz-smoke check-cdef lint test-lua test-prom test-summary
 	@echo "make test: all suites passed"
 
 test-native: $(TESTS)
@@ -136,7 +136,14 @@ lint:
 	@luacheck -q plugin schema spec kong/host
 
 test-lua: build
-	@$(LUA_ENV) luajit /usr/bin/busted --no-auto-insulate -o utfTerminal spec/
+	@rm -f $(BUILD)/test-summary.txt
+	@$(LUA_ENV) CANARY_TEST_SUMMARY=$(CURDIR)/$(BUILD)/test-summary.txt \
+		luajit /usr/bin/busted --no-auto-insulate -o utfTerminal spec/
+
+# The figures of the chaos, hostile-input and fuzz runs; fails when a
+# request failed or a count was lost.
+test-summary:
+	@luajit spec/tools/summary.lua $(BUILD)/test-summary.txt $(BUILD)/fuzz-summary.txt
 
 test-prom:
 	@if ls kong/*.rules.yml >/dev/null 2>&1; then \

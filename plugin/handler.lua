@@ -67,7 +67,13 @@ local function cookie(pattern)
   return v
 end
 
--- Trace ID of this request, its source, and the traceparent to send on.
+-- Trace ID of this request, its source, and the traceparent to send on
+-- (nil: leave the request's own alone).
+--   valid traceparent          its trace-id; forwarded unchanged
+--   valid X-Trace-Id           kept; a new traceparent carries it when it
+--                              is W3C-shaped (32 hex), else a new trace-id
+--   neither                    a new id, in both headers
+-- An invalid traceparent is replaced (W3C: act as if it were absent).
 local function trace(c)
   local tp_in = c.traceparent and header("traceparent") or nil
   local id_in = header(c.trace_header)
@@ -78,20 +84,15 @@ local function trace(c)
     if id then return id, TRACE.TRACEPARENT, nil end
     rejected = true
   end
-  if id_in then
-    if trace_id_valid(id_in) then
-      if not c.traceparent or #id_in ~= 32 or not id_in:match("^%x+$") then
-        return id_in, TRACE.CLIENT, nil
-      end
-      -- A W3C-shaped client id also seeds the traceparent we create.
-      local _, tp = trace_generate(true)
-      if tp then
-        return id_in, TRACE.CLIENT, "00-" .. id_in:lower() .. tp:sub(36)
-      end
-      return id_in, TRACE.CLIENT, nil
+  if id_in and trace_id_valid(id_in) then
+    if not c.traceparent then return id_in, TRACE.CLIENT, nil end
+    local _, tp = trace_generate(true)
+    if tp and #id_in == 32 and id_in:match("^%x+$") and not id_in:match("^0+$") then
+      tp = "00-" .. id_in:lower() .. tp:sub(36)
     end
-    rejected = true
+    return id_in, TRACE.CLIENT, tp
   end
+  if id_in then rejected = true end
   local id, tp = trace_generate(c.traceparent)
   if not id then return nil, nil, nil end
   return id, rejected and TRACE.REJECTED or TRACE.GENERATED, tp

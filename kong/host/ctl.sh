@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kong/host/ctl.sh - start, stop and reload the local Kong stand-in host.
 #
-#   kong/host/ctl.sh start|stop|reload|restart|status [options]
+#   kong/host/ctl.sh start|stop|reload|restart|status|render [options]
 #
 #   --prefix DIR          nginx prefix (default: servroot/ in the repo)
 #   --config FILE         declarative config (default: kong/kong.yml)
@@ -21,6 +21,8 @@
 # reload  regenerates nginx.conf, checks it (`nginx -t`), sends HUP (like
 #         `kong reload`: the config file is read again) and returns once
 #         the new workers serve.
+# render  only writes PREFIX/conf/nginx.conf (what start would run) and
+#         prints its path; starts nothing.
 #
 # Lua modules are found in build/lua (the plugin, after `make build`),
 # kong/host/lib, and anything already on $LUA_PATH (searched first).
@@ -262,5 +264,6 @@ case "$cmd" in
   reload)  reload ;;
   restart) stop_gateway; start ;;
   status)  status ;;
-  *) die "unknown command '$cmd' (start|stop|reload|restart|status)" ;;
+  render)  load_settings; render_conf; echo "$PREFIX/conf/nginx.conf" ;;
+  *) die "unknown command '$cmd' (start|stop|reload|restart|status|render)" ;;
 esac

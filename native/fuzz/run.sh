@@ -88,6 +88,9 @@ if [ "$mode" = regressions ]; then
 fi
 
 total=0 crashes=0
+# One "<target> <executions>" line per target, for make test's summary.
+summary=$out/../fuzz-summary.txt
+: >"$summary"
 for t in "$@"; do
   if [ "$mode" = fresh ]; then
     work=$out/smoke-corpus/$t
@@ -110,6 +113,7 @@ for t in "$@"; do
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   execs=${execs:-0}
   total=$((total + execs))
+  echo "$t $execs" >>"$summary"
   if [ "$rc" -eq 0 ]; then
     echo "$t: $execs executions, 0 crashes"
   else

@@ -82,21 +82,57 @@ __attribute__((format(printf, 2, 3))) static void putf(struct out *o,
     put(o, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
+/* Length of the valid UTF-8 character at p (RFC 3629: no overlong forms,
+ * no surrogates, nothing above U+10FFFF), or 0.  Prometheus rejects a
+ * scrape with a label that is not UTF-8, so one bad route name would
+ * otherwise blind monitoring for every route. */
+static size_t utf8_len(const unsigned char *p) {
+  unsigned char lo = 0x80, hi = 0xbf;
+  size_t n;
+  if (p[0] < 0x80)
+    return 1;
+  if (p[0] >= 0xc2 && p[0] <= 0xdf)
+    n = 2;
+  else if (p[0] >= 0xe0 && p[0] <= 0xef)
+    n = 3;
+  else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+    n = 4;
+  else
+    return 0;
+  if (p[0] == 0xe0)
+    lo = 0xa0;
+  else if (p[0] == 0xed)
+    hi = 0x9f;
+  else if (p[0] == 0xf0)
+    lo = 0x90;
+  else if (p[0] == 0xf4)
+    hi = 0x8f;
+  if (p[1] < lo || p[1] > hi)
+    return 0; /* also stops at the NUL */
+  for (size_t i = 2; i < n; i++)
+    if (p[i] < 0x80 || p[i] > 0xbf)
+      return 0;
+  return n;
+}
+
 /* Label values: escape backslash, quote and newline as the format says;
- * other control bytes become '?', so nothing can end a line early. */
+ * other control bytes and bytes that are not UTF-8 become '?', so nothing
+ * can end a line early or spoil the scrape. */
 static void put_label(struct out *o, const char *s) {
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '\\')
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    size_t n = utf8_len(p);
+    if (*p == '\\')
       put(o, "\\\\", 2);
-    else if (c == '"')
+    else if (*p == '"')
       put(o, "\\\"", 2);
-    else if (c == '\n')
+    else if (*p == '\n')
       put(o, "\\n", 2);
-    else if (c < 0x20 || c == 0x7f)
+    else if (n == 0 || *p < 0x20 || *p == 0x7f)
       put(o, "?", 1);
     else
-      put(o, (const char *)&c, 1);
+      put(o, (const char *)p, n);
+    p += n ? n : 1;
   }
 }
 

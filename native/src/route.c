@@ -168,6 +168,19 @@ int canary_route_find(const canary_seg_t *seg, const char *key,
   return CANARY_ENOENT;
 }
 
+/* The length a label keeps in its slot: too long a label is cut between
+ * UTF-8 characters, never inside one (the renderer would show a '?' for
+ * the stump). */
+static size_t label_cut(const char *label, size_t label_len) {
+  if (label_len < CANARY_LABEL_MAX)
+    return label_len;
+  label_len = CANARY_LABEL_MAX - 1;
+  while (label_len > 0 && ((unsigned char)label[label_len] & 0xc0) == 0x80)
+    label_len--;
+  return label_len;
+}
+
+/* Caller passes label_len already through label_cut(). */
 static void store_label(struct route_hdr *r, const char *label,
                         size_t label_len) {
   char buf[CANARY_LABEL_MAX];
@@ -187,8 +200,7 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
     return CANARY_EINVAL;
   if (seg->readonly)
     return CANARY_EREADONLY;
-  if (label_len >= CANARY_LABEL_MAX)
-    label_len = CANARY_LABEL_MAX - 1;
+  label_len = label_cut(label, label_len);
   h = canary__header(seg);
 
   rc = canary__owner_acquire(&h->claim_owner, WRITER_TIMEOUT_MS);

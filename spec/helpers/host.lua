@@ -14,6 +14,8 @@
 --   local status, json = host.admin("PATCH", "/plugins/" .. id, { config = {...} })
 --   host.control("automation-service-canary", { latency_ms = 50, error_rate = 0.2 })
 --   host.worker_pids()   host.reload()   host.error_log()   host.stop()
+--   host.restart { segment = "/other.seg" }  -- the gateway only
+--   host.run("shell command")                -- ok, output
 --
 -- Real processes, real HTTP on 127.0.0.1: the demo upstreams
 -- (kong/host/demo_upstream) and the gateway (kong/host/ctl.sh) run in the
@@ -40,12 +42,16 @@ local function sh_quote(s)
 end
 
 
--- Runs a shell command; returns ok, combined output.
+-- Runs a shell command; returns ok, combined output.  LuaJIT's
+-- popen():close() says nothing about the exit status (it returns true
+-- unless built with Lua 5.2 compatibility), so the shell reports it.
 local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
+  local p = io.popen("{ " .. cmd .. "\n} 2>&1; echo \"__exit=$?\"")
   local out = p:read("*a")
-  local ok, _, code = p:close()
-  return ok == true or code == 0, out
+  p:close()
+  local code = tonumber(out:match("__exit=(%d+)%s*$"))
+  out = out:gsub("__exit=%d+%s*$", "")
+  return code == 0, out
 end
 
 
@@ -70,6 +76,11 @@ end
 function _M.root()
   return ROOT
 end
+
+
+--- Runs a shell command; returns ok (exit status 0) and its output
+-- (stdout and stderr).
+_M.run = run
 
 
 --- Starts the demo upstreams and the gateway; returns once they answer.
@@ -155,6 +166,26 @@ function _M.stop()
   if not ok then
     error("stop failed:\n" .. out, 2)
   end
+end
+
+
+--- Stops and starts the gateway alone (the demo upstreams keep running),
+-- optionally with another `segment` path; returns once it serves.
+function _M.restart(opts)
+  assert(state, "host not started")
+  opts = opts or {}
+  local args = { "bash", sh_quote(ROOT .. "/kong/host/ctl.sh"), "restart",
+                 "--prefix", sh_quote(state.prefix) }
+  if opts.segment then
+    args[#args + 1] = "--segment"
+    args[#args + 1] = sh_quote(opts.segment)
+  end
+  local ok, out = run(table.concat(args, " "))
+  if not ok then
+    local log = read_file(state.prefix .. "/logs/error.log") or ""
+    error("restart failed:\n" .. out .. "\n" .. log:sub(-4000), 2)
+  end
+  state.segment = opts.segment or state.segment
 end
 
 

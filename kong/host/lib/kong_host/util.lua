@@ -138,9 +138,19 @@ function _M.json_decode(s)
   if type(s) ~= "string" then
     return nil, "expected a string"
   end
-  local v, _, err = dkjson.decode(s, 1, NULL, nil, ARRAY_MT)
+  -- dkjson recurses per nesting level: deeply nested input raises
+  -- "stack overflow" instead of returning an error (Kong's cjson refuses
+  -- more than 1000 levels with an error).
+  local ok, v, pos, err = pcall(dkjson.decode, s, 1, NULL, nil, ARRAY_MT)
+  if not ok then
+    return nil, tostring(v)
+  end
   if err then
     return nil, err
+  end
+  -- dkjson stops after the first value; cjson (Kong) refuses what follows.
+  if s:find("%S", pos) then
+    return nil, "trailing garbage at character " .. pos
   end
   return v
 end
