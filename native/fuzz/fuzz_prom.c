@@ -22,8 +22,9 @@
  *     and +Inf equal to _count; quantiles are within 1 % of the exact
  *     nearest-rank value of the clamped samples.  Label values are
  *     compared after unescaping with what the engine documents: the label,
- *     or the key when the label is empty, truncated to 127 bytes, cut at a
- *     NUL, other control bytes shown as '?'.
+ *     or the key when the label is empty, truncated to at most 127 bytes
+ *     between UTF-8 characters, cut at a NUL, control bytes and bytes that
+ *     are not well-formed UTF-8 shown as '?'.
  *
  * Finally canary_prom_render is called with a buffer too small by a
  * fuzz-chosen amount (1 byte .. all of it): it must return CANARY_ENOSPC
@@ -106,12 +107,50 @@ struct observe {
 static struct model model;
 static struct scalars expected, seen;
 
-/* What a label value reads as after unescaping, per the engine's rule. */
+/* Bytes of the well-formed UTF-8 sequence at p (RFC 3629, table 3-7 of
+ * Unicode: no overlong forms, no surrogates, nothing past U+10FFFF), or 0.
+ * Written from the standard's table, independently of the engine. */
+static size_t model_utf8(const unsigned char *p) {
+  static const struct {
+    unsigned char first_lo, first_hi, second_lo, second_hi, len;
+  } rows[] = {
+      {0xc2, 0xdf, 0x80, 0xbf, 2}, {0xe0, 0xe0, 0xa0, 0xbf, 3},
+      {0xe1, 0xec, 0x80, 0xbf, 3}, {0xed, 0xed, 0x80, 0x9f, 3},
+      {0xee, 0xef, 0x80, 0xbf, 3}, {0xf0, 0xf0, 0x90, 0xbf, 4},
+      {0xf1, 0xf3, 0x80, 0xbf, 4}, {0xf4, 0xf4, 0x80, 0x8f, 4},
+  };
+  if (p[0] < 0x80)
+    return 1;
+  for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+    if (p[0] < rows[r].first_lo || p[0] > rows[r].first_hi)
+      continue;
+    if (p[1] < rows[r].second_lo || p[1] > rows[r].second_hi)
+      return 0;
+    for (size_t i = 2; i < rows[r].len; i++)
+      if (p[i] < 0x80 || p[i] > 0xbf)
+        return 0;
+    return rows[r].len;
+  }
+  return 0;
+}
+
+/* What a label value reads as after unescaping, per the engine's rule:
+ * control bytes and bytes that are not well-formed UTF-8 become '?'. */
 static void displayed(char *out, size_t cap, const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
   size_t n = 0;
-  for (; *s && n + 1 < cap; s++) {
-    unsigned char c = (unsigned char)*s;
-    out[n++] = (c < 0x20 && c != '\n') || c == 0x7f ? '?' : (char)c;
+  while (*p && n + 1 < cap) {
+    size_t len = model_utf8(p);
+    if (len == 0 || (*p < 0x20 && *p != '\n') || *p == 0x7f) {
+      out[n++] = '?';
+      p++;
+      continue;
+    }
+    if (n + len >= cap)
+      break;
+    memcpy(out + n, p, len);
+    n += len;
+    p += len;
   }
   out[n] = '\0';
 }
@@ -435,8 +474,14 @@ static int claim(canary_seg_t *seg, struct model *m, struct fz_in *in) {
       memcpy(r->key, key, klen);
       r->key[klen] = '\0';
     }
-    /* The engine keeps 127 bytes and, being C, stops at a NUL. */
-    lcap = llen < CANARY_LABEL_MAX - 1 ? llen : CANARY_LABEL_MAX - 1;
+    /* The engine keeps at most 127 bytes, cut before a UTF-8
+     * continuation byte, and, being C, stops at a NUL. */
+    lcap = llen;
+    if (lcap > CANARY_LABEL_MAX - 1) {
+      lcap = CANARY_LABEL_MAX - 1;
+      while (lcap > 0 && ((unsigned char)label[lcap] & 0xc0) == 0x80)
+        lcap--;
+    }
     if (llen > 0) {
       memcpy(r->label, label, lcap);
       r->label[lcap] = '\0';
