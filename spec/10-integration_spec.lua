@@ -4,6 +4,7 @@
 local host = require "helpers.host"
 local load = require "helpers.load"
 local cjson = require "cjson.safe"
+local prom = require "helpers.prom"
 
 local PLUGIN_ID = "6f1c2d3e-4b5a-4c69-8d7e-9f0a1b2c3d4e"
 local STABLE, CANARY = "automation-service", "automation-service-canary"
@@ -110,7 +111,7 @@ describe("canary-router in the local Kong host", function()
     local before = metrics()
     local up_before = { host.upstream_stats(STABLE).requests, host.upstream_stats(CANARY).requests }
     local counts = send(1000)
-    local after = metrics()
+    local after = prom.settled(metrics)
     local up_after = { host.upstream_stats(STABLE).requests, host.upstream_stats(CANARY).requests }
     assert.equal(counts[STABLE], requests_of(after, STABLE) - requests_of(before, STABLE))
     assert.equal(counts[CANARY], requests_of(after, CANARY) - requests_of(before, CANARY))
@@ -254,12 +255,14 @@ describe("canary-router in the local Kong host", function()
     assert.is_true(r.requests > 200, r.raw)
     assert.equal(0, r.non2xx, r.raw)
     assert.equal(0, r.socket_errors, r.raw)
-    local after = requests_of(metrics(), STABLE) + requests_of(metrics(), CANARY)
+    local text = prom.settled(metrics)
+    local after = requests_of(text, STABLE) + requests_of(text, CANARY)
     assert.is_true(after >= before + r.requests, ("%d + %d > %d"):format(before, r.requests, after))
   end)
 
   it("serves its status on the Admin API, matching canarystat --json", function()
     send(200)
+    prom.settled(metrics)
     local status, body = host.admin("GET", "/canary-router/status")
     assert.equal(200, status)
     local inst = body.data[1]

@@ -451,7 +451,7 @@ describe("chaos", function()
       local canary, failed = send(1000, "/ai/recreated")
       assert.equal(0, failed)
       assert.is_true(math.abs(canary - 100) <= 10, "canary got " .. canary)
-      local text = metrics()
+      local text = prom.settled(metrics)
       assert_promtool(text)
       assert.equal(1000, requests_total(text))
 

@@ -410,7 +410,7 @@ describe("hostile input", function()
 
     -- no worker crashed, nothing was recorded as a 5xx, no Lua error
     assert.same(workers, live_workers())
-    local after = prom.parse(metrics())
+    local after = prom.parse(prom.settled(metrics))
     assert.equal(0, prom.sum(after, "canary_requests_total", { status = "5xx" })
                     - prom.sum(before, "canary_requests_total", { status = "5xx" }))
     assert.same({}, prom.went_back(before, after))
@@ -472,7 +472,7 @@ describe("hostile input", function()
       end
     end
     figures.hostile_inputs = figures.hostile_inputs + #cases
-    local after = prom.parse(metrics())
+    local after = prom.parse(prom.settled(metrics))
     local route = { route = "automation-service" }
     local function delta(source)
       route.source = source
@@ -514,7 +514,7 @@ describe("hostile input", function()
     assert.equal(0, failed)
     -- the normal 90/10 split, as if no override had been sent
     assert.is_true(math.abs(canary - 100) <= 10, "canary got " .. canary)
-    local after = prom.parse(metrics())
+    local after = prom.parse(prom.settled(metrics))
     local l = { route = "automation-service", event = "override_denied" }
     assert.equal(n, prom.value(after, "canary_events_total", l)
                     - prom.value(before, "canary_events_total", l))
@@ -707,7 +707,7 @@ describe("hostile input", function()
     end
     assert.equal(n, host.upstream_stats(STABLE).requests - stable_before)
     assert.equal(0, host.upstream_stats(CANARY).requests - canary_before)
-    local after = prom.parse(metrics())
+    local after = prom.parse(prom.settled(metrics))
     local l = { route = "ghost-svc", event = "fallback" }
     local fallbacks = prom.value(after, "canary_events_total", l)
                       - prom.value(before, "canary_events_total", l)

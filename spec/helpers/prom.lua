@@ -119,6 +119,24 @@ function _M.went_back(before, after)
 end
 
 --- Runs `promtool check metrics` on the text; returns ok, its output.
+-- Metrics once the requests already answered are all recorded.  The
+-- plugin records in the log phase, which nginx runs after the response
+-- went out, so a scrape sent the moment the last answer arrived can miss
+-- it (as in Kong).  `fetch` returns the metrics text; it is called until
+-- two reads 50 ms apart agree (at most 2 s).  Only for quiet moments: under
+-- load the text never settles.
+function _M.settled(fetch)
+  local socket = require "socket"
+  local last = fetch()
+  for _ = 1, 40 do
+    socket.sleep(0.05)
+    local now = fetch()
+    if now == last then return now end
+    last = now
+  end
+  return last
+end
+
 function _M.check(text)
   local path = os.tmpname()
   local f = assert(io.open(path, "wb"))
