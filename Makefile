@@ -151,11 +151,15 @@ test-prom:
 
 # ---- bench, run --------------------------------------------------------
 
-$(BUILD)/bench/bench: native/bench/bench.c $(BUILD)/libcanary.a $(HDRS)
+# C benchmarks (bench.c: engine vs lock-based baselines; accuracy.c;
+# scale.c), linked statically against the engine.
+BENCH_BINS := $(BUILD)/bench/bench $(BUILD)/bench/accuracy $(BUILD)/bench/scale
+
+$(BUILD)/bench/%: native/bench/%.c $(BUILD)/libcanary.a $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(INCS) -O2 -g -o $@ $< $(BUILD)/libcanary.a $(LDLIBS)
 
-bench: deps build $(BUILD)/bench/bench
+bench: deps build $(BENCH_BINS)
 	@bash native/bench/run.sh
 
 run: deps build

@@ -1,0 +1,151 @@
+/*
+ * scale.c - segment size per route, and the cost of rendering
+ * /canary-router/metrics for many routes.
+ *
+ *   scale DIR [ROUTES] [RENDERS]
+ *
+ * Prints "name value unit" lines:
+ *
+ *   scale_route_bytes_{2,16}_upstreams
+ *       canary_seg_info.route_bytes of a segment made for 2 / 16 upstreams;
+ *   scale_segment_bytes_<R>_routes_16_upstreams
+ *       the whole file for R routes at the local host's geometry;
+ *   scale_render_<R>x2_ms, scale_render_<R>x2_max_ms
+ *       canary_prom_render() of R routes x 2 upstreams with data: median
+ *       and worst of RENDERS renders, into a buffer already large enough
+ *       (the Lua binding keeps its buffer between scrapes);
+ *   scale_render_<R>x2_bytes
+ *       the size of that exposition.
+ *
+ * Leaves DIR/scale-<R>.seg behind (R routes x 2 upstreams with data, 16
+ * upstream slots as the local host makes them), for stage_scale.sh to hand
+ * to the local host, whose scrapes then render all of them.
+ */
+#include "canary.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static uint64_t rng = 42;
+static double unit(void) { /* splitmix64 -> (0, 1) */
+  uint64_t z = (rng += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  z ^= z >> 31;
+  return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
+}
+
+static int open_seg(canary_seg_t **seg, const char *path, uint32_t routes,
+                    uint32_t ups) {
+  char why[256];
+  int rc;
+  unlink(path);
+  rc = canary_seg_open(seg, path, routes, ups, 0, why, sizeof why);
+  if (rc < 0)
+    fprintf(stderr, "scale: %s: %s: %s\n", path, canary_strerror(rc), why);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  const char *dir = argc > 1 ? argv[1] : "build/bench";
+  int routes = argc > 2 ? atoi(argv[2]) : 1000;
+  int renders = argc > 3 ? atoi(argv[3]) : 50;
+  char path[512], err[256];
+  struct canary_seg_info info;
+  canary_seg_t *seg = NULL;
+  struct canary_table t;
+  size_t cap, len = 0;
+  char *buf;
+  double *ms;
+
+  if (routes < 1 || renders < 1)
+    return 2;
+  ms = calloc((size_t)renders, sizeof *ms);
+  if (ms == NULL)
+    return 1;
+
+  /* Geometry: bytes per route for 2 and 16 upstream slots. */
+  snprintf(path, sizeof path, "%s/scale-geometry.seg", dir);
+  for (uint32_t ups = 2; ups <= 16; ups += 14) {
+    if (open_seg(&seg, path, (uint32_t)routes, ups) < 0)
+      return 1;
+    canary_seg_info(seg, &info);
+    printf("scale_route_bytes_%u_upstreams %llu bytes\n", ups,
+           (unsigned long long)info.route_bytes);
+    if (ups == 16)
+      printf("scale_segment_bytes_%d_routes_16_upstreams %llu bytes\n", routes,
+             (unsigned long long)info.size);
+    canary_seg_close(seg);
+  }
+  unlink(path);
+
+  /* routes x 2 upstreams with data, at the host's geometry (+ a few free
+   * slots for the host's own routes). */
+  snprintf(path, sizeof path, "%s/scale-%d.seg", dir, routes);
+  if (open_seg(&seg, path, (uint32_t)routes + 8, 16) < 0)
+    return 1;
+  memset(&t, 0, sizeof t);
+  t.n = 2;
+  t.weights[0] = 9000;
+  t.weights[1] = 1000;
+  strcpy(t.names[0], "automation-service");
+  strcpy(t.names[1], "automation-service-canary");
+  for (int r = 0; r < routes; r++) {
+    char key[64], label[64];
+    int k = snprintf(key, sizeof key, "route-%04d", r);
+    int l = snprintf(label, sizeof label, "service-%04d", r);
+    int slot = canary_route_claim(seg, key, (size_t)k, label, (size_t)l);
+    if (slot < 0 ||
+        canary_route_publish(seg, slot, &t, 0, NULL, err, sizeof err) < 0) {
+      fprintf(stderr, "scale: cannot publish route %d\n", r);
+      return 1;
+    }
+    /* Log-normal latencies around 20 ms, a few 5xx, every trace source:
+     * a few hundred non-empty buckets per upstream. */
+    for (int i = 0; i < 2000; i++) {
+      int up = i % 10 == 0;
+      uint64_t us = (uint64_t)exp(log(20000.0) + sqrt(-2 * log(unit())) *
+                                                     cos(6.2831853 * unit()));
+      canary_route_record(seg, slot, up, us, i % 97 == 0 ? 503 : 200, i % 3);
+    }
+  }
+
+  cap = 0;
+  buf = NULL;
+  if (canary_prom_render(seg, buf, cap, &len) != CANARY_ENOSPC)
+    return 1;
+  cap = len * 2;
+  buf = malloc(cap);
+  if (buf == NULL || canary_prom_render(seg, buf, cap, &len) != 0)
+    return 1;
+  for (int i = 0; i < renders; i++) {
+    double t0 = now_ms();
+    if (canary_prom_render(seg, buf, cap, &len) != 0)
+      return 1;
+    ms[i] = now_ms() - t0;
+  }
+  qsort(ms, (size_t)renders, sizeof *ms, cmp_double);
+  printf("scale_render_%dx2_ms %.3f ms\n", routes, ms[renders / 2]);
+  printf("scale_render_%dx2_max_ms %.3f ms\n", routes, ms[renders - 1]);
+  printf("scale_render_%dx2_bytes %zu bytes\n", routes, len);
+  canary_seg_close(seg);
+  free(buf);
+  free(ms);
+  return 0;
+}
