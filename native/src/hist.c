@@ -78,10 +78,20 @@ static uint64_t bucket(const struct canary_hist_snapshot *now,
                 : now->buckets[i];
 }
 
-static double mid(int b) {
+double canary__bucket_mid(int b) {
   return ((double)canary_hist_bucket_low(b) +
           (double)canary_hist_bucket_high(b)) /
          2.0;
+}
+
+uint64_t canary__rank(double q, uint64_t count) {
+  /* The epsilon keeps 0.95 * 100 at rank 95 despite binary rounding. */
+  uint64_t rank = (uint64_t)ceil(q * (double)count - 1e-9);
+  if (rank < 1)
+    rank = 1;
+  if (rank > count)
+    rank = count;
+  return rank;
 }
 
 /* Nearest-rank quantile given the window's total count. */
@@ -91,18 +101,13 @@ static double quantile(const struct canary_hist_snapshot *now,
   uint64_t rank, seen = 0;
   if (count == 0)
     return 0.0;
-  /* The epsilon keeps 0.95 * 100 at rank 95 despite binary rounding. */
-  rank = (uint64_t)ceil(q * (double)count - 1e-9);
-  if (rank < 1)
-    rank = 1;
-  if (rank > count)
-    rank = count;
+  rank = canary__rank(q, count);
   for (int i = 0; i < CANARY_HIST_BUCKETS; i++) {
     seen += bucket(now, before, i);
     if (seen >= rank)
-      return mid(i);
+      return canary__bucket_mid(i);
   }
-  return mid(CANARY_HIST_BUCKETS - 1);
+  return canary__bucket_mid(CANARY_HIST_BUCKETS - 1);
 }
 
 int canary_hist_quantile(const struct canary_hist_snapshot *now,
@@ -160,7 +165,8 @@ int canary_hist_snapshot(const canary_seg_t *seg, int route, int upstream,
   st = canary__stats(seg, (uint32_t)route, (uint32_t)upstream);
   /* Each counter is read atomically; the snapshot as a whole is not a
    * single instant, which only matters to the last few samples. */
-  memset(out, 0, sizeof *out);
+  out->sum_us = 0;
+  memset(out->status, 0, sizeof out->status);
   for (uint32_t k = 0; k < CANARY_STRIPES; k++) {
     out->sum_us += ck_pr_load_64(&st->stripes[k].sum_us);
     for (int i = 0; i < 6; i++)

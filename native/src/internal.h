@@ -280,8 +280,13 @@ int canary__owner_acquire(uint32_t *word, unsigned timeout_ms);
 void canary__owner_release(uint32_t *word);
 int canary__pid_alive(uint32_t pid);
 
-/* Histogram geometry (hist.c). */
+/* Histogram geometry and quantile rules (hist.c), shared by everything
+ * that reports quantiles so the figures agree everywhere: the nearest rank
+ * of q among count samples (1..count), and the value reported for a
+ * bucket (its middle). */
 int canary__bucket_of(uint64_t value_us);
+uint64_t canary__rank(double q, uint64_t count);
+double canary__bucket_mid(int bucket);
 
 /* Copy at most cap-1 bytes of src (len bytes) and NUL-terminate. */
 void canary__copy_str(char *dst, size_t cap, const char *src, size_t len);

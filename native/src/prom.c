@@ -46,9 +46,14 @@ static const char *const gate_text[CANARY_GATE_RESULTS] = {
 static const char *const event_text[4] = {"override", "override_denied",
                                           "fallback", "engine_error"};
 
+/* Room for route="<label>",upstream="<name>" with every byte escaped. */
+#define LABELS_MAX (2 * CANARY_LABEL_MAX + 2 * CANARY_NAME_MAX + 32)
+
 struct row {
   int route; /* index into the views array */
   int upstream;
+  size_t labels_len;
+  char labels[LABELS_MAX]; /* {route="..",upstream=".." escaped, once */
   uint64_t status[6];
   uint64_t le[N_LE];
   uint64_t count;
@@ -69,6 +74,17 @@ static void put(struct out *o, const char *s, size_t n) {
 }
 
 static void puts_(struct out *o, const char *s) { put(o, s, strlen(s)); }
+
+/* Decimal without printf: the bucket lines are most of a scrape. */
+static void put_u64(struct out *o, uint64_t v) {
+  char tmp[24];
+  size_t n = sizeof tmp;
+  do {
+    tmp[--n] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v > 0);
+  put(o, tmp + n, sizeof tmp - n);
+}
 
 __attribute__((format(printf, 2, 3))) static void putf(struct out *o,
                                                        const char *fmt, ...) {
@@ -120,6 +136,14 @@ static size_t utf8_len(const unsigned char *p) {
  * can end a line early or spoil the scrape. */
 static void put_label(struct out *o, const char *s) {
   const unsigned char *p = (const unsigned char *)s;
+  const unsigned char *q = p;
+  /* Fast path: plain printable ASCII needs no escaping at all. */
+  while (*q >= 0x20 && *q < 0x7f && *q != '"' && *q != '\\')
+    q++;
+  if (*q == '\0') {
+    put(o, s, (size_t)(q - p));
+    return;
+  }
   while (*p) {
     size_t n = utf8_len(p);
     if (*p == '\\')
@@ -141,7 +165,7 @@ static void family(struct out *o, const char *name, const char *type,
   putf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* name{route="..",upstream=".." */
+/* name{route="..",upstream=".." (route-level series: no upstream). */
 static void series(struct out *o, const char *name,
                    const struct canary_route_view *v, int upstream) {
   puts_(o, name);
@@ -154,27 +178,63 @@ static void series(struct out *o, const char *name,
   puts_(o, "\"");
 }
 
-static void fill_row(const canary_seg_t *seg, int slot, struct row *row,
-                     struct canary_hist_snapshot *snap) {
-  struct canary_hist_summary sum;
-  size_t k = 0;
-  uint64_t acc = 0;
+/* name{route="..",<key>="<val>"} n, for the per-route families. */
+static void route_line(struct out *o, const char *name,
+                       const struct canary_route_view *v, const char *key,
+                       const char *val, uint64_t n) {
+  series(o, name, v, -1);
+  put(o, ",", 1);
+  puts_(o, key);
+  puts_(o, "=\"");
+  puts_(o, val);
+  puts_(o, "\"} ");
+  put_u64(o, n);
+  put(o, "\n", 1);
+}
 
+/* name + a row's labels, escaped once when the row was filled. */
+static void row_series(struct out *o, const char *name, const struct row *r) {
+  puts_(o, name);
+  put(o, r->labels, r->labels_len);
+}
+
+/* One pass over a snapshot: the cumulative count at every `le`, and the
+ * quantiles by the same nearest-rank rule as canary_hist_summarize().
+ * le_last[k] is the bucket holding le_bounds[k]: a boundary counts every
+ * bucket that starts at or below it. */
+static void fill_row(const canary_seg_t *seg, int slot,
+                     const struct canary_route_view *v, struct row *row,
+                     struct canary_hist_snapshot *snap, const int *le_last) {
+  static const double qs[3] = {0.50, 0.95, 0.99};
+  double *qv[3] = {&row->p50, &row->p95, &row->p99};
+  uint64_t rank[3], count = 0, acc = 0;
+  struct out lo = {row->labels, sizeof row->labels, 0};
+  size_t k = 0, qi = 0;
+
+  series(&lo, "", v, row->upstream);
+  row->labels_len = lo.len <= lo.cap ? lo.len : 0;
   canary_hist_snapshot(seg, slot, row->upstream, snap);
-  canary_hist_summarize(snap, NULL, &sum);
-  memcpy(row->status, sum.status, sizeof row->status);
-  row->count = sum.count;
+  memcpy(row->status, snap->status, sizeof row->status);
   row->sum_us = snap->sum_us;
-  row->p50 = sum.p50_us;
-  row->p95 = sum.p95_us;
-  row->p99 = sum.p99_us;
-  for (int b = 0; b < CANARY_HIST_BUCKETS && k < N_LE; b++) {
-    while (k < N_LE && canary_hist_bucket_low(b) > le_bounds[k].us)
-      row->le[k++] = acc;
+  for (int b = 0; b < CANARY_HIST_BUCKETS; b++)
+    count += snap->buckets[b];
+  row->count = count;
+  row->p50 = row->p95 = row->p99 = 0;
+  for (int i = 0; i < 3; i++)
+    rank[i] = count ? canary__rank(qs[i], count) : 0;
+  if (count == 0)
+    qi = 3;
+  for (int b = 0; b < CANARY_HIST_BUCKETS; b++) {
     acc += snap->buckets[b];
+    while (qi < 3 && acc >= rank[qi])
+      *qv[qi++] = canary__bucket_mid(b);
+    while (k < N_LE && le_last[k] == b)
+      row->le[k++] = acc;
+    if (k == N_LE && qi == 3)
+      break;
   }
   while (k < N_LE)
-    row->le[k++] = acc;
+    row->le[k++] = count;
 }
 
 int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
@@ -185,10 +245,13 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
   struct row *rows = NULL;
   size_t nviews = 0, nrows = 0;
   struct out o = {buf, buf ? cap : 0, 0};
+  int le_last[N_LE];
   int rc = 0;
 
   if (seg == NULL || len_out == NULL)
     return CANARY_EINVAL;
+  for (size_t k = 0; k < N_LE; k++)
+    le_last[k] = canary__bucket_of(le_bounds[k].us);
   views = calloc(seg->max_routes, sizeof *views);
   progs = calloc(seg->max_routes, sizeof *progs);
   rows = calloc((size_t)seg->max_routes * seg->max_upstreams, sizeof *rows);
@@ -206,7 +269,7 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
     for (uint32_t u = 0; u < v->n; u++) {
       rows[nrows].route = (int)nviews;
       rows[nrows].upstream = (int)u;
-      fill_row(seg, (int)i, &rows[nrows], snap);
+      fill_row(seg, (int)i, v, &rows[nrows], snap, le_last);
       nrows++;
     }
     nviews++;
@@ -218,31 +281,32 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
     for (int c = 1; c < 6; c++) {
       if (c == 1 && rows[r].status[1] == 0)
         continue; /* 1xx only when seen */
-      series(&o, "canary_requests_total", &views[rows[r].route],
-             rows[r].upstream);
-      putf(&o, ",status=\"%s\"} %llu\n", status_text[c],
-           (unsigned long long)rows[r].status[c]);
+      row_series(&o, "canary_requests_total", &rows[r]);
+      puts_(&o, ",status=\"");
+      puts_(&o, status_text[c]);
+      puts_(&o, "\"} ");
+      put_u64(&o, rows[r].status[c]);
+      put(&o, "\n", 1);
     }
 
   family(&o, "canary_upstream_latency_seconds", "histogram",
          "Upstream latency: request handed to the upstream until its "
          "response header.");
   for (size_t r = 0; r < nrows; r++) {
-    const struct canary_route_view *v = &views[rows[r].route];
-    for (size_t k = 0; k < N_LE; k++) {
-      series(&o, "canary_upstream_latency_seconds_bucket", v,
-             rows[r].upstream);
-      putf(&o, ",le=\"%s\"} %llu\n", le_bounds[k].text,
-           (unsigned long long)rows[r].le[k]);
+    for (size_t k = 0; k <= N_LE; k++) {
+      row_series(&o, "canary_upstream_latency_seconds_bucket", &rows[r]);
+      puts_(&o, ",le=\"");
+      puts_(&o, k < N_LE ? le_bounds[k].text : "+Inf");
+      puts_(&o, "\"} ");
+      put_u64(&o, k < N_LE ? rows[r].le[k] : rows[r].count);
+      put(&o, "\n", 1);
     }
-    series(&o, "canary_upstream_latency_seconds_bucket", v,
-           rows[r].upstream);
-    putf(&o, ",le=\"+Inf\"} %llu\n", (unsigned long long)rows[r].count);
-    series(&o, "canary_upstream_latency_seconds_sum", v, rows[r].upstream);
+    row_series(&o, "canary_upstream_latency_seconds_sum", &rows[r]);
     putf(&o, "} %.6f\n", (double)rows[r].sum_us / 1e6);
-    series(&o, "canary_upstream_latency_seconds_count", v,
-           rows[r].upstream);
-    putf(&o, "} %llu\n", (unsigned long long)rows[r].count);
+    row_series(&o, "canary_upstream_latency_seconds_count", &rows[r]);
+    puts_(&o, "} ");
+    put_u64(&o, rows[r].count);
+    put(&o, "\n", 1);
   }
 
   /* Quantiles computed here are a summary in Prometheus' terms (the only
@@ -251,27 +315,26 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
          "Upstream latency quantiles since the segment was created, "
          "within 1 %; per node, do not aggregate.");
   for (size_t r = 0; r < nrows; r++) {
-    const struct canary_route_view *v = &views[rows[r].route];
     const double q[3] = {rows[r].p50, rows[r].p95, rows[r].p99};
     const char *qt[3] = {"0.5", "0.95", "0.99"};
     for (int k = 0; k < 3; k++) {
-      series(&o, "canary_upstream_latency_quantile_seconds", v,
-             rows[r].upstream);
+      row_series(&o, "canary_upstream_latency_quantile_seconds", &rows[r]);
       putf(&o, ",quantile=\"%s\"} %.6f\n", qt[k], q[k] / 1e6);
     }
-    series(&o, "canary_upstream_latency_quantile_seconds_sum", v,
-           rows[r].upstream);
+    row_series(&o, "canary_upstream_latency_quantile_seconds_sum", &rows[r]);
     putf(&o, "} %.6f\n", (double)rows[r].sum_us / 1e6);
-    series(&o, "canary_upstream_latency_quantile_seconds_count", v,
-           rows[r].upstream);
-    putf(&o, "} %llu\n", (unsigned long long)rows[r].count);
+    row_series(&o, "canary_upstream_latency_quantile_seconds_count",
+               &rows[r]);
+    puts_(&o, "} ");
+    put_u64(&o, rows[r].count);
+    put(&o, "\n", 1);
   }
 
   family(&o, "canary_upstream_weight", "gauge",
          "Effective routing weight of the upstream, 0..1.");
   for (size_t r = 0; r < nrows; r++) {
     const struct canary_route_view *v = &views[rows[r].route];
-    series(&o, "canary_upstream_weight", v, rows[r].upstream);
+    row_series(&o, "canary_upstream_weight", &rows[r]);
     putf(&o, "} %.4f\n",
          (double)v->effective[rows[r].upstream] / CANARY_WEIGHT_SCALE);
   }
@@ -280,47 +343,39 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
          "Current progression step, 1-based; 0 without a progression.");
   for (size_t i = 0; i < nviews; i++) {
     series(&o, "canary_progression_step", &views[i], -1);
-    putf(&o, "} %u\n",
-         progs[i].state == CANARY_PROG_NONE ? 0u : progs[i].step + 1);
+    puts_(&o, "} ");
+    put_u64(&o, progs[i].state == CANARY_PROG_NONE ? 0u : progs[i].step + 1);
+    put(&o, "\n", 1);
   }
 
   family(&o, "canary_progression_state", "gauge",
          "1 for the progression's current state, 0 for the others.");
   for (size_t i = 0; i < nviews; i++)
-    for (uint32_t st = CANARY_PROG_NONE; st <= CANARY_PROG_ROLLED_BACK;
-         st++) {
-      series(&o, "canary_progression_state", &views[i], -1);
-      putf(&o, ",state=\"%s\"} %d\n", prog_state_text[st],
-           progs[i].state == st);
-    }
+    for (uint32_t st = CANARY_PROG_NONE; st <= CANARY_PROG_ROLLED_BACK; st++)
+      route_line(&o, "canary_progression_state", &views[i], "state",
+                 prog_state_text[st], progs[i].state == st);
 
   family(&o, "canary_gate_evaluations_total", "counter",
          "Progression windows judged, by verdict.");
   for (size_t i = 0; i < nviews; i++)
-    for (int g = 0; g < CANARY_GATE_RESULTS; g++) {
-      series(&o, "canary_gate_evaluations_total", &views[i], -1);
-      putf(&o, ",result=\"%s\"} %llu\n", gate_text[g],
-           (unsigned long long)progs[i].evaluations[g]);
-    }
+    for (int g = 0; g < CANARY_GATE_RESULTS; g++)
+      route_line(&o, "canary_gate_evaluations_total", &views[i], "result",
+                 gate_text[g], progs[i].evaluations[g]);
 
   family(&o, "canary_trace_ids_total", "counter",
          "Requests by where their trace ID came from.");
   for (size_t i = 0; i < nviews; i++)
-    for (int s = 0; s < CANARY_TRACE_SOURCES; s++) {
-      series(&o, "canary_trace_ids_total", &views[i], -1);
-      putf(&o, ",source=\"%s\"} %llu\n", source_text[s],
-           (unsigned long long)views[i].trace[s]);
-    }
+    for (int t = 0; t < CANARY_TRACE_SOURCES; t++)
+      route_line(&o, "canary_trace_ids_total", &views[i], "source",
+                 source_text[t], views[i].trace[t]);
 
   family(&o, "canary_events_total", "counter",
          "Overrides honoured or denied, fallbacks to the stable upstream, "
          "engine errors that failed open.");
   for (size_t i = 0; i < nviews; i++)
-    for (int e = 0; e < 4; e++) {
-      series(&o, "canary_events_total", &views[i], -1);
-      putf(&o, ",event=\"%s\"} %llu\n", event_text[e],
-           (unsigned long long)views[i].events[e]);
-    }
+    for (int e = 0; e < 4; e++)
+      route_line(&o, "canary_events_total", &views[i], "event",
+                 event_text[e], views[i].events[e]);
 
   *len_out = o.len;
   if (o.len > o.cap)
