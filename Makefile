@@ -12,6 +12,8 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := build
+# Keep the objects of every build flavour (sanitizer, fuzz) between runs.
+.SECONDARY:
 
 PREFIX     ?= /usr/local
 LIBDIR     ?= $(PREFIX)/lib
