@@ -7,26 +7,12 @@ local cjson = require "cjson.safe"
 local prom = require "helpers.prom"
 
 local PLUGIN_ID = "6f1c2d3e-4b5a-4c69-8d7e-9f0a1b2c3d4e"
-local STABLE, CANARY = "automation-service", "automation-service-canary"
+local release = require "helpers.release"
+local STABLE, CANARY = release.STABLE, release.CANARY
+local weights = release.weights
 
 local function declarative(plugin_config)
-  return {
-    _format_version = "3.0",
-    services = { {
-      name = "automation-service",
-      url = "http://automation-service",
-      routes = { { name = "ai", paths = { "/ai" } } },
-      plugins = { { name = "canary-router", id = PLUGIN_ID, config = plugin_config } },
-    } },
-    upstreams = {
-      { name = STABLE, targets = { { target = "127.0.0.1:9001" } } },
-      { name = CANARY, targets = { { target = "127.0.0.1:9002" } } },
-    },
-  }
-end
-
-local function weights(stable, canary)
-  return { { name = STABLE, weight = stable }, { name = CANARY, weight = canary } }
+  return release.config(PLUGIN_ID, plugin_config)
 end
 
 local function patch(config)

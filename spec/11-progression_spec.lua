@@ -8,27 +8,17 @@ local cjson = require "cjson.safe"
 local socket = require "socket"
 
 local PLUGIN_ID = "7a2b3c4d-5e6f-4a1b-9c2d-3e4f5a6b7c8d"
-local STABLE, CANARY = "automation-service", "automation-service-canary"
-local URL = "http://127.0.0.1:8000/ai/p"
+local release = require "helpers.release"
+local CANARY = release.CANARY
 
 local function declarative()
-  return {
-    _format_version = "3.0",
-    services = { {
-      name = "automation-service",
-      url = "http://automation-service",
-      routes = { { name = "ai", paths = { "/ai" } } },
-      plugins = { { name = "canary-router", id = PLUGIN_ID, config = {
-        upstreams = { { name = STABLE, weight = 90 }, { name = CANARY, weight = 10 } },
-        response_header = "X-Canary-Upstream",
-      } } },
-    } },
-    upstreams = {
-      { name = STABLE, targets = { { target = "127.0.0.1:9001" } } },
-      { name = CANARY, targets = { { target = "127.0.0.1:9002" } } },
-    },
-  }
+  return release.config(PLUGIN_ID, {
+    upstreams = release.weights(90, 10),
+    response_header = "X-Canary-Upstream",
+  })
 end
+
+local URL = "http://127.0.0.1:8000/ai/p"
 
 -- A fresh progression (a changed config always restarts it).
 local serial = 0

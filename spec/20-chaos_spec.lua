@@ -18,7 +18,8 @@ local cjson = require "cjson.safe"
 local socket = require "socket"
 
 local PLUGIN_ID = "0c4a1f3e-2b7d-4e59-9a6c-8d1e2f3a4b5c"
-local STABLE, CANARY = "automation-service", "automation-service-canary"
+local release = require "helpers.release"
+local STABLE, CANARY = release.STABLE, release.CANARY
 local PORTS = { proxy_port = 18000, admin_port = 18001, status_port = 18007 }
 local UPSTREAMS = { { name = STABLE, port = 19001 }, { name = CANARY, port = 19002 } }
 local URL = "http://127.0.0.1:18000/ai/chaos"
@@ -32,22 +33,10 @@ local figures = {
 }
 
 local function declarative()
-  return {
-    _format_version = "3.0",
-    services = { {
-      name = "automation-service",
-      url = "http://automation-service",
-      routes = { { name = "ai", paths = { "/ai" } } },
-      plugins = { { name = "canary-router", id = PLUGIN_ID, config = {
-        upstreams = { { name = STABLE, weight = 90 }, { name = CANARY, weight = 10 } },
-        response_header = "X-Canary-Upstream",
-      } } },
-    } },
-    upstreams = {
-      { name = STABLE, targets = { { target = "127.0.0.1:19001" } } },
-      { name = CANARY, targets = { { target = "127.0.0.1:19002" } } },
-    },
-  }
+  return release.config(PLUGIN_ID, {
+    upstreams = release.weights(90, 10),
+    response_header = "X-Canary-Upstream",
+  }, { 19001, 19002 })
 end
 
 local function start()
@@ -100,7 +89,7 @@ local function assert_promtool(text)
 end
 
 local function weights(canary)
-  return { { name = STABLE, weight = 100 - canary }, { name = CANARY, weight = canary } }
+  return release.weights(100 - canary, canary)
 end
 
 -- n sequential requests; returns canary count and failures.
