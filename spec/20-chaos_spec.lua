@@ -108,39 +108,6 @@ local function send(n, path)
   return canary, failed
 end
 
--- The error log from byte `mark` on (the log of the current start).
-local function log_since(mark)
-  return host.error_log():sub((mark or 0) + 1)
-end
-
--- Error-log lines (level, pid, text) after `mark` that contain `needle`.
-local function log_lines(needle, mark)
-  local found = {}
-  for line in log_since(mark):gmatch("[^\n]+") do
-    if line:find(needle, 1, true) then
-      local level, pid = line:match("%[(%a+)%] (%d+)#")
-      found[#found + 1] = { level = level, pid = tonumber(pid), line = line }
-    end
-  end
-  return found
-end
-
--- Lua errors and crashes the gateway logged: the plugin must cause none.
-local function lua_errors()
-  local bad = {}
-  for line in host.error_log():gmatch("[^\n]+") do
-    if line:find("runtime error", 1, true) or line:find("stack traceback", 1, true)
-       or line:find("failed to execute plugin", 1, true)
-       or line:find("An unexpected error occurred", 1, true)
-       or line:find("exited on signal 11", 1, true)
-       or line:find("exited on signal 6", 1, true)
-       or line:find("exited on signal 7", 1, true) then
-      bad[#bad + 1] = line
-    end
-  end
-  return bad
-end
-
 
 describe("chaos", function()
   -- One prefix and one pair of demo upstreams for the whole file; the
@@ -231,7 +198,7 @@ describe("chaos", function()
       for _, pid in ipairs(killed) do
         for _, l in ipairs(live) do assert.not_equal(pid, l) end
       end
-      assert.equal(#killed, #log_lines("exited on signal 9"))
+      assert.equal(#killed, #host.log_lines("exited on signal 9"))
 
       -- no request saw a 5xx; cut connections are read/write errors only
       assert.is_true(r.requests > 1000, r.raw)
@@ -274,7 +241,7 @@ describe("chaos", function()
       assert.equal(0, failed)
       assert.is_true(math.abs(canary - patched * 10) <= 10,
                      ("canary got %d of 1000 at %d %%"):format(canary, patched))
-      assert.same({}, lua_errors())
+      assert.same({}, host.lua_errors(true))
     end)
 
     it("takes 50 reloads under load with zero failed requests and monotone counters", function()
@@ -322,7 +289,7 @@ describe("chaos", function()
       figures.counts_lost = figures.counts_lost + lost
       assert.equal(0, lost, ("wrk got %d answers, metrics counted %d"):format(r.requests, counted))
       assert.equal(WORKERS, #live_workers())
-      assert.same({}, lua_errors())
+      assert.same({}, host.lua_errors(true))
       -- the file's 10 % is back after a reload (as with `kong reload`)
       local canary = send(1000)
       assert.is_true(math.abs(canary - 100) <= 10, "canary got " .. canary)
@@ -385,7 +352,7 @@ describe("chaos", function()
       assert.equal(503, status)
       assert.matches(reason, cjson.decode(body).message, 1, true)
 
-      local lines = log_lines("canary-router cannot attach its segment", mark)
+      local lines = host.log_lines("canary-router cannot attach its segment", mark)
       local per_pid = {}
       for _, l in ipairs(lines) do
         assert.equal("error", l.level, l.line)
@@ -397,10 +364,10 @@ describe("chaos", function()
       assert.equal(WORKERS, #workers)
       for _, pid in ipairs(workers) do
         assert.equal(1, per_pid[pid], "worker " .. pid .. " logged the reason " ..
-                     tostring(per_pid[pid]) .. " times:\n" .. log_since(mark))
+                     tostring(per_pid[pid]) .. " times:\n" .. host.log_since(mark))
       end
       assert.equal(WORKERS, #lines)
-      assert.same({}, lua_errors())
+      assert.same({}, host.lua_errors(true))
     end
 
     it("fails open when the segment's directory is read-only", function()
@@ -444,10 +411,10 @@ describe("chaos", function()
       assert_promtool(text)
       assert.equal(1000, requests_total(text))
 
-      local lines = log_lines("was unusable and has been recreated", mark)
-      assert.equal(1, #lines, log_since(mark))
+      local lines = host.log_lines("was unusable and has been recreated", mark)
+      assert.equal(1, #lines, host.log_since(mark))
       assert.matches("moved aside to " .. dir .. "/" .. bad, lines[1].line, 1, true)
-      assert.same({}, lua_errors())
+      assert.same({}, host.lua_errors(true))
     end
 
     it("sets a segment of random bytes aside and recreates it", function()

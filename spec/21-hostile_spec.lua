@@ -122,30 +122,6 @@ local function assert_promtool(text)
   assert.is_true(ok, "promtool check metrics failed:\n" .. out)
 end
 
-local function log_lines(needle)
-  local found = {}
-  for line in host.error_log():gmatch("[^\n]+") do
-    if line:find(needle, 1, true) then
-      local level, pid = line:match("%[(%a+)%] (%d+)#")
-      found[#found + 1] = { level = level, pid = tonumber(pid), line = line }
-    end
-  end
-  return found
-end
-
-local function lua_errors()
-  local bad = {}
-  for line in host.error_log():gmatch("[^\n]+") do
-    if line:find("runtime error", 1, true) or line:find("stack traceback", 1, true)
-       or line:find("failed to execute plugin", 1, true)
-       or line:find("An unexpected error occurred", 1, true)
-       or line:find("exited on signal", 1, true) then
-      bad[#bad + 1] = line
-    end
-  end
-  return bad
-end
-
 local function count_request(status)
   figures.requests_sent = figures.requests_sent + 1
   if not status or status >= 500 then
@@ -414,7 +390,7 @@ describe("hostile input", function()
     assert.equal(0, prom.sum(after, "canary_requests_total", { status = "5xx" })
                     - prom.sum(before, "canary_requests_total", { status = "5xx" }))
     assert.same({}, prom.went_back(before, after))
-    assert.same({}, lua_errors())
+    assert.same({}, host.lua_errors())
     assert.is_true(answered > 100, "too few requests reached the plugin: " .. answered)
   end)
 
@@ -656,7 +632,7 @@ describe("hostile input", function()
     local canary, failed = split(1000, "/ai/untouched")
     assert.equal(0, failed)
     assert.is_true(math.abs(canary - 100) <= 10, "canary got " .. canary)
-    assert.same({}, lua_errors())
+    assert.same({}, host.lua_errors())
   end)
 
   it("escapes route and service names in the Prometheus text", function()
@@ -722,7 +698,7 @@ describe("hostile input", function()
     assert.equal(0, prom.sum(after, "canary_requests_total", { route = "ghost-svc",
                                                                upstream = GHOST }))
     -- logged loudly, once per worker at most
-    local lines = log_lines("upstream '" .. GHOST .. "' refused")
+    local lines = host.log_lines("upstream '" .. GHOST .. "' refused")
     assert.is_true(#lines >= 1 and #lines <= WORKERS, #lines .. " log lines")
     local seen = {}
     for _, line in ipairs(lines) do
@@ -733,8 +709,8 @@ describe("hostile input", function()
     end
     -- more of the same adds no log line
     for _ = 1, 100 do assert.equal(200, (get("/ghost/y"))) end
-    assert.equal(#lines, #log_lines("upstream '" .. GHOST .. "' refused"))
-    assert.same({}, lua_errors())
+    assert.equal(#lines, #host.log_lines("upstream '" .. GHOST .. "' refused"))
+    assert.same({}, host.lua_errors())
   end)
 
   describe("confidentiality", function()

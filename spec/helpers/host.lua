@@ -312,6 +312,44 @@ function _M.error_log()
 end
 
 
+--- The error log from byte `mark` on (nil: all of it).
+function _M.log_since(mark)
+  return _M.error_log():sub((mark or 0) + 1)
+end
+
+
+--- Error-log lines after `mark` that contain `needle`, as
+-- { level, pid, line } (level and pid from nginx's "[level] pid#" prefix).
+function _M.log_lines(needle, mark)
+  local found = {}
+  for line in _M.log_since(mark):gmatch("[^\n]+") do
+    if line:find(needle, 1, true) then
+      local level, pid = line:match("%[(%a+)%] (%d+)#")
+      found[#found + 1] = { level = level, pid = tonumber(pid), line = line }
+    end
+  end
+  return found
+end
+
+
+--- Lua errors and crashed workers in the error log: the plugin must cause
+-- none.  With `kills_expected`, workers that exited on SIGKILL (a chaos
+-- test's own kill -9) are not crashes; any other signal is.
+function _M.lua_errors(kills_expected)
+  local bad = {}
+  for line in _M.error_log():gmatch("[^\n]+") do
+    local sig = tonumber(line:match("exited on signal (%d+)"))
+    if line:find("runtime error", 1, true) or line:find("stack traceback", 1, true)
+       or line:find("failed to execute plugin", 1, true)
+       or line:find("An unexpected error occurred", 1, true)
+       or (sig and not (kills_expected and sig == 9)) then
+      bad[#bad + 1] = line
+    end
+  end
+  return bad
+end
+
+
 function _M.prefix()
   return state and state.prefix
 end
