@@ -249,7 +249,7 @@ static void weights_seeds(void) {
   weights("corpus", "valid-16", &s);
 
   /* misaligned-words: any valid publish reported the misaligned copy of
-   * table_data.names (route.c canary__store_words/canary__load_words;
+   * table_data.names (table.c canary__store_words/canary__load_words;
    * fixed in 18c1a6a). */
   memset(&s, 0, sizeof s);
   s.n = 1;

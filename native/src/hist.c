@@ -10,7 +10,7 @@
  * larger values are clamped into it.  1408 buckets of 8 bytes: 11 KiB per
  * upstream, fixed, so it lives in the segment and needs no allocation.
  *
- * Recording (route.c) is one atomic add per bucket, sum and status class.
+ * Recording (stats.c) is one atomic add per bucket, sum and status class.
  * Everything here reads snapshots, which are plain process-local copies.
  */
 #include "internal.h"

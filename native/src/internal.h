@@ -22,7 +22,7 @@
  *                           canary's snapshot at the open window's start
  *
  * Every field that more than one process touches is read and written with
- * ck_pr_* only.  See route.c for the publish protocol.
+ * ck_pr_* only.  See table.c for the publish protocol.
  *
  * Counter stripes.  A record touches a latency bucket, the latency sum, a
  * status class and a trace source.  As shared atomic adds that is four
@@ -141,7 +141,7 @@ struct prog_area {
   struct canary_hist_snapshot base;
 };
 
-/* A weights table as the engine handles it (route.c). */
+/* A weights table as the engine handles it (table.c). */
 struct table_data {
   uint64_t config_hash;
   uint32_t n;
@@ -253,7 +253,27 @@ static inline struct prog_area *canary__prog(const canary_seg_t *seg,
                                                    seg->max_upstreams);
 }
 
-/* Route tables (route.c).  read_table returns 0, CANARY_ENOTPUB or
+/* Route slots (claim.c): route index in range; claimed (READY) slot, or
+ * CANARY_EINVAL / CANARY_ENOENT. */
+int canary__route_ok(const canary_seg_t *seg, int route);
+int canary__ready_route(const canary_seg_t *seg, int route,
+                        struct route_hdr **out);
+
+/* Writers wait at most this long for a writer word (owner.c). */
+#define CANARY_WRITER_TIMEOUT_MS 250u
+/* Lock-free readers retry at most this often while newer tables are
+ * being published under them. */
+#define CANARY_READ_RETRIES 100000
+
+/* Weights of n upstreams: each 0..scale, summing to the scale.  0 or
+ * CANARY_EWEIGHTS with err set (table.c). */
+int canary__check_weights(const uint32_t *w, uint32_t n, char *err,
+                          size_t err_len);
+
+/* Length of s up to its NUL, at most cap. */
+size_t canary__bounded_len(const char *s, size_t cap);
+
+/* Route tables (table.c).  read_table returns 0, CANARY_ENOTPUB or
  * CANARY_ECORRUPT; publish_locked requires the route's writer word and
  * returns the new generation. */
 int canary__read_table(const canary_seg_t *seg, struct route_hdr *r,

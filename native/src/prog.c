@@ -33,7 +33,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define WRITER_TIMEOUT_MS 250u
+#define WRITER_TIMEOUT_MS CANARY_WRITER_TIMEOUT_MS
 #define MIN_INTERVAL_MS 100u
 
 static const char *const state_text[] = {"none", "running", "paused",

@@ -1,0 +1,253 @@
+/*
+ * table.c - a route's weights table: validation and the publish protocol.
+ *
+ * A route's weights table is read on every request by every worker and
+ * written a few times a day by whoever applies a config change or a
+ * progression step, so the design optimises the reader completely:
+ *
+ *   - The table is double-buffered.  `generation` names the published
+ *     buffer (tables[generation & 1]); a writer fills the other buffer and
+ *     then advances `generation` with a single store.  A reader loads
+ *     `generation`, copies what it needs from that buffer, and is done.
+ *
+ *   - The buffer a reader uses can only be rewritten by the publish after
+ *     next (generation + 2).  Each buffer carries a sequence word, odd
+ *     while being written; a reader that sees it odd, or changed across
+ *     its copy, knows a newer generation has been published since it
+ *     looked, and simply starts over from the newer generation.  It never
+ *     waits for a writer: an odd sequence on the buffer it was pointed at
+ *     implies that the other buffer is complete and already published.
+ *
+ *   - A writer killed halfway leaves an odd sequence on the *back* buffer
+ *     and an unchanged `generation`, so readers keep using the intact
+ *     front buffer.  The next writer takes the writer word over before
+ *     rewriting the back buffer.
+ *
+ * Writers exclude each other with the route's writer word; no request
+ * path ever looks at it.  This file knows nothing of progressions.
+ */
+#include "internal.h"
+
+#include <ck_pr.h>
+#include <string.h>
+
+/* Copies `words` 64-bit words from shared memory (8-byte aligned) with
+ * atomic loads into a process-local buffer of any alignment. */
+void canary__load_words(void *dst, const void *src, size_t words) {
+  unsigned char *d = dst;
+  uint64_t *s = (uint64_t *)(uintptr_t)src;
+  for (size_t i = 0; i < words; i++) {
+    uint64_t w = ck_pr_load_64(&s[i]);
+    memcpy(d + i * 8, &w, 8);
+  }
+}
+
+/* Copies `words` 64-bit words from a process-local buffer of any alignment
+ * into shared memory (8-byte aligned) with atomic stores. */
+void canary__store_words(void *dst, const void *src, size_t words) {
+  uint64_t *d = dst;
+  const unsigned char *s = src;
+  for (size_t i = 0; i < words; i++) {
+    uint64_t w;
+    memcpy(&w, s + i * 8, 8);
+    ck_pr_store_64(&d[i], w);
+  }
+}
+
+static int name_char_ok(unsigned char c) {
+  return c > 0x20 && c < 0x7f && c != '"' && c != '\\';
+}
+
+size_t canary__bounded_len(const char *s, size_t cap) {
+  const char *nul = memchr(s, '\0', cap);
+  return nul == NULL ? cap : (size_t)(nul - s);
+}
+
+/* ---- validation ----------------------------------------------------- */
+
+int canary__check_weights(const uint32_t *w, uint32_t n, char *err,
+                          size_t err_len) {
+  uint64_t sum = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (w[i] > CANARY_WEIGHT_SCALE)
+      return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                          "weight of upstream %u is %u, above %d", i + 1, w[i],
+                          CANARY_WEIGHT_SCALE);
+    sum += w[i];
+  }
+  if (sum != CANARY_WEIGHT_SCALE)
+    return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                        "weights sum to %llu, not %d", (unsigned long long)sum,
+                        CANARY_WEIGHT_SCALE);
+  return 0;
+}
+
+int canary_table_check(const struct canary_table *t, uint32_t max_upstreams,
+                       char *err, size_t err_len) {
+  int rc;
+  if (err != NULL && err_len > 0)
+    err[0] = '\0';
+  if (t == NULL)
+    return canary__fail(err, err_len, CANARY_EWEIGHTS, "no table");
+  if (max_upstreams == 0 || max_upstreams > CANARY_MAX_UPSTREAMS)
+    max_upstreams = CANARY_MAX_UPSTREAMS;
+  if (t->n == 0 || t->n > max_upstreams)
+    return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                        "%u upstreams; this segment allows 1..%u", t->n,
+                        max_upstreams);
+  rc = canary__check_weights(t->weights, t->n, err, err_len);
+  if (rc != 0)
+    return rc;
+  for (uint32_t i = 0; i < t->n; i++) {
+    size_t len = canary__bounded_len(t->names[i], CANARY_NAME_MAX);
+    if (len == 0)
+      return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                          "name of upstream %u is empty", i + 1);
+    if (len == CANARY_NAME_MAX)
+      return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                          "name of upstream %u is longer than %d bytes", i + 1,
+                          CANARY_NAME_MAX - 1);
+    for (size_t j = 0; j < len; j++)
+      if (!name_char_ok((unsigned char)t->names[i][j]))
+        return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                            "name of upstream %u has a forbidden byte "
+                            "0x%02x at %zu",
+                            i + 1, (unsigned char)t->names[i][j], j);
+    for (uint32_t k = 0; k < i; k++)
+      if (strcmp(t->names[k], t->names[i]) == 0)
+        return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                            "upstream name '%s' appears twice", t->names[i]);
+  }
+  return 0;
+}
+
+/* ---- publishing ----------------------------------------------------- */
+
+void canary__compute_upper(struct table_data *d) {
+  uint32_t acc = 0;
+  for (uint32_t i = 0; i < CANARY_MAX_UPSTREAMS; i++) {
+    if (i < d->n)
+      acc += d->effective[i];
+    d->upper[i] = i < d->n ? acc : CANARY_WEIGHT_SCALE;
+  }
+}
+
+/* Marks buffer b as being written: odd sequence.  A previous writer that
+ * died may have left it odd already; stepping by two keeps it odd and
+ * different, so no reader can match a sequence it read before. */
+static uint64_t begin_write(struct table_buf *b) {
+  uint64_t s = ck_pr_load_64(&b->seq);
+  uint64_t start = (s & 1) ? s + 2 : s + 1;
+  ck_pr_store_64(&b->seq, start);
+  /* The odd sequence must be visible before any data store, so a reader
+   * that copies a partly written buffer fails its sequence re-check. */
+  ck_pr_fence_store();
+  return start;
+}
+
+static void write_data(struct table_buf *b, const struct table_data *d,
+                       int names_too) {
+  ck_pr_store_64(&b->config_hash, d->config_hash);
+  ck_pr_store_32(&b->n, d->n);
+  for (uint32_t i = 0; i < CANARY_MAX_UPSTREAMS; i++) {
+    ck_pr_store_32(&b->weights[i], d->weights[i]);
+    ck_pr_store_32(&b->effective[i], d->effective[i]);
+    ck_pr_store_32(&b->upper[i], d->upper[i]);
+  }
+  if (names_too)
+    canary__store_words(b->names, d->names, sizeof d->names / 8);
+}
+
+/* Caller holds the route's writer word.  Writes d into the back buffer
+ * and publishes it; returns the new generation. */
+uint64_t canary__publish_locked(struct route_hdr *r,
+                                const struct table_data *d) {
+  uint64_t gen = ck_pr_load_64(&r->generation);
+  struct table_buf *b = &r->tables[(gen + 1) & 1];
+  uint64_t start = begin_write(b);
+
+  write_data(b, d, 1);
+  /* All data stores complete before the sequence turns even. */
+  ck_pr_fence_store();
+  ck_pr_store_64(&b->seq, start + 1);
+  /* The buffer is complete before the generation points readers at it. */
+  ck_pr_fence_store();
+  ck_pr_store_64(&r->generation, gen + 1);
+  return gen + 1;
+}
+
+/* Consistent copy of the published buffer.  Returns 0, CANARY_ENOTPUB or
+ * CANARY_ECORRUPT (a buffer that never settles, or impossible contents). */
+int canary__read_table(const canary_seg_t *seg, struct route_hdr *r,
+                       struct table_data *d, uint64_t *gen_out,
+                       int names_too) {
+  for (int tries = 0; tries < CANARY_READ_RETRIES; tries++) {
+    uint64_t gen = ck_pr_load_64(&r->generation);
+    struct table_buf *b;
+    uint64_t s1, s2;
+
+    if (gen == 0)
+      return CANARY_ENOTPUB;
+    /* Load the generation before the buffer it selects. */
+    ck_pr_fence_load();
+    b = &r->tables[gen & 1];
+    s1 = ck_pr_load_64(&b->seq);
+    if (s1 & 1)
+      continue; /* rewritten by a newer publish: use the newer one */
+    /* The sequence is read before the data it guards. */
+    ck_pr_fence_load();
+    d->config_hash = ck_pr_load_64(&b->config_hash);
+    d->n = ck_pr_load_32(&b->n);
+    for (uint32_t i = 0; i < CANARY_MAX_UPSTREAMS; i++) {
+      d->weights[i] = ck_pr_load_32(&b->weights[i]);
+      d->effective[i] = ck_pr_load_32(&b->effective[i]);
+      d->upper[i] = ck_pr_load_32(&b->upper[i]);
+    }
+    if (names_too)
+      canary__load_words(d->names, b->names, sizeof d->names / 8);
+    /* The data is read before the sequence is checked again. */
+    ck_pr_fence_load();
+    s2 = ck_pr_load_64(&b->seq);
+    if (s1 != s2)
+      continue;
+    /* A reader delayed between loading `generation` and the buffer's
+     * sequence may have copied the publish after next, complete and
+     * consistent but newer than `gen`: the generation must still be the
+     * one we started from, or the contents would carry the wrong number.
+     * The fence keeps this load after the sequence re-check. */
+    ck_pr_fence_load();
+    if (ck_pr_load_64(&r->generation) != gen)
+      continue;
+    if (d->n == 0 || d->n > seg->max_upstreams ||
+        d->upper[d->n - 1] != CANARY_WEIGHT_SCALE)
+      return CANARY_ECORRUPT;
+    for (uint32_t i = 1; i < d->n; i++)
+      if (d->upper[i] < d->upper[i - 1])
+        return CANARY_ECORRUPT;
+    if (names_too)
+      for (uint32_t i = 0; i < CANARY_MAX_UPSTREAMS; i++)
+        d->names[i][CANARY_NAME_MAX - 1] = '\0';
+    if (gen_out != NULL)
+      *gen_out = gen;
+    return 0;
+  }
+  return CANARY_ECORRUPT;
+}
+
+int canary__route_publish_stall(canary_seg_t *seg, int route,
+                                const struct canary_table *t) {
+  struct route_hdr *r;
+  struct table_buf *b;
+  int rc = canary__ready_route(seg, route, &r);
+  if (rc != 0 || t == NULL)
+    return rc != 0 ? rc : CANARY_EINVAL;
+  rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
+  if (rc != 0)
+    return rc;
+  b = &r->tables[(ck_pr_load_64(&r->generation) + 1) & 1];
+  begin_write(b);
+  ck_pr_store_32(&b->n, t->n);
+  for (uint32_t i = 0; i < t->n / 2; i++)
+    ck_pr_store_32(&b->weights[i], t->weights[i]);
+  return 0; /* writer word held, buffer odd: as if killed right here */
+}
