@@ -151,8 +151,23 @@ local function label(c)
   c.labelled = true
 end
 
+-- kong.service.set_upstream() only replaces balancer_data.host.  Kong's
+-- balancer (runloop/balancer/init.lua, execute) looks an Upstream up only
+-- when balancer_data.type, fixed from the service's host before any
+-- plugin runs, is "name"; for a service on an IP address it would hand
+-- the Upstream's name to set_current_peer() and fail every request.  The
+-- Upstream exists (set_upstream checked), so the target is a name now.
+local function set_upstream(name)
+  local ok, err = kong.service.set_upstream(name)
+  if ok then
+    local bd = ngx and ngx.ctx.balancer_data
+    if bd and bd.type ~= "name" then bd.type = "name" end
+  end
+  return ok, err
+end
+
 local function set_stable(c)
-  local ok, err = kong.service.set_upstream(c.stable)
+  local ok, err = set_upstream(c.stable)
   if not ok then
     log_once("err", "canary-router: stable upstream '" .. c.stable ..
                     "' refused: " .. tostring(err))
@@ -204,7 +219,7 @@ function CanaryRouter:access(conf)
     return
   end
 
-  local ok, err = kong.service.set_upstream(name)
+  local ok, err = set_upstream(name)
   if not ok then
     seg:event(c.route, EVENT.FALLBACK)
     log_once("err", "canary-router: upstream '" .. name .. "' refused (" ..

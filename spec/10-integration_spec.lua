@@ -272,3 +272,39 @@ describe("canary-router in the local Kong host", function()
     assert.same(inst.trace_ids, mine.trace_ids)
   end)
 end)
+
+-- Kong's balancer uses balancer_data.type, fixed from the service's host
+-- before any plugin runs: a service on an address ("ipv4") is never
+-- looked up as an Upstream, whatever kong.service.set_upstream() put in
+-- balancer_data.host, and the name lands in set_current_peer() ("no host
+-- allowed", 500).  The plugin must route however the service is written.
+describe("canary-router on a service whose host is", function()
+  for _, case in ipairs({
+    { what = "an IP address", url = "http://127.0.0.1:9001" },
+    { what = "a plain hostname", url = "http://localhost:9001" },
+    { what = "an Upstream's name", url = "http://automation-service" },
+  }) do
+    describe(case.what, function()
+      setup(function()
+        local cfg = declarative({
+          upstreams = weights(50, 50),
+          response_header = "X-Canary-Upstream",
+        })
+        cfg.services[1].url = case.url
+        host.start { config = cfg }
+      end)
+      teardown(function() host.stop() end)
+
+      it("splits 50/50 with no failed request", function()
+        local counts, failed = send(200)
+        assert.equal(0, failed)
+        assert.equal(200, counts[STABLE] + counts[CANARY])
+        assert.is_true(math.abs(counts[CANARY] - 100) <= 2, counts[CANARY])
+        -- and each answer came from the upstream the header names
+        assert.equal(counts[CANARY], host.upstream_stats(CANARY).requests)
+        assert.equal(counts[STABLE], host.upstream_stats(STABLE).requests)
+        assert.same({}, host.log_lines("no host allowed"))
+      end)
+    end)
+  end
+end)

@@ -47,6 +47,14 @@ local UPSTREAM_ERRORS = {
 
 -- Characters left as they are in the upstream request line; the others
 -- (decoded by normalisation, e.g. a space) are percent-encoded again.
+-- Kong's hostname_type(): what the runloop records as balancer_data.type.
+local function host_type(host)
+  if host:match("^%d+%.%d+%.%d+%.%d+$") then return "ipv4" end
+  if host:find(":", 1, true) then return "ipv6" end
+  return "name"
+end
+
+
 local function escape_path(path)
   return (path:gsub("[^%w!#$&'()*+,/:;=?@%[%]%-_.~%%]", function(c)
     return string.format("%%%02X", c:byte())
@@ -124,7 +132,12 @@ function _M.access()
     return pdk.send(500, { message = "An unexpected error occurred" })
   end
 
+  -- Kong's balancer_data (runloop/handler.lua): `type` is the service
+  -- host's kind ("ipv4", "ipv6" or "name"), fixed here; the balancer
+  -- treats anything but "name" as an address and never looks up an
+  -- Upstream for it, whatever kong.service.set_upstream() put in `host`.
   ctx.balancer_data = {
+    type = host_type(service.host),
     host = service.host,
     port = service.port,
     connect_timeout = service.connect_timeout,
@@ -178,9 +191,14 @@ function _M.access()
   -- Pick the peer now (Kong runs its balancer at the end of access too),
   -- so the Host header can name it.
   local bd = ctx.balancer_data
-  local upstream = st.upstreams[bd.host]
+  local upstream = bd.type == "name" and st.upstreams[bd.host]
   local host_header
-  if upstream then
+  if bd.type ~= "name" then
+    -- An address, used as it is (Kong's balancer.execute); a name that
+    -- a plugin put here makes set_current_peer() fail like Kong's does.
+    bd.ip = bd.host
+    host_header = bd.host
+  elseif upstream then
     local target = upstream.balancer.next()
     if not target then
       return pdk.send(503, { message = "failure to get a peer from the ring-balancer" })
