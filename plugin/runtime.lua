@@ -157,7 +157,6 @@ end
 local function compile(conf)
   local c = {
     key = instance_key(conf),
-    conf = conf,
     names = {},
     weights = {},
     index_of = {},

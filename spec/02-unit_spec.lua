@@ -295,6 +295,24 @@ describe("canary-router handler (unit)", function()
                   ["automation-service-canary"] = 5000 }, counts)
   end)
 
+  it("lets replaced config tables be collected (no leak per config change)", function()
+    -- Kong hands the phases a new config table at every change; the
+    -- compiled form must not keep its key alive (LuaJIT's weak tables
+    -- have no ephemerons: a value pointing back at its key pins both).
+    local seen = setmetatable({}, { __mode = "k" })
+    for i = 1, 200 do
+      local conf = config({ __plugin_id = ("leak-%04d"):format(i) })
+      seen[conf] = true
+      runtime.get(conf)
+    end
+    handler:configure({})
+    collectgarbage("collect")
+    collectgarbage("collect")
+    local kept = 0
+    for _ in pairs(seen) do kept = kept + 1 end
+    assert.equal(0, kept)
+  end)
+
   it("reports every path it tried when the library cannot be found", function()
     local fresh = dofile("plugin/engine.lua")
     local saved = package.cpath
