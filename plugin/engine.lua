@@ -9,6 +9,7 @@ local ffi = require "ffi"
 local C_NULL = nil
 local ffi_new = ffi.new
 local ffi_string = ffi.string
+local ffi_copy = ffi.copy
 local ffi_gc = ffi.gc
 local ffi_fill = ffi.fill
 local type = type
@@ -656,12 +657,18 @@ end
 
 -- A new trace id (32 lowercase hex) and, with `traceparent` true, a W3C
 -- traceparent carrying it.  nil, err when the CSPRNG fails.
-function _M.trace_generate(traceparent)
+-- A new trace id and, when `traceparent` is set, a W3C traceparent for
+-- it, built in one buffer: with `sampled` false its flags are 00, and
+-- with `trace_id` (32 lowercase hex, not all zero) it carries that id
+-- instead of the new one.
+function _M.trace_generate(traceparent, sampled, trace_id)
   local rc = C.canary_trace_generate(id_buf, traceparent and tp_buf or C_NULL)
   if rc < 0 then return nil, strerror(rc) end
   local id = ffi_string(id_buf, 32)
-  if traceparent then return id, ffi_string(tp_buf, 55) end
-  return id
+  if not traceparent then return id end
+  if sampled == false then tp_buf[54] = 48 end -- "-01" -> "-00"
+  if trace_id then ffi_copy(tp_buf + 3, trace_id, 32) end
+  return id, ffi_string(tp_buf, 55)
 end
 
 -- The trace-id of a valid traceparent, or nil.

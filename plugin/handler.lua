@@ -22,6 +22,8 @@ local trace_generate = engine.trace_generate
 local traceparent_trace_id = engine.traceparent_trace_id
 local trace_id_valid = engine.trace_id_valid
 local type = type
+local find = string.find
+local lower = string.lower
 
 local CanaryRouter = {
   -- After authentication (1000..1450) and ACL (950), so consumer-sticky
@@ -69,11 +71,13 @@ end
 
 -- Trace ID of this request, its source, and the traceparent to send on
 -- (nil: leave the request's own alone).
---   valid traceparent          its trace-id; forwarded unchanged
+--   valid traceparent          its trace-id; forwarded unchanged, with its
+--                              sampling decision and tracestate
 --   valid X-Trace-Id           kept; a new traceparent carries it when it
 --                              is W3C-shaped (32 hex), else a new trace-id
 --   neither                    a new id, in both headers
 -- An invalid traceparent is replaced (W3C: act as if it were absent).
+-- Generated traceparents carry the configured sampled flag.
 local function trace(c)
   local tp_in = c.traceparent and header("traceparent") or nil
   local id_in = header(c.trace_header)
@@ -86,14 +90,15 @@ local function trace(c)
   end
   if id_in and trace_id_valid(id_in) then
     if not c.traceparent then return id_in, TRACE.CLIENT, nil end
-    local _, tp = trace_generate(true)
-    if tp and #id_in == 32 and id_in:match("^%x+$") and not id_in:match("^0+$") then
-      tp = "00-" .. id_in:lower() .. tp:sub(36)
+    local w3c = nil
+    if #id_in == 32 and not find(id_in, "[^%x]") and find(id_in, "[^0]") then
+      w3c = find(id_in, "%u") and lower(id_in) or id_in
     end
+    local _, tp = trace_generate(true, c.sampled, w3c)
     return id_in, TRACE.CLIENT, tp
   end
   if id_in then rejected = true end
-  local id, tp = trace_generate(c.traceparent)
+  local id, tp = trace_generate(c.traceparent, c.sampled)
   if not id then return nil, nil, nil end
   return id, rejected and TRACE.REJECTED or TRACE.GENERATED, tp
 end
@@ -186,7 +191,14 @@ function CanaryRouter:access(conf)
       ctx.trace_id = id
       ctx.source = source
       kong.service.request.set_header(c.trace_header, id)
-      if tp then kong.service.request.set_header("traceparent", tp) end
+      if tp then
+        -- W3C: tracestate belongs to the traceparent it came with; ours
+        -- is not the client's, so theirs goes.
+        kong.service.request.set_header("traceparent", tp)
+        if header("tracestate") then
+          kong.service.request.clear_header("tracestate")
+        end
+      end
       if kong.log.set_serialize_value then
         kong.log.set_serialize_value("trace_id", id)
       end

@@ -198,6 +198,7 @@ local function compile(conf)
   local tr = opt(conf.trace) or {}
   c.trace_header = opt(tr.header) or "X-Trace-Id"
   c.traceparent = tr.traceparent ~= false
+  c.sampled = tr.sampled ~= false
   c.echo = tr.echo_downstream ~= false
   c.response_header = opt(conf.response_header)
 

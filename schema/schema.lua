@@ -54,6 +54,7 @@ local OVERRIDE = {
 local TRACE = {
   header = "X-Trace-Id",
   traceparent = true,
+  sampled = true,
   echo_downstream = true,
 }
 
@@ -336,6 +337,17 @@ return {
                     type = "boolean",
                     required = true,
                     default = TRACE.traceparent,
+                  },
+                },
+                {
+                  sampled = {
+                    description = "Sampled flag of the traceparent headers the " ..
+                                  "gateway generates (a valid incoming traceparent " ..
+                                  "keeps its own). true asks parent-based samplers " ..
+                                  "downstream to record every such request.",
+                    type = "boolean",
+                    required = true,
+                    default = TRACE.sampled,
                   },
                 },
                 {

@@ -106,6 +106,7 @@ local DEFAULTS = {
   trace = {
     header = "X-Trace-Id",
     traceparent = true,
+    sampled = true,
     echo_downstream = true,
   },
 }
@@ -447,7 +448,8 @@ describe("canary-router schema", function()
                    fallback = { "header", "consumer", "ip" } },
         override = { header = "X-Force", cookie = "force_upstream",
                      allow_from = { "10.0.0.0/8", "192.168.1.1", "2001:db8::/32", "::1" } },
-        trace = { header = "X-Request-Id", traceparent = false, echo_downstream = false },
+        trace = { header = "X-Request-Id", traceparent = false, sampled = false,
+                  echo_downstream = false },
         response_header = "X-Canary-Upstream",
         progression = { canary = "svc-v3", steps = { 5, 12.5, 50, 100 }, interval = 60,
                         min_requests = 0, max_error_rate = 1.5, max_p95_ms = 250,

@@ -19,6 +19,7 @@ local function stub_kong(prefix)
     refuse = {},          -- upstream names set_upstream refuses
     req_headers = {},
     upstream_headers = {},
+    upstream_cleared = {},
     resp_headers = {},
     status = 200,
     source = "service",
@@ -49,7 +50,10 @@ local function stub_kong(prefix)
       k.upstream = name
       return true
     end,
-    request = { set_header = function(n, v) k.upstream_headers[n] = v end },
+    request = {
+      set_header = function(n, v) k.upstream_headers[n] = v end,
+      clear_header = function(n) k.upstream_cleared[n:lower()] = true end,
+    },
   }
   k.response = {
     set_header = function(n, v) k.resp_headers[n] = v end,
@@ -168,6 +172,36 @@ describe("canary-router handler (unit)", function()
     k = request(conf, { traceparent = "00-00000000000000000000000000000000-00f067aa0ba902b7-01" })
     assert.matches("^00%-%x+%-%x+%-01$", k.upstream_headers.traceparent)
     assert.not_equal("00000000000000000000000000000000", k.upstream_headers["X-Trace-Id"])
+  end)
+
+  it("flags generated traceparents as configured and keeps a client's own", function()
+    local k = request(config())
+    assert.matches("%-01$", k.upstream_headers.traceparent)
+    local conf = config({ trace = { header = "X-Trace-Id", traceparent = true,
+                                     sampled = false, echo_downstream = true } })
+    k = request(conf)
+    assert.matches("^00%-%x+%-%x+%-00$", k.upstream_headers.traceparent)
+    -- a client's W3C-shaped X-Trace-Id rides in the generated traceparent,
+    -- lowercased, with the configured flag
+    k = request(conf, { ["X-Trace-Id"] = "4BF92F3577B34DA6A3CE929D0E0E4736" })
+    assert.matches("^00%-4bf92f3577b34da6a3ce929d0e0e4736%-%x+%-00$",
+                   k.upstream_headers.traceparent)
+    -- a valid incoming traceparent keeps its sampling decision (unsampled)
+    k = request(config(), {
+      traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00" })
+    assert.is_nil(k.upstream_headers.traceparent)
+  end)
+
+  it("drops tracestate whenever the traceparent sent on is not the client's", function()
+    local tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    local k = request(config(), { traceparent = tp, tracestate = "vendor=x" })
+    assert.is_nil(k.upstream_cleared.tracestate)
+    k = request(config(), { tracestate = "vendor=x" })
+    assert.truthy(k.upstream_headers.traceparent)
+    assert.is_true(k.upstream_cleared.tracestate)
+    k = request(config(), { traceparent = "00-zz-00f067aa0ba902b7-01",
+                            tracestate = "vendor=x" })
+    assert.is_true(k.upstream_cleared.tracestate)
   end)
 
   it("counts trace sources per route", function()
