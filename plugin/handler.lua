@@ -39,13 +39,7 @@ local CanaryRouter = {
 local TICK_SECONDS = 0.25
 
 function CanaryRouter:init_worker()
-  runtime.attach()
-  if ngx and ngx.timer and ngx.timer.every then
-    local ok, err = ngx.timer.every(TICK_SECONDS, runtime.tick)
-    if not ok then
-      kong.log.err("canary-router cannot start its progression timer: ", err)
-    end
-  end
+  runtime.init_worker(TICK_SECONDS)
 end
 
 function CanaryRouter:configure(configs)

@@ -65,15 +65,29 @@ function _M.segment_path()
   return (prefix or ".") .. "/canary-router.seg"
 end
 
--- init_worker: load the library and attach the segment.  Never raises;
--- failures leave the plugin failing open and are logged once, loudly.
+-- While the engine is unavailable every request goes to its stable
+-- upstream, so the operator must hear of it for as long as it lasts, not
+-- once: an error line at most every DOWN_LOG_SECONDS, the reason in the
+-- status API and canary_engine_up 0 in the metrics.
+local DOWN_LOG_SECONDS = 60
+local down_logged_at = nil
+
+local function engine_down(msg)
+  state.seg_err = msg
+  local now = ngx and ngx.now and ngx.now() or os.time()
+  if down_logged_at and now - down_logged_at < DOWN_LOG_SECONDS then return end
+  down_logged_at = now
+  kong.log.err(msg)
+end
+
+-- Loads the library and attaches the segment.  Never raises; failures
+-- leave the plugin failing open to stable, and tick() tries again.
 function _M.attach()
   if state.seg then return state.seg end
   local ok, err = engine.load()
   if not ok then
-    state.seg_err = err
-    log_once("err", "canary-router engine unavailable, routing every " ..
-                    "request to its stable upstream: " .. err)
+    engine_down("canary-router engine unavailable, routing every " ..
+                "request to its stable upstream: " .. err)
     return nil
   end
   state.lib_ok = true
@@ -83,10 +97,8 @@ function _M.attach()
     max_upstreams = engine.MAX_UPSTREAMS,
   })
   if not seg then
-    state.seg_err = serr
-    log_once("err", "canary-router cannot attach its segment " .. path ..
-                    ", routing every request to its stable upstream: " ..
-                    serr)
+    engine_down("canary-router cannot attach its segment " .. path ..
+                ", routing every request to its stable upstream: " .. serr)
     return nil
   end
   if seg.opened == "recreated" then
@@ -94,10 +106,21 @@ function _M.attach()
                      " was unusable and has been recreated: " ..
                      tostring(seg.why))
   end
+  if down_logged_at then
+    kong.log.notice("canary-router segment ", path, " attached; routing again")
+    down_logged_at = nil
+  end
   state.seg = seg
   state.seg_err = nil
   return seg
 end
+
+-- Keys Kong's plugins iterator adds to a config (get_plugin_config):
+-- not part of what the operator configured.
+local INJECTED = {
+  route_id = true, service_id = true, consumer_id = true,
+  plugin_instance_name = true,
+}
 
 -- Deterministic text of a Lua value (sorted keys), for config hashes.
 local function canonical(v, out)
@@ -105,7 +128,7 @@ local function canonical(v, out)
   if t == "table" then
     local keys = {}
     for k in pairs(v) do
-      if type(k) ~= "string" or k:sub(1, 2) ~= "__" then
+      if type(k) ~= "string" or (k:sub(1, 2) ~= "__" and not INJECTED[k]) then
         keys[#keys + 1] = k
       end
     end
@@ -203,26 +226,41 @@ local function compile(conf)
   c.response_header = opt(conf.response_header)
 
   c.hash = hash(concat(canonical({ conf.upstreams, conf.progression }, {})))
+  -- Everything the operator configured: equal configs compile alike.
+  c.full_hash = hash(concat(canonical(conf, {})))
   c.prog = _M.progression(prog, c.index_of)
 
+  return c
+end
+
+-- Claims the instance's route slot and publishes its weights (and
+-- progression).  Publishing the configuration already in place is a
+-- no-op in the engine, so every worker may call this for the same config.
+local function publish(c)
   local seg = state.seg
-  if seg then
-    local route, err = seg:claim(c.key, "")
-    if not route then
-      log_once("err", "canary-router cannot claim a route slot for " ..
-                      c.key .. ": " .. err .. "; failing open to " .. c.stable)
-    else
-      local gen, perr = seg:publish(route, c.names, c.weights, c.hash, c.prog)
-      if not gen then
-        log_once("err", "canary-router cannot publish weights for " ..
-                        c.key .. ": " .. perr)
-      else
-        c.route = route
-      end
-    end
+  if not seg then return nil, state.seg_err end
+  local route, err = seg:claim(c.key, "")
+  if not route then
+    log_once("err", "canary-router cannot claim a route slot for " ..
+                    c.key .. ": " .. err .. "; failing open to " .. c.stable)
+    return nil, err
   end
-  compiled[conf] = c
-  by_key[c.key] = c
+  local gen, perr = seg:publish(route, c.names, c.weights, c.hash, c.prog)
+  if not gen then
+    log_once("err", "canary-router cannot publish weights for " ..
+                    c.key .. ": " .. perr)
+    return nil, perr
+  end
+  c.route = route
+  c.provisional = nil
+  return gen
+end
+
+-- A compiled instance the request path may use without publishing: its
+-- route slot, if some worker published it, is found lock-free.
+local function attach_route(c)
+  local seg = state.seg
+  c.route = seg and seg:find(c.key) or nil
   return c
 end
 
@@ -248,11 +286,43 @@ function _M.progression(p, index_of)
   }
 end
 
+-- How often tick() retries an unavailable segment, and how often Kong
+-- 3.4 (no configure phase) reads the plugins from the database, which
+-- catches changes made on other nodes (DB mode) whose events this node
+-- does not see.
+local is_current, schedule_sync -- defined with the publishing rules below
+
+local REATTACH_SECONDS = 5
+local SYNC_SECONDS = 10
+local last_attach_try, last_sync = 0, 0
+
+local function now_s()
+  return ngx and ngx.now and ngx.now() or os.time()
+end
+
 -- One progression tick for every instance with a progression; logs
--- decisions that changed weights or state.  Runs from a timer.
+-- decisions that changed weights or state.  Runs from a timer, which also
+-- retries an unavailable segment and keeps Kong 3.4's instances in sync.
 function _M.tick()
   local seg = state.seg
-  if not seg then return end
+  if not seg then
+    local now = now_s()
+    if now - last_attach_try < REATTACH_SECONDS then return end
+    last_attach_try = now
+    if not _M.attach() then return end
+    seg = state.seg
+    if _M.has_configure() then
+      for _, c in pairs(by_key) do
+        if not c.route and is_current(c) then publish(c) end
+      end
+    else
+      _M.sync()
+    end
+  end
+  if not _M.has_configure() and now_s() - last_sync >= SYNC_SECONDS then
+    last_sync = now_s()
+    _M.sync()
+  end
   for _, c in pairs(by_key) do
     if c.prog and c.route then
       local rc, st = seg:prog_tick(c.route)
@@ -268,26 +338,195 @@ function _M.tick()
   end
 end
 
+-- Kong calls a plugin's configure() from 3.5 on; 3.4 has no such phase
+-- (kong/runloop/plugins_iterator.lua), so there the instances come from
+-- sync().  A stub without a version is taken as a current Kong.
+function _M.has_configure()
+  local v = kong and kong.version_num
+  return not v or v >= 3005000
+end
+
+-- init_worker: attach, follow Kong's plugin changes, start the tick.
+function _M.init_worker(tick_seconds)
+  _M.attach()
+  local events = kong and kong.worker_events
+  if events and events.register then
+    -- DB mode: the worker that served a plugin's Admin API call
+    -- (kong/runloop/events.lua, dao_crud_handler).
+    events.register(function(data) _M.on_plugin_crud(data) end, "crud", "plugins")
+    if not _M.has_configure() then
+      -- DB-less: every worker, after POST /config (declarative import).
+      events.register(function() _M.sync() end, "declarative", "reconfigure")
+    end
+  end
+  if ngx and ngx.timer then
+    if not _M.has_configure() then schedule_sync() end
+    local ok, err = ngx.timer.every(tick_seconds, _M.tick)
+    if not ok then
+      kong.log.err("canary-router cannot start its progression timer: ", err)
+    end
+  end
+end
+
 -- The compiled instance with this plugin id, or nil.
 function _M.instance(key)
   return by_key[key]
 end
 
--- The compiled form of `conf`, compiling it on first sight.
+-- The hash of an instance's routing config (upstreams and progression),
+-- as compile() computes it, from a plugin entity's or a phase's config.
+local function config_hash(conf)
+  return hash(concat(canonical({ conf.upstreams, conf.progression }, {})))
+end
+
+-- Is `c` the instance's configuration in Kong's database right now?  The
+-- database (LMDB when DB-less) is the arbiter: a worker that rebuilt its
+-- plugins iterator just before a change must not publish the old config
+-- after another worker published the new one (that would restart the
+-- progression, twice).  When the database cannot be asked (init_worker
+-- has no cosockets in DB mode) the config is taken as current: every
+-- worker then starts from the same snapshot.
+function is_current(c)
+  local db = kong and kong.db
+  if not (db and db.plugins and db.plugins.select) then return true end
+  local ok, entity = pcall(db.plugins.select, db.plugins, { id = c.key })
+  if not ok then return true end
+  if not entity then return false end
+  if entity.enabled == false then return false end
+  return config_hash(entity.config or {}) == c.hash
+end
+
+-- Instances are compiled and published off the request path: by
+-- configure() (Kong >= 3.5), by sync() from Kong's database (Kong 3.4 has
+-- no configure phase) and on Kong's crud events for plugins (DB mode: the
+-- worker that served the Admin API call publishes at once; the others'
+-- plugins iterators follow within worker_state_update_frequency).  A
+-- config table the request path has not seen yet is matched to the
+-- instance compiled from the database by id and hash; failing that (a
+-- change not synced yet) it is compiled without publishing, routes with
+-- what the segment holds, and a sync is scheduled.
+local sync_pending = false
+function schedule_sync()
+  if sync_pending or not (ngx and ngx.timer) then return end
+  sync_pending = true
+  local ok = ngx.timer.at(0, function(premature)
+    sync_pending = false
+    if not premature then _M.sync() end
+  end)
+  if not ok then sync_pending = false end
+end
+
 function _M.get(conf)
-  return compiled[conf] or compile(conf)
+  local c = compiled[conf]
+  if c and not c.provisional then return c end
+  local key = instance_key(conf)
+  local known = by_key[key]
+  local h = c and c.full_hash or hash(concat(canonical(conf, {})))
+  if known and known.full_hash == h and not known.provisional then
+    compiled[conf] = known
+    return known
+  end
+  if c then return c end
+  c = attach_route(compile(conf))
+  c.provisional = true
+  compiled[conf] = c
+  if not by_key[key] then by_key[key] = c end
+  schedule_sync()
+  return c
+end
+
+-- Retires the route slots of instances that are no longer configured.
+-- `live` maps every configured instance key to true.
+local function retire_others(live)
+  local seg = state.seg
+  if seg and seg.retire_except then seg:retire_except(live) end
 end
 
 -- configure(configs): compile and publish every instance's config.
--- `configs` is nil when no instance is enabled.
+-- `configs` is the complete set (nil when no instance is enabled).
 function _M.configure(configs)
   if not state.seg and not state.seg_err then _M.attach() end
-  -- `configs` is the complete set: instances missing from it are gone.
-  by_key = {}
+  local live, keys = {}, {}
   for _, conf in ipairs(configs or {}) do
-    local c = compiled[conf] or compile(conf)
-    by_key[c.key] = c
+    local c = compiled[conf]
+    if not c or c.provisional then
+      c = compile(conf)
+      compiled[conf] = c
+    end
+    if not c.route and is_current(c) then publish(c) end
+    if not c.route then attach_route(c) end
+    live[c.key] = c
+    keys[c.key] = true
   end
+  by_key = live
+  retire_others(keys)
+end
+
+-- A plugin entity as Kong's plugins iterator hands its config to the
+-- phases (plugins_iterator.lua, get_plugin_config).
+local function entity_conf(p)
+  local conf = p.config or {}
+  conf.route_id = type(p.route) == "table" and p.route.id or nil
+  conf.service_id = type(p.service) == "table" and p.service.id or nil
+  conf.consumer_id = type(p.consumer) == "table" and p.consumer.id or nil
+  conf.__plugin_id = p.id
+  return conf
+end
+
+local function from_entity(p)
+  local c = compile(entity_conf(p))
+  publish(c)
+  if not c.route then attach_route(c) end
+  return c
+end
+
+-- sync(): every canary-router instance from Kong's database, compiled and
+-- published; instances gone from it are retired.  Off the request path
+-- (a timer: in DB mode it reads PostgreSQL).  Returns true, or nil and
+-- an error (nothing changed then).
+function _M.sync()
+  local db = kong and kong.db
+  if not (db and db.plugins and db.plugins.each) then
+    return nil, "no database to read plugins from"
+  end
+  if not state.seg and not state.seg_err then _M.attach() end
+  local live, keys = {}, {}
+  for p, err in db.plugins:each(nil, { workspace = ngx_null }) do
+    if err then
+      log_once("err", "canary-router cannot read plugins: " .. tostring(err))
+      return nil, err
+    end
+    if p.name == "canary-router" and p.enabled ~= false then
+      local c = by_key[p.id]
+      if not (c and not c.provisional and
+              c.full_hash == hash(concat(canonical(p.config or {}, {})))) then
+        c = from_entity(p)
+      end
+      live[c.key] = c
+      keys[c.key] = true
+    end
+  end
+  by_key = live
+  retire_others(keys)
+  return true
+end
+
+-- Kong's crud event for a plugin (DB mode), in the worker that served the
+-- Admin API call: the new config reaches every worker of this node
+-- through the segment at once, instead of after the next rebuild.
+function _M.on_plugin_crud(data)
+  local p = data and data.entity
+  if type(p) ~= "table" or p.name ~= "canary-router" or type(p.id) ~= "string" then
+    return
+  end
+  if data.operation == "delete" or p.enabled == false then
+    by_key[p.id] = nil
+    local keys = {}
+    for k in pairs(by_key) do keys[k] = true end
+    retire_others(keys)
+    return
+  end
+  by_key[p.id] = from_entity(p)
 end
 
 -- Names of the route's upstreams under generation `gen` (cached).

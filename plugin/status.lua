@@ -66,6 +66,10 @@ function _M.collect()
   return {
     segment = runtime.segment_path(),
     segment_error = runtime.state.seg_err,
+    engine = {
+      up = runtime.state.seg ~= nil,
+      reason = runtime.state.seg_err,
+    },
     data = list,
   }
 end

@@ -315,18 +315,95 @@ describe("canary-router handler (unit)", function()
     assert.truthy(k.upstream_headers["X-Trace-Id"])  -- trace ids still work
   end)
 
-  it("takes a new config table's weights on first sight, without configure", function()
+  it("never publishes from the request path; on Kong 3.4 instances come from the db", function()
     local conf = config({
       upstreams = { { name = "automation-service", weight = 50 },
                     { name = "automation-service-canary", weight = 50 } },
     })
-    local counts = {}
-    for _ = 1, 10000 do
-      local k = request(conf)
-      counts[k.upstream] = (counts[k.upstream] or 0) + 1
+    local function split()
+      local counts = {}
+      for _ = 1, 10000 do
+        local k = request(conf)
+        counts[k.upstream] = (counts[k.upstream] or 0) + 1
+      end
+      return counts
     end
+    handler:configure({ config() })  -- 90/10 published
+    -- A config table no configure() announced routes by what is published.
+    assert.same({ ["automation-service"] = 9000,
+                  ["automation-service-canary"] = 1000 }, split())
+    -- Kong 3.4 has no configure phase: sync() reads the plugin entities.
+    local entity = {
+      id = conf.__plugin_id, name = "canary-router", enabled = true,
+      route = nil, service = { id = "s1" }, consumer = nil,
+      config = {
+        upstreams = conf.upstreams, sticky = conf.sticky, override = conf.override,
+        trace = conf.trace, response_header = conf.response_header,
+      },
+    }
+    local k = stub_kong(dir)
+    k.version_num = 3004002
+    k.db = { plugins = { each = function()
+      local done = false
+      return function()
+        if done then return nil end
+        done = true
+        return entity
+      end
+    end } }
+    _G.kong = k
+    assert.is_true(runtime.sync())
     assert.same({ ["automation-service"] = 5000,
-                  ["automation-service-canary"] = 5000 }, counts)
+                  ["automation-service-canary"] = 5000 }, split())
+  end)
+
+  it("never lets a late worker's configure() republish a config the database replaced", function()
+    local function weights_of(conf)
+      local counts = {}
+      for _ = 1, 1000 do
+        local k = request(conf)
+        counts[k.upstream] = (counts[k.upstream] or 0) + 1
+      end
+      return counts["automation-service-canary"] or 0
+    end
+    local new = config({ upstreams = {
+      { name = "automation-service", weight = 70 },
+      { name = "automation-service-canary", weight = 30 } } })
+    local old = config({ upstreams = {
+      { name = "automation-service", weight = 80 },
+      { name = "automation-service-canary", weight = 20 } } })
+    local k = stub_kong(dir)
+    k.db = { plugins = { select = function(_, pk)
+      assert.equal(new.__plugin_id, pk.id)
+      return { id = pk.id, name = "canary-router", enabled = true, config = new }
+    end } }
+    _G.kong = k
+    handler:configure({ new })
+    assert.near(300, weights_of(new), 3)
+    -- a worker that rebuilt before the change configures the old table
+    _G.kong = k
+    handler:configure({ old })
+    assert.near(300, weights_of(old), 3)
+  end)
+
+  it("publishes a plugin's crud event at once (DB mode, the worker that served it)", function()
+    local conf = config({ upstreams = {
+      { name = "automation-service", weight = 40 },
+      { name = "automation-service-canary", weight = 60 } } })
+    runtime.on_plugin_crud({
+      operation = "update",
+      entity = { id = conf.__plugin_id, name = "canary-router", enabled = true,
+                 service = { id = "s1" }, config = conf },
+    })
+    local canary = 0
+    for _ = 1, 1000 do
+      if request(config()).upstream == "automation-service-canary" then canary = canary + 1 end
+    end
+    assert.near(600, canary, 3)
+    -- other plugins' events are not ours
+    assert.has_no.errors(function()
+      runtime.on_plugin_crud({ operation = "update", entity = { id = "x", name = "acl" } })
+    end)
   end)
 
   it("lets replaced config tables be collected (no leak per config change)", function()
