@@ -127,8 +127,10 @@ local function canonical(v, out)
   local t = type(v)
   if t == "table" then
     local keys = {}
-    for k in pairs(v) do
-      if type(k) ~= "string" or (k:sub(1, 2) ~= "__" and not INJECTED[k]) then
+    for k, x in pairs(v) do
+      -- ngx.null (a JSON or database null) is an unset field, like nil.
+      if x ~= ngx_null and
+         (type(k) ~= "string" or (k:sub(1, 2) ~= "__" and not INJECTED[k])) then
         keys[#keys + 1] = k
       end
     end
