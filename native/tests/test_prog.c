@@ -31,13 +31,13 @@ static void runbook(struct canary_prog_params *p) {
   p->nsteps = 5;
   memcpy(p->steps, steps, sizeof steps);
   p->interval_ms = 1000;
-  p->min_requests = 50;
   p->failure_limit = 3;
   p->on_success = CANARY_PROG_PROMOTE;
-  p->max_error_rate = 0.01;
-  p->max_p95_us = 1000 * 1000.0;
-  p->max_p99_us = 2000 * 1000.0;
-  p->rollback_error_rate = -1;
+  test_judge_unset(&p->judge);
+  p->judge.min_requests = 50;
+  p->judge.max_error_rate = 0.01;
+  p->judge.max_p95_us = 1000 * 1000.0;
+  p->judge.max_p99_us = 2000 * 1000.0;
 }
 
 /* n canary responses: `errors` of them 503, all at latency_us. */
@@ -79,7 +79,7 @@ static void test_params_rejected(void **state) {
   p.nsteps = 0;
   assert_int_equal(canary_prog_check(&p, 2, err, sizeof err), CANARY_EINVAL);
   runbook(&p);
-  p.max_error_rate = 2.0;
+  p.judge.max_error_rate = 2.0;
   assert_int_equal(canary_prog_check(&p, 2, err, sizeof err), CANARY_EINVAL);
   /* A rejected progression publishes nothing. */
   runbook(&p);
@@ -97,7 +97,7 @@ static void test_params_rejected(void **state) {
                                         sizeof err),
                    0);
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_ABORT, 0,
-                                      err, sizeof err),
+                                      NULL, err, sizeof err),
                    CANARY_ESTATE);
   assert_int_equal(canary_prog_tick(fx->seg, route, canary_clock_us(), NULL),
                    0);
@@ -140,7 +140,7 @@ static void test_error_burst_rolls_back_at_once(void **state) {
   int route;
 
   runbook(&p);
-  p.rollback_error_rate = 0.10;
+  p.judge.rollback_error_rate = 0.10;
   route = route_with(fx, &p);
   traffic(fx, route, 100, 20, 5000); /* 20 % errors */
   /* Well inside the window: the immediate limit does not wait. */
@@ -235,7 +235,7 @@ static void test_time_based_without_limits(void **state) {
   int route;
 
   runbook(&p);
-  p.max_error_rate = p.max_p95_us = p.max_p99_us = -1;
+  p.judge.max_error_rate = p.judge.max_p95_us = p.judge.max_p99_us = -1;
   p.on_success = CANARY_PROG_HOLD;
   route = route_with(fx, &p);
   for (int w = 0; w < 5; w++) {
@@ -245,7 +245,7 @@ static void test_time_based_without_limits(void **state) {
   assert_int_equal(st.state, CANARY_PROG_PAUSED); /* hold at the end */
   assert_int_equal(canary_effective(fx, route), 10000);
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_PROMOTE, now,
-                                      NULL, 0),
+                                      NULL, NULL, 0),
                    0);
   canary_prog_status(fx->seg, route, now, &st);
   assert_int_equal(st.state, CANARY_PROG_PROMOTED);
@@ -262,10 +262,10 @@ static void test_operator_actions(void **state) {
   runbook(&p);
   route = route_with(fx, &p);
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_RESUME, now,
-                                      err, sizeof err),
+                                      NULL, err, sizeof err),
                    CANARY_ESTATE);
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_PAUSE, now,
-                                      err, sizeof err),
+                                      NULL, err, sizeof err),
                    0);
   traffic(fx, route, 100, 0, 1000);
   now += 5 * SEC;
@@ -273,28 +273,28 @@ static void test_operator_actions(void **state) {
   assert_int_equal(st.state, CANARY_PROG_PAUSED);
   assert_int_equal(st.step, 0);
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_RESUME, now,
-                                      err, sizeof err),
+                                      NULL, err, sizeof err),
                    0);
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_PROMOTE, now,
-                                      err, sizeof err),
+                                      NULL, err, sizeof err),
                    0);
   assert_int_equal(canary_effective(fx, route), 2500);
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_ABORT, now,
-                                      err, sizeof err),
+                                      NULL, err, sizeof err),
                    0);
   assert_int_equal(canary_effective(fx, route), 0);
   canary_prog_status(fx->seg, route, now, &st);
   assert_int_equal(st.state, CANARY_PROG_ROLLED_BACK);
   assert_non_null(strstr(st.reason, "aborted by operator"));
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_ABORT, now,
-                                      err, sizeof err),
+                                      NULL, err, sizeof err),
                    CANARY_ESTATE);
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_PROMOTE, now,
-                                      err, sizeof err),
+                                      NULL, err, sizeof err),
                    CANARY_ESTATE);
-  assert_int_equal(canary_prog_action(fx->seg, route, 99, now, err,
-                                      sizeof err),
-                   CANARY_EINVAL);
+  assert_int_equal(
+      canary_prog_action(fx->seg, route, 99, now, NULL, err, sizeof err),
+      CANARY_EINVAL);
 }
 
 static void test_config_change_restarts_same_config_does_not(void **state) {
