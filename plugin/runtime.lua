@@ -8,6 +8,8 @@
 
 local engine = require "kong.plugins.canary-router.engine"
 local cidr = require "kong.plugins.canary-router.cidr"
+local decisions = require "kong.plugins.canary-router.decisions"
+local notify = require "kong.plugins.canary-router.notify"
 
 local floor = math.floor
 local concat = table.concat
@@ -202,8 +204,18 @@ local function compile(conf)
   c.echo = tr.echo_downstream ~= false
   c.response_header = opt(conf.response_header)
 
-  c.hash = hash(concat(canonical({ conf.upstreams, conf.progression }, {})))
+  -- Where notifications go is not part of the progression: changing it
+  -- must not restart one.
+  local judged = conf.progression
+  if prog and opt(prog.notify) ~= nil then
+    judged = {}
+    for k, v in pairs(prog) do
+      if k ~= "notify" then judged[k] = v end
+    end
+  end
+  c.hash = hash(concat(canonical({ conf.upstreams, judged }, {})))
   c.prog = _M.progression(prog, c.index_of)
+  c.notify = prog and notify.compile(opt(prog.notify))
 
   local seg = state.seg
   if seg then
@@ -241,25 +253,32 @@ function _M.progression(p, index_of)
     min_requests = opt(p.min_requests) or 0,
     failure_limit = opt(p.failure_limit) or 3,
     on_success = opt(p.on_success) or "promote",
+    dry_run = opt(p.dry_run) == true,
+    analysis = opt(p.analysis) or "threshold",
+    confidence = opt(p.confidence) or 0.98,
+    allowed_increase = opt(p.allowed_increase) or 0.25,
     max_error_rate = rate(p.max_error_rate),
+    max_error_rate_delta = rate(p.max_error_rate_delta),
     rollback_error_rate = rate(p.rollback_error_rate),
     max_p95_us = us(p.max_p95_ms),
     max_p99_us = us(p.max_p99_ms),
+    max_p95_ratio = opt(p.max_p95_ratio),
+    max_p99_ratio = opt(p.max_p99_ratio),
+    rollback_p99_ratio = opt(p.rollback_p99_ratio),
   }
 end
 
--- One progression tick for every instance with a progression; logs
--- decisions that changed weights or state.  Runs from a timer.
+-- One progression tick for every instance with a progression; the
+-- decision a tick made is logged and notified by this worker (the one
+-- that made it).  Runs from a timer.
 function _M.tick()
   local seg = state.seg
   if not seg then return end
   for _, c in pairs(by_key) do
     if c.prog and c.route then
       local rc, st = seg:prog_tick(c.route)
-      if rc == 2 then
-        local level = st.state == "rolled_back" and "warn" or "notice"
-        kong.log[level]("canary-router ", c.key, ": ", st.state, " at step ",
-                        st.step, "/", st.steps, ": ", st.reason)
+      if rc and st.decided > 0 then
+        decisions.report(c, seg, st.decided)
       elseif not rc then
         log_once("err", "canary-router progression tick failed for " ..
                         c.key .. ": " .. tostring(st))

@@ -34,6 +34,8 @@ function _M.instance(c)
   out.route = v.label ~= "" and v.label or v.key
   if c.prog then
     out.progression = seg:prog_status(c.route)
+    -- The last 50 decisions, newest first, the same for every worker.
+    out.decisions = seg:decisions(c.route)
   end
   out.generation = v.generation
   out.trace_ids = v.trace

@@ -273,7 +273,8 @@ struct canary_decision {
   uint32_t dry_run;     /* 1: the action was not applied */
   uint32_t step;        /* 0-based step the window was judged at */
   uint32_t step_weight; /* canary weight during the window */
-  uint32_t weight;      /* canary weight after the decision */
+  uint32_t weight;      /* canary weight the action set (in a dry run:
+                           would have set) */
   uint32_t state;       /* canary_prog_state after the decision */
   uint32_t failures;    /* consecutive failed windows after it */
   struct canary_judge_result judge; /* origin OPERATOR: verdict is

@@ -147,7 +147,7 @@ struct prog_area {
   uint64_t p99_bits;
   uint64_t base_seq;     /* odd while the bases are being rewritten */
   uint64_t decisions;    /* seq of the newest decision, 0: none */
-  uint64_t last_judged;  /* seq of the newest decision that judged */
+  uint64_t last_judged;  /* seq of the newest conclusive judgement */
   uint64_t immediate_ws; /* dry run: window whose immediate breach is
                             already recorded */
   char reason[CANARY_REASON_MAX];
@@ -314,8 +314,9 @@ void canary__prog_start(const canary_seg_t *seg, uint32_t route,
                         const struct canary_prog_params *p,
                         struct table_data *d, double now_us);
 
-/* The newest decision of the route that judged a window (not an
- * operator action), if the log still holds it: 0, or -1 (prog.c). */
+/* The newest decision of the route that judged a window conclusively
+ * (pass or fail; not an operator action), if the log still holds it: 0,
+ * or -1 (prog.c). */
 int canary__prog_last_judged(const canary_seg_t *seg, int route,
                              struct canary_decision *out);
 

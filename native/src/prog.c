@@ -191,7 +191,8 @@ static uint64_t record(struct prog_area *pa, struct canary_decision *d) {
   /* ...and before the count that tells readers it exists. */
   ck_pr_fence_store();
   ck_pr_store_64(&pa->decisions, seq);
-  if (d->origin != CANARY_ORIGIN_OPERATOR)
+  if (d->origin != CANARY_ORIGIN_OPERATOR &&
+      d->judge.verdict != CANARY_GATE_INCONCLUSIVE)
     ck_pr_store_64(&pa->last_judged, seq);
   return seq;
 }
@@ -452,13 +453,13 @@ static int judge_window(const canary_seg_t *seg, uint32_t route,
     ck_pr_store_32(&pa->failures, 0);
     if (step + 1 < p->nsteps) {
       d.action = CANARY_DO_STEP_UP;
+      d.weight = p->steps[step + 1];
       set_reason(pa, "%sstep %u -> %.2f %%: %s (%.0f s window)",
                  p->dry_run ? "dry run: would " : "", step + 2,
                  p->steps[step + 1] / 100.0, why, window_ms / 1e3);
       if (!p->dry_run) {
         ck_pr_store_32(&pa->step, step + 1);
         publish_step(seg, r, p->canary, p->steps[step + 1]);
-        d.weight = p->steps[step + 1];
       }
     } else if (p->on_success == CANARY_PROG_PROMOTE) {
       d.action = CANARY_DO_PROMOTE;
@@ -490,9 +491,10 @@ static int judge_window(const canary_seg_t *seg, uint32_t route,
       set_reason(pa, "%swindow failed (%u of %u): %s",
                  p->dry_run ? "dry run: " : "", f, p->failure_limit, why);
     }
+    if (d.action == CANARY_DO_ROLLBACK)
+      d.weight = 0;
     if (d.action == CANARY_DO_ROLLBACK && !p->dry_run) {
       rollback(seg, r, pa, p->canary);
-      d.weight = 0;
       changed = 1;
     }
   } else {
@@ -562,7 +564,7 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
         d.window_ms = now > ws ? (double)(now - ws) / 1e3 : 0;
         d.step = ck_pr_load_32(&pa->step);
         d.step_weight = canary_weight(seg, r, p.canary);
-        d.weight = d.step_weight;
+        d.weight = 0;
         store_figures(pa, p.dry_run, &d.judge);
         if (p.dry_run) {
           ck_pr_store_64(&pa->immediate_ws, ws);
@@ -571,7 +573,6 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
           rc = 1;
         } else {
           rollback(seg, r, pa, p.canary);
-          d.weight = 0;
           set_reason(pa, "rolled back at once: %s", d.judge.reason);
           rc = 2;
         }

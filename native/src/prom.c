@@ -238,7 +238,8 @@ static void fill_row(const canary_seg_t *seg, int slot,
 }
 
 /* The progression's judging, per route: windows judged by verdict, and
- * every gate judged in the last window, its measured value next to its
+ * every gate judged in the last conclusive window (a pass or a fail; an
+ * inconclusive window measures nothing), its measured value next to its
  * limit, in base units (seconds for latencies, fractions for rates and
  * deltas, plain multiples for ratios).  Judgements of a dry run, which
  * applied nothing, carry dry_run="true".  slots[i] is views[i]'s route
@@ -251,9 +252,9 @@ static int gate_families(struct out *o, const canary_seg_t *seg,
   static const char *const family_name[2] = {"canary_gate_value",
                                              "canary_gate_limit"};
   static const char *const family_help[2] = {
-      "Measured value of each gate in the last judged window (seconds, "
-      "fractions or ratios).",
-      "Configured limit of each gate judged in the last window."};
+      "Measured value of each gate in the last conclusive window "
+      "(seconds, fractions or ratios).",
+      "Configured limit of each gate judged in the last conclusive window."};
 
   if (last == NULL)
     return CANARY_ENOMEM;

@@ -620,9 +620,12 @@ static void test_dry_run_records_and_changes_nothing(void **state) {
   assert_int_equal(log[1].action, CANARY_DO_ROLLBACK);
   assert_int_equal(log[2].action, CANARY_DO_NOTHING);
   assert_int_equal(log[3].action, CANARY_DO_STEP_UP);
+  assert_int_equal(log[0].weight, 0);    /* would roll back */
+  assert_int_equal(log[2].weight, 1000); /* would hold */
+  assert_int_equal(log[3].weight, 5000); /* would step up */
   for (int i = 0; i < n; i++) {
     assert_int_equal(log[i].dry_run, 1);
-    assert_int_equal(log[i].weight, 1000);
+    assert_int_equal(log[i].step_weight, 1000);
     assert_int_equal(log[i].state, CANARY_PROG_RUNNING);
   }
   assert_int_equal(canary_prom_render(fx->seg, metrics, 1 << 20, &len), 0);
