@@ -40,7 +40,8 @@
  * an error always comes with a reason.  On every attached segment it
  * calls, for every route index, canary_route_read, sticky and non-sticky
  * canary_route_pick, canary_hist_snapshot / _summarize on every
- * upstream, canary_prog_status, and in read-write mode also
+ * upstream, canary_prog_status, canary_prog_decisions (entries in order,
+ * reasons terminated), and in read-write mode also
  * canary_route_record, canary_route_event, canary_prog_action and
  * canary_prog_tick (neither may leave a table the engine cannot read
  * back); then canary_prom_render, whose output must be well-formed
