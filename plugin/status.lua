@@ -3,8 +3,10 @@
 -- `canarystat --json`.
 
 local runtime = require "kong.plugins.canary-router.runtime"
+local cjson = require "cjson.safe"
 
 local pairs = pairs
+local setmetatable = setmetatable
 local sort = table.sort
 
 local _M = {}
@@ -34,6 +36,13 @@ function _M.instance(c)
   out.route = v.label ~= "" and v.label or v.key
   if c.prog then
     out.progression = seg:prog_status(c.route)
+    -- The last 50 decisions, newest first, the same for every worker;
+    -- an empty log is an empty JSON array where cjson can say so
+    -- (OpenResty's, in Kong).
+    out.decisions = seg:decisions(c.route)
+    if out.decisions and #out.decisions == 0 and cjson.array_mt then
+      setmetatable(out.decisions, cjson.array_mt)
+    end
   end
   out.generation = v.generation
   out.trace_ids = v.trace
