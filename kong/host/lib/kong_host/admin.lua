@@ -431,9 +431,10 @@ local function root()
       in_use[#in_use + 1] = p.name
     end
   end
-  local workers = {}
+  local workers, applied = {}, {}
   for i = 0, ngx.worker.count() - 1 do
     workers[#workers + 1] = ngx.shared.kong_host:get("worker:" .. i)
+    applied[#applied + 1] = ngx.shared.kong_host:get("applied:" .. i) or null
   end
   local master
   local f = io.open(kong.configuration.prefix .. "/logs/nginx.pid")
@@ -454,6 +455,10 @@ local function root()
     },
     configuration = kong.configuration,
     pids = { master = master or null, workers = util.array(workers) },
+    -- Host only (Kong has no such field): the stored document's version
+    -- and the one each worker runs, so a test can wait for a change to
+    -- be in force everywhere.
+    kong_host = { config_version = store.version() or null, applied = util.array(applied) },
   }
 end
 
