@@ -404,9 +404,9 @@ local function post_config()
   -- To every worker, after the document is stored (Kong:
   -- declarative_reconfigure_notify after loading LMDB); each switches and
   -- then runs the plugins' handlers (kong_host.runtime).
-  local ok, err = events.post("declarative", "reconfigure", reconfigure_data(published))
-  if not ok then
-    kong.log.err("failed to broadcast reconfigure event: ", err)
+  local posted, perr = events.post("declarative", "reconfigure", reconfigure_data(published))
+  if not posted then
+    kong.log.err("failed to broadcast reconfigure event: ", perr)
     return 500, { message = "An unexpected error occurred" }
   end
   return 201, published

@@ -30,7 +30,6 @@ local cjson = require "cjson.safe"
 
 local ngx = ngx
 local type = type
-local pairs = pairs
 local ipairs = ipairs
 local xpcall = xpcall
 local tostring = tostring
