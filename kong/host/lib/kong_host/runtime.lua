@@ -366,6 +366,9 @@ end
 -- after the plugins' init_worker), then the timers that apply later
 -- changes and deliver worker events.
 function _M.init_worker()
+  -- Events posted from here on are this worker's, its plugins' own
+  -- init_worker posts included.
+  events.init_worker()
   local log = require "kong_host.pdk"
   for _, plugin in ipairs(ordered) do
     local handler = plugin.handler
@@ -378,7 +381,6 @@ function _M.init_worker()
       end
     end
   end
-  events.init_worker()
   _M.check()
   local dbless = mode.dbless()
   every(events.POLL, function()
