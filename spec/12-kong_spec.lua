@@ -135,7 +135,10 @@ for _, version in ipairs { "3.4.2", "3.9.1" } do
           assert.same({}, calls, "worker " .. pid)
         end
       end
-      host.admin("POST", "/config", config("a"))
+      -- back to tag a, enabled; set_plugin_config's own write returns
+      -- once every worker runs it (so the POST before it too)
+      assert.equal(201, (host.admin("POST", "/config", config("a"))))
+      assert.equal(201, (host.set_plugin_config(PROBE_ID, { tag = "a" })))
     end)
 
     -- kong/db/strategies/off/init.lua: update is unsupported ("cannot
