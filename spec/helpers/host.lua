@@ -277,9 +277,18 @@ end
 
 -- Kong's PATCH merge of a plugin config (Schema:merge_values): records
 -- are merged field by field, anything else (arrays included) replaces.
+-- cjson's null as dkjson's, at any depth (dkjson encodes the document).
+local function dk_nulls(v)
+  if v == cjson.null then return dkjson.null end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = dk_nulls(x) end
+  return setmetatable(out, getmetatable(v))
+end
+
 local function merge(top, bottom)
   if type(bottom) ~= "table" then
-    return top
+    return dk_nulls(top)
   end
   local out = {}
   for k, v in pairs(bottom) do
@@ -287,11 +296,14 @@ local function merge(top, bottom)
   end
   for k, v in pairs(top) do
     local b = bottom[k]
-    if type(v) == "table" and type(b) == "table" and #v == 0 and next(v) ~= nil
+    if type(v) ~= "table" or v == cjson.null then
+      -- JSON null unsets the field, as in a PATCH
+      out[k] = dk_nulls(v)
+    elseif type(v) == "table" and type(b) == "table" and #v == 0 and next(v) ~= nil
        and #b == 0 and next(b) ~= nil then
       out[k] = merge(v, b)
     else
-      out[k] = v
+      out[k] = dk_nulls(v)
     end
   end
   return out
