@@ -187,6 +187,8 @@ function CanaryRouter:access(conf)
 
   local seg = state.seg
   local idx, gen = override(c), nil
+  -- A client chose the upstream: counted apart, never judged by a gate.
+  ctx.forced = idx ~= nil
   if not idx then
     local key = c.sticky_sources[1] and sticky_key(c)
     idx, gen = seg:pick(c.route, key)
@@ -200,6 +202,7 @@ function CanaryRouter:access(conf)
                     c.stable)
     ctx.up = set_stable(c)
     ctx.name = c.stable
+    ctx.stat = runtime.stat(c, c.stable)
     ctx.t_sent = now_us()
     return
   end
@@ -214,6 +217,10 @@ function CanaryRouter:access(conf)
   end
   ctx.up = idx
   ctx.name = name
+  -- The statistics of the upstream that serves, by the handle of the
+  -- table the pick used: a publish before the log phase cannot move
+  -- this request's count to another name.
+  ctx.stat = runtime.stat(c, name)
   ctx.t_sent = now_us()
 end
 
@@ -233,15 +240,15 @@ end
 function CanaryRouter:log(conf)
   local ctx = kong.ctx.plugin
   local c = ctx.c
-  if not (c and c.route and ctx.t_sent) then return end
+  if not (c and c.route and ctx.t_sent and ctx.stat) then return end
   -- A response produced by another plugin (kong.response.exit) says
   -- nothing about the upstream; an error response from the proxy does.
   if kong.response.get_source and kong.response.get_source() == "exit" then
     return
   end
   local t_end = ctx.t_header or now_us()
-  state.seg:record(c.route, ctx.up, t_end - ctx.t_sent,
-                   kong.response.get_status(), ctx.source)
+  state.seg:record(c.route, ctx.stat, t_end - ctx.t_sent,
+                   kong.response.get_status(), ctx.source, ctx.forced)
 end
 
 return CanaryRouter

@@ -28,6 +28,10 @@ end
 local _M = {}
 
 local DEFAULT_MAX_ROUTES = 64
+-- Statistics slots, one per configured upstream: two per route (stable
+-- and canary) and room for routes with more upstreams and for renamed
+-- upstreams during their grace period.  1000 routes: 55 MB.
+local function default_stat_slots(max_routes) return 2 * max_routes + 64 end
 
 local state = {
   seg = nil,        -- engine segment, nil when unavailable
@@ -78,9 +82,12 @@ function _M.attach()
   end
   state.lib_ok = true
   local path = _M.segment_path()
+  local max_routes = env_number("CANARY_ROUTER_MAX_ROUTES", DEFAULT_MAX_ROUTES)
   local seg, serr = engine.open(path, {
-    max_routes = env_number("CANARY_ROUTER_MAX_ROUTES", DEFAULT_MAX_ROUTES),
+    max_routes = max_routes,
     max_upstreams = engine.MAX_UPSTREAMS,
+    max_stat_slots = env_number("CANARY_ROUTER_MAX_UPSTREAM_SLOTS",
+                                default_stat_slots(max_routes)),
   })
   if not seg then
     state.seg_err = serr
@@ -207,15 +214,21 @@ local function compile(conf)
 
   local seg = state.seg
   if seg then
-    local route, err = seg:claim(c.key, "")
+    local route, err, code = seg:claim(c.key, "")
     if not route then
+      if code == engine.E.FULL then
+        err = err .. ": every one of the " .. seg:info().max_routes ..
+              " route slots (CANARY_ROUTER_MAX_ROUTES) is live or retired " ..
+              "less than " .. engine.RETIRE_GRACE_S .. " s ago"
+      end
       log_once("err", "canary-router cannot claim a route slot for " ..
                       c.key .. ": " .. err .. "; failing open to " .. c.stable)
     else
       local gen, perr = seg:publish(route, c.names, c.weights, c.hash, c.prog)
       if not gen then
         log_once("err", "canary-router cannot publish weights for " ..
-                        c.key .. ": " .. perr)
+                        c.key .. ": " .. perr .. "; failing open to " ..
+                        c.stable)
       else
         c.route = route
       end
@@ -278,6 +291,38 @@ function _M.get(conf)
   return compiled[conf] or compile(conf)
 end
 
+-- `configs` is the complete set of live instances' configs (nil or
+-- empty: none): retires the route slots of every other instance, so that
+-- slots are reused and removed instances are no longer exported, and
+-- forgets their compiled forms (a config that comes back is compiled and
+-- claimed again, and gets its counters back within the grace period).
+-- configure() calls it; without a configure phase (Kong 3.4), call it
+-- with the complete set whenever it changes.
+function _M.sweep(configs)
+  local live, keys = {}, {}
+  for _, conf in ipairs(configs or {}) do
+    local key = instance_key(conf)
+    if not live[key] then
+      live[key] = true
+      keys[#keys + 1] = key
+    end
+  end
+  for conf, c in pairs(compiled) do
+    if not live[c.key] then compiled[conf] = nil end
+  end
+  for key in pairs(by_key) do
+    if not live[key] then by_key[key] = nil end
+  end
+  local seg = state.seg
+  if not seg then return 0 end
+  local n, err = seg:retire_except(keys)
+  if not n then
+    log_once("warn", "canary-router cannot retire the route slots of " ..
+                     "removed instances yet: " .. tostring(err))
+  end
+  return n
+end
+
 -- configure(configs): compile and publish every instance's config.
 -- `configs` is nil when no instance is enabled.
 function _M.configure(configs)
@@ -288,11 +333,19 @@ function _M.configure(configs)
     local c = compiled[conf] or compile(conf)
     by_key[c.key] = c
   end
+  _M.sweep(configs)
 end
 
--- Names of the route's upstreams under generation `gen` (cached).
+-- Names of the route's upstreams under generation `gen` (cached; nil:
+-- the newest seen).
 function _M.names(c, gen)
   return state.seg:names(c.route, gen)
+end
+
+-- The statistics handle of upstream `name` of the instance's route, from
+-- the table its last names() call described.
+function _M.stat(c, name)
+  return state.seg:stat(c.route, name)
 end
 
 -- Compiled instances by key (Admin API).

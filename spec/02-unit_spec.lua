@@ -248,11 +248,15 @@ describe("canary-router handler (unit)", function()
   end)
 
   it("records latency and status for the upstream that served", function()
-    local conf = config()
+    local conf = config({
+      __plugin_id = "all-on-the-canary",
+      upstreams = { { name = "automation-service", weight = 0 },
+                    { name = "automation-service-canary", weight = 100 } },
+    })
     local route = runtime.get(conf).route
     local before = runtime.state.seg:summary(route, 2)
     for _ = 1, 10 do
-      request(conf, { ["X-Canary"] = "always" }, function(s) s.status = 503 end)
+      request(conf, nil, function(s) s.status = 503 end)
     end
     local after = runtime.state.seg:summary(route, 2)
     assert.equal(before.count + 10, after.count)

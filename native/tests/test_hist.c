@@ -34,12 +34,15 @@ static uint64_t snap_count(const struct canary_hist_snapshot *s) {
   return c;
 }
 
+/* A route with H_UPSTREAMS upstreams, so every index has statistics. */
 static int claim_published(canary_seg_t *seg, const char *key) {
   struct canary_table t;
-  const uint32_t w[2] = {5000, 5000};
+  uint32_t w[H_UPSTREAMS];
   int r = canary_route_claim(seg, key, strlen(key), "", 0);
   assert_true(r >= 0);
-  test_table(&t, "u", 2, w);
+  for (uint32_t i = 0; i < H_UPSTREAMS; i++)
+    w[i] = CANARY_WEIGHT_SCALE / H_UPSTREAMS;
+  test_table(&t, "u", H_UPSTREAMS, w);
   assert_int_equal(canary_route_publish(seg, r, &t, 1, NULL, NULL, 0), 0);
   return r;
 }
