@@ -71,6 +71,7 @@ describe("canary-router in the local Kong host", function()
       config = declarative({
         upstreams = weights(90, 10),
         trace = { header = "X-Trace-Id" },
+        override = { header = "X-Canary" },
         response_header = "X-Canary-Upstream",
       }),
     }
