@@ -135,6 +135,7 @@ struct canary_seg_params {
   uint32_t max_upstreams;
   uint32_t max_stat_slots;
   uint32_t flags;
+  uint32_t retire_grace_s;
 };
 struct canary_seg_info {
   uint64_t size;
@@ -151,6 +152,8 @@ struct canary_seg_info {
   uint32_t stat_slots_retired;
   uint64_t routes_exhausted;
   uint64_t stat_slots_exhausted;
+  uint32_t retire_grace_s;
+  uint32_t pad;
 };
 struct canary_table {
   uint32_t n;
@@ -386,8 +389,9 @@ Seg.__index = Seg
 -- Opens (creates, attaches or recreates) the segment at `path`.
 -- opts: max_routes (default 64), max_upstreams per route (16),
 -- max_stat_slots (statistics slots, one per configured upstream; default
--- max_routes * max_upstreams), readonly.  Sizes apply to a new segment
--- only.  Returns a segment object, or nil and an error.  seg.opened
+-- max_routes * max_upstreams), retire_grace_s (how long a retired slot
+-- waits before reuse; default 300), readonly.  Sizes and grace apply to a
+-- new segment only.  Returns a segment object, or nil and an error.  seg.opened
 -- tells "attached" / "created" / "recreated"; seg.why says why a bad file
 -- was set aside.
 function _M.open(path, opts)
@@ -401,6 +405,7 @@ function _M.open(path, opts)
   seg_params.max_upstreams = opts.max_upstreams or 16
   seg_params.max_stat_slots = opts.max_stat_slots or 0
   seg_params.flags = opts.readonly and 1 or 0
+  seg_params.retire_grace_s = opts.retire_grace_s or 0
   local rc = C.canary_seg_open_params(seg_out, path, seg_params, msg_buf, 512)
   if rc < 0 then
     return nil, strerror(rc) .. ": " .. ffi_string(msg_buf)
@@ -441,6 +446,7 @@ function Seg:info()
     stat_slots_exhausted = tonumber(info.stat_slots_exhausted),
     created_unix = tonumber(info.created_unix),
     layout_version = info.layout_version,
+    retire_grace_s = info.retire_grace_s,
   }
 end
 
@@ -458,16 +464,18 @@ function Seg:claim(key, label)
 end
 
 -- Retires every route whose key is not in `keys` (an array of instance
--- keys: the complete set still configured).  Returns the number retired,
--- or nil and an error.
-function Seg:retire_except(keys)
+-- keys: the complete set still configured), as of now_us (default: the
+-- engine's clock; a time further back shortens what is left of the grace
+-- period, which tests use).  Returns the number retired, or nil and an
+-- error.
+function Seg:retire_except(keys, now_us)
   if type(keys) ~= "table" then
     error("retire_except: keys must be an array of strings", 2)
   end
   local list = concat(keys, "\0")
   local rc = C.canary_route_retire_except(self.h, list,
                                           #keys > 0 and #list + 1 or 0,
-                                          C.canary_clock_us())
+                                          now_us or C.canary_clock_us())
   if rc < 0 then return nil, strerror(rc) end
   return rc
 end

@@ -88,6 +88,8 @@ function _M.attach()
     max_upstreams = engine.MAX_UPSTREAMS,
     max_stat_slots = env_number("CANARY_ROUTER_MAX_UPSTREAM_SLOTS",
                                 default_stat_slots(max_routes)),
+    retire_grace_s = env_number("CANARY_ROUTER_RETIRE_GRACE_S",
+                                engine.RETIRE_GRACE_S),
   })
   if not seg then
     state.seg_err = serr
@@ -219,7 +221,7 @@ local function compile(conf)
       if code == engine.E.FULL then
         err = err .. ": every one of the " .. seg:info().max_routes ..
               " route slots (CANARY_ROUTER_MAX_ROUTES) is live or retired " ..
-              "less than " .. engine.RETIRE_GRACE_S .. " s ago"
+              "less than " .. seg:info().retire_grace_s .. " s ago"
       end
       log_once("err", "canary-router cannot claim a route slot for " ..
                       c.key .. ": " .. err .. "; failing open to " .. c.stable)

@@ -68,7 +68,7 @@ enum canary_limits {
   CANARY_TRACE_HEADER_MAX = 128, /* longest X-Trace-Id value kept */
   CANARY_MAX_STEPS = 20,      /* progression steps */
   CANARY_REASON_MAX = 192,    /* progression reason text, NUL included */
-  CANARY_RETIRE_GRACE_S = 300, /* retired slots wait this long for reuse */
+  CANARY_RETIRE_GRACE_S = 300, /* default wait of a retired slot for reuse */
   CANARY_PROM_CHUNK_MIN = 16384 /* smallest buffer canary_prom_next takes */
 };
 
@@ -188,6 +188,11 @@ struct canary_seg_params {
   uint32_t max_upstreams;  /* upstreams per route, 1..CANARY_MAX_UPSTREAMS */
   uint32_t max_stat_slots; /* 1..1048576; 0: max_routes * max_upstreams */
   uint32_t flags;          /* canary_seg_flags */
+  /* Seconds a retired route or statistics slot waits before it may be
+   * reused, 1..86400; 0: CANARY_RETIRE_GRACE_S.  It must outlast the
+   * longest request: one still in flight when its route or upstream is
+   * removed keeps counting into the retired slot until then. */
+  uint32_t retire_grace_s;
 };
 
 struct canary_seg_info {
@@ -206,6 +211,8 @@ struct canary_seg_info {
   uint64_t routes_exhausted;   /* claims refused: no free route slot */
   uint64_t stat_slots_exhausted; /* publishes refused: no free statistics
                                     slot */
+  uint32_t retire_grace_s;     /* see canary_seg_params */
+  uint32_t pad;
 };
 
 /* A weights table as the caller publishes it.  weights[i] is on the
@@ -304,7 +311,8 @@ CANARY_API int canary_seg_info(const canary_seg_t *seg,
  * claiming a slot for it first if there is none.  A route retired under
  * the same key and not reused since comes back as it was, counters and
  * table included.  Otherwise a free slot is taken, or a retired one whose
- * grace period (CANARY_RETIRE_GRACE_S) has passed, and it starts empty.
+ * grace period (canary_seg_params.retire_grace_s) has passed, and it
+ * starts empty.
  * `label` (may be empty) is the human name used in metrics; a later claim
  * with a non-empty label updates it.  Slow path; safe across processes
  * (claims are serialised by a segment-wide writer word).  Returns an
@@ -320,8 +328,8 @@ CANARY_API int canary_route_find(const canary_seg_t *seg, const char *key,
                                  size_t key_len);
 
 /* Retires the route: it is no longer exported, its statistics slots are
- * retired with it, and after CANARY_RETIRE_GRACE_S seconds its slots may
- * be reused.  Until then nothing changes for requests still in flight:
+ * retired with it, and after the segment's grace period its slots may be
+ * reused.  Until then nothing changes for requests still in flight:
  * picks keep working and records still count (a claim of the same key
  * brings it all back).  now_us is canary_clock_us().  Returns 0, or
  * CANARY_ENOENT when the route is not live, CANARY_EBUSY,
@@ -445,7 +453,8 @@ CANARY_API uint32_t canary_sticky_bucket(const char *key, size_t key_len);
  * moves, gives a new name a fresh slot that starts at zero, and retires
  * the slots of names that left (they are no longer exported; a name that
  * comes back before its slot is reused gets it back).  Retired slots are
- * reused CANARY_RETIRE_GRACE_S seconds after retirement at the earliest.
+ * reused no sooner than the segment's grace period after retirement
+ * (canary_seg_params.retire_grace_s).
  * A request records into the slot of the upstream that served it, by the
  * handle the pick's generation published (canary_route_view.stats), so a
  * publish between pick and record cannot move its count to another

@@ -13,7 +13,7 @@
  * retired: canary_route_retire() or, from the plugin's configure with the
  * complete set of live keys, canary_route_retire_except().  A retired
  * route is no longer exported and its statistics slots are retired with
- * it, but for CANARY_RETIRE_GRACE_S nothing else changes: requests still
+ * it, but for the segment's grace period nothing else changes: requests still
  * in flight pick from its table and record into it, and a claim of the
  * same key (a config that comes back, a worker that has not seen the
  * change yet) brings it back as it was.  After the grace period a claim
@@ -22,6 +22,7 @@
 #include "internal.h"
 
 #include <ck_pr.h>
+#include <stdlib.h>
 #include <string.h>
 
 int canary__route_ok(const canary_seg_t *seg, int route) {
@@ -144,7 +145,7 @@ static int spare_route(const canary_seg_t *seg, uint64_t now_us) {
     if (ck_pr_load_32(&r->state) != ROUTE_RETIRED)
       continue;
     at = ck_pr_load_64(&r->retired_us);
-    if (canary__past_grace(at, now_us) && at < best_at) {
+    if (canary__past_grace(seg, at, now_us) && at < best_at) {
       best = (int)i;
       best_at = at;
     }
@@ -283,41 +284,74 @@ int canary_route_retire(canary_seg_t *seg, int route, double now_us) {
   return rc;
 }
 
-/* 1 when key/key_len is one of the NUL-terminated keys in list. */
-static int listed(const char *list, size_t list_len, const char *key,
-                  size_t key_len) {
-  size_t at = 0;
-  while (at < list_len) {
-    const char *k = list + at;
-    size_t n = canary__bounded_len(k, list_len - at);
-    if (n == key_len && memcmp(k, key, n) == 0)
-      return 1;
-    at += n + 1;
+/* The keys of canary_route_retire_except(), sorted for binary search:
+ * a thousand routes against a thousand keys stays a fraction of a
+ * millisecond in the configure phase. */
+struct key_ref {
+  const char *p;
+  size_t n;
+};
+
+static int key_cmp(const void *a, const void *b) {
+  const struct key_ref *x = a, *y = b;
+  size_t n = x->n < y->n ? x->n : y->n;
+  int c = memcmp(x->p, y->p, n);
+  return c != 0 ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+/* Splits the NUL-separated list into a sorted array (malloc'd, *out;
+ * NULL when empty).  Returns the count, or CANARY_ENOMEM. */
+static int key_list(const char *list, size_t len, struct key_ref **out) {
+  size_t n = 0, at;
+  struct key_ref *k;
+  *out = NULL;
+  for (at = 0; at < len; at += canary__bounded_len(list + at, len - at) + 1)
+    n++;
+  if (n == 0)
+    return 0;
+  if (n > INT32_MAX || (k = malloc(n * sizeof *k)) == NULL)
+    return CANARY_ENOMEM;
+  n = 0;
+  for (at = 0; at < len; n++) {
+    k[n].p = list + at;
+    k[n].n = canary__bounded_len(list + at, len - at);
+    at += k[n].n + 1;
   }
-  return 0;
+  qsort(k, n, sizeof *k, key_cmp);
+  *out = k;
+  return (int)n;
 }
 
 int canary_route_retire_except(canary_seg_t *seg, const char *keys,
                                size_t keys_len, double now_us) {
   struct seg_header *h;
-  int rc, retired = 0;
+  struct key_ref *list;
+  int rc, nkeys, retired = 0;
 
   if (seg == NULL || (keys == NULL && keys_len > 0) || !(now_us >= 0))
     return CANARY_EINVAL;
   if (seg->readonly)
     return CANARY_EREADONLY;
+  nkeys = key_list(keys, keys_len, &list);
+  if (nkeys < 0)
+    return nkeys;
   h = canary__header(seg);
   rc = canary__owner_acquire(&h->claim_owner, CANARY_WRITER_TIMEOUT_MS);
-  if (rc != 0)
+  if (rc != 0) {
+    free(list);
     return rc;
+  }
   for (uint32_t i = 0; i < seg->max_routes; i++) {
     struct route_hdr *r = canary__route(seg, i);
+    struct key_ref me;
     if (ck_pr_load_32(&r->state) != ROUTE_READY)
       continue;
     /* See find_in: the key was complete before READY was visible. */
     ck_pr_fence_load();
-    if (listed(keys, keys_len, r->key,
-               canary__bounded_len(r->key, CANARY_KEY_MAX)))
+    me.p = r->key;
+    me.n = canary__bounded_len(r->key, CANARY_KEY_MAX);
+    if (nkeys > 0 &&
+        bsearch(&me, list, (size_t)nkeys, sizeof *list, key_cmp) != NULL)
       continue;
     /* A busy writer keeps its route until the next call. */
     if (canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS) != 0)
@@ -327,5 +361,6 @@ int canary_route_retire_except(canary_seg_t *seg, const char *keys,
     retired++;
   }
   canary__owner_release(&h->claim_owner);
+  free(list);
   return retired;
 }

@@ -92,7 +92,7 @@ struct seg_header {
   uint64_t created_unix;
   uint64_t stat_bytes;
   uint32_t max_stat_slots;
-  uint32_t geometry_pad;
+  uint32_t retire_grace_s; /* see canary_seg_params */
   uint64_t checksum;      /* over the fields above */
   /* Writer word serialising every change of slot ownership (route claims
    * and retirements, statistics slots handed out or retired): pid of the
@@ -259,6 +259,7 @@ struct canary_seg {
   uint32_t max_stat_slots;
   uint64_t stat_bytes;
   uint64_t stat_offset;    /* start of the statistics slots */
+  uint64_t grace_us;       /* the header's retire_grace_s */
 };
 
 /* Size of one route slot, multiple of 64. */
@@ -353,12 +354,12 @@ int canary__ready_route(const canary_seg_t *seg, int route,
 
 /* ---- slot pools (claim.c, slots.c) ------------------------------------
  *
- * Retired route and statistics slots are reused no sooner than this many
- * microseconds after their retirement (CANARY_RETIRE_GRACE_S; tests may
- * lower it).  A retirement time in the future means the monotonic clock
- * restarted (a reboot): such a slot counts as past its grace. */
-extern uint64_t canary__grace_us;
-int canary__past_grace(uint64_t retired_us, uint64_t now_us);
+ * Retired route and statistics slots are reused no sooner than the
+ * segment's grace period after their retirement.  A retirement time
+ * further in the future than that means the monotonic clock restarted (a
+ * reboot): such a slot counts as past its grace. */
+int canary__past_grace(const canary_seg_t *seg, uint64_t retired_us,
+                       uint64_t now_us);
 
 /* A table's statistics slots, as publish.c assigns them.  The caller
  * holds the segment's claim word and the route's writer word.

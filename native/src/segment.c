@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #define MAX_ROUTES_LIMIT 65536u
+#define MAX_GRACE_S 86400u
 #define OPEN_ATTEMPTS 4
 
 static uint64_t line_up(uint64_t n) {
@@ -93,6 +94,7 @@ static const char *header_problem(const struct seg_header *h,
       h->max_routes > MAX_ROUTES_LIMIT || h->max_upstreams == 0 ||
       h->max_upstreams > CANARY_MAX_UPSTREAMS || h->max_stat_slots == 0 ||
       h->max_stat_slots > CANARY_STAT_SLOTS_LIMIT ||
+      h->retire_grace_s == 0 || h->retire_grace_s > MAX_GRACE_S ||
       h->route_bytes != canary__route_bytes() ||
       h->stat_bytes != canary__stat_bytes() ||
       h->total_bytes != segment_bytes(h->max_routes, h->max_stat_slots))
@@ -117,6 +119,7 @@ static canary_seg_t *handle_new(void *base, const struct seg_header *h,
   seg->stat_bytes = h->stat_bytes;
   seg->stat_offset =
       CANARY_HEADER_BYTES + (uint64_t)h->max_routes * h->route_bytes;
+  seg->grace_us = (uint64_t)h->retire_grace_s * 1000000u;
   seg->stripe = -1;
   canary__fork_hook();
   return seg;
@@ -164,6 +167,7 @@ static int init_file(int fd, const struct canary_seg_params *p,
   h.created_unix = (uint64_t)time(NULL);
   h.stat_bytes = canary__stat_bytes();
   h.max_stat_slots = p->max_stat_slots;
+  h.retire_grace_s = p->retire_grace_s;
   h.checksum = header_checksum(&h);
 
   rc = map_file(fd, &h, 0, out, why, why_len);
@@ -183,6 +187,7 @@ static int init_file(int fd, const struct canary_seg_params *p,
     ck_pr_store_64(&sh->created_unix, h.created_unix);
     ck_pr_store_64(&sh->stat_bytes, h.stat_bytes);
     ck_pr_store_32(&sh->max_stat_slots, h.max_stat_slots);
+    ck_pr_store_32(&sh->retire_grace_s, h.retire_grace_s);
     ck_pr_store_64(&sh->checksum, h.checksum);
     /* Orders all header stores before the magic that vouches for them. */
     ck_pr_fence_store();
@@ -244,7 +249,7 @@ int canary_seg_open(canary_seg_t **out, const char *path,
                     uint32_t max_routes, uint32_t max_upstreams, int flags,
                     char *why, size_t why_len) {
   struct canary_seg_params p = {max_routes, max_upstreams, 0,
-                                (uint32_t)flags};
+                                (uint32_t)flags, 0};
   return canary_seg_open_params(out, path, &p, why, why_len);
 }
 
@@ -281,6 +286,11 @@ int canary_seg_open_params(canary_seg_t **out, const char *path,
     return canary__fail(why, why_len, CANARY_EINVAL,
                         "max_stat_slots must be 1..%u",
                         CANARY_STAT_SLOTS_LIMIT);
+  if (p.retire_grace_s == 0)
+    p.retire_grace_s = CANARY_RETIRE_GRACE_S;
+  if (p.retire_grace_s > MAX_GRACE_S)
+    return canary__fail(why, why_len, CANARY_EINVAL,
+                        "retire_grace_s must be 1..%u", MAX_GRACE_S);
 
   for (int attempt = 0; attempt < OPEN_ATTEMPTS; attempt++) {
     struct stat st, pst;
@@ -358,6 +368,7 @@ int canary_seg_info(const canary_seg_t *seg, struct canary_seg_info *out) {
   out->max_upstreams = seg->max_upstreams;
   out->stat_bytes = seg->stat_bytes;
   out->max_stat_slots = seg->max_stat_slots;
+  out->retire_grace_s = (uint32_t)(seg->grace_us / 1000000u);
   /* Geometry was copied at attach; the rest changes or is shared. */
   out->created_unix = ck_pr_load_64(&h->created_unix);
   out->layout_version = CANARY_LAYOUT_VERSION;

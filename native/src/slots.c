@@ -24,8 +24,8 @@
  *
  * Requests record by handle, the one their pick's generation published,
  * so a publish between pick and record cannot move a count to another
- * name.  A retired slot is handed out again only after the grace period
- * (CANARY_RETIRE_GRACE_S); each hand-out bumps the slot's epoch, which is
+ * name.  A retired slot is handed out again only after the segment's
+ * grace period; each hand-out bumps the slot's epoch, which is
  * part of the handle, so a request older than that (a long download)
  * cannot count into the next owner: its record is dropped.
  *
@@ -40,12 +40,11 @@
 #include <stdio.h>
 #include <string.h>
 
-uint64_t canary__grace_us = (uint64_t)CANARY_RETIRE_GRACE_S * 1000000u;
-
-int canary__past_grace(uint64_t retired_us, uint64_t now_us) {
-  if (retired_us > now_us + canary__grace_us)
+int canary__past_grace(const canary_seg_t *seg, uint64_t retired_us,
+                       uint64_t now_us) {
+  if (retired_us > now_us + seg->grace_us)
     return 1; /* retired "in the future": the clock restarted (reboot) */
-  return now_us >= retired_us && now_us - retired_us >= canary__grace_us;
+  return now_us >= retired_us && now_us - retired_us >= seg->grace_us;
 }
 
 struct stat_slot *canary__stat_of(const canary_seg_t *seg, uint32_t route,
@@ -164,7 +163,7 @@ static int find_spare(const canary_seg_t *seg, uint64_t now_us) {
     if (state != STAT_RETIRED)
       continue;
     at = ck_pr_load_64(&st->hdr.retired_us);
-    if (canary__past_grace(at, now_us) && at < best_at) {
+    if (canary__past_grace(seg, at, now_us) && at < best_at) {
       best = (int)i;
       best_at = at;
     }
@@ -214,9 +213,10 @@ int canary__stats_assign(const canary_seg_t *seg, uint32_t route,
       return canary__fail(
           err, err_len, CANARY_EFULL,
           "no free statistics slot for upstream '%s': all %u are in use "
-          "or retired less than %u s ago (raise "
+          "or retired less than %llu s ago (raise "
           "CANARY_ROUTER_MAX_UPSTREAM_SLOTS)",
-          d->names[i], seg->max_stat_slots, CANARY_RETIRE_GRACE_S);
+          d->names[i], seg->max_stat_slots,
+          (unsigned long long)(seg->grace_us / 1000000u));
     }
     how[i] = FRESH;
     d->stat[i] = hand_out(seg, (uint32_t)slot, route, d->names[i]);
