@@ -299,8 +299,9 @@ end
 -- forgets their compiled forms (a config that comes back is compiled and
 -- claimed again, and gets its counters back within the grace period).
 -- configure() calls it; without a configure phase (Kong 3.4), call it
--- with the complete set whenever it changes.
-function _M.sweep(configs)
+-- with the complete set whenever it changes.  now_us (optional) is when
+-- the instances went away, for tests: the grace period runs from then.
+function _M.sweep(configs, now_us)
   local live, keys = {}, {}
   for _, conf in ipairs(configs or {}) do
     local key = instance_key(conf)
@@ -317,7 +318,7 @@ function _M.sweep(configs)
   end
   local seg = state.seg
   if not seg then return 0 end
-  local n, err = seg:retire_except(keys)
+  local n, err = seg:retire_except(keys, now_us)
   if not n then
     log_once("warn", "canary-router cannot retire the route slots of " ..
                      "removed instances yet: " .. tostring(err))
@@ -332,7 +333,10 @@ function _M.configure(configs)
   -- `configs` is the complete set: instances missing from it are gone.
   by_key = {}
   for _, conf in ipairs(configs or {}) do
-    local c = compiled[conf] or compile(conf)
+    local c = compiled[conf]
+    -- One that failed open for want of a slot tries again: slots of
+    -- removed instances come free.
+    if not c or (not c.route and state.seg) then c = compile(conf) end
     by_key[c.key] = c
   end
   _M.sweep(configs)
