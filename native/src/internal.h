@@ -239,7 +239,9 @@ static_assert(sizeof(struct route_stripe) % CANARY_CACHELINE == 0 &&
               "each stripe owns whole cache lines");
 static_assert(sizeof(struct up_stats) % CANARY_CACHELINE == 0,
               "upstream stats stay cache-line aligned");
-static_assert((CANARY_HIST_BUCKETS + 63) / 64 <= 32,
+#define CANARY_BLOCKS ((CANARY_HIST_BUCKETS + 63) / 64)
+#define CANARY_BLOCKS_MASK ((uint32_t)((1ULL << CANARY_BLOCKS) - 1))
+static_assert(CANARY_BLOCKS <= 32,
               "one bit of stat_hdr.nonempty per block of 64 buckets");
 static_assert(CANARY_STRIPES <= 64, "one bit of stripes_used per stripe");
 static_assert(sizeof(struct stat_hdr) % CANARY_CACHELINE == 0 &&

@@ -292,7 +292,10 @@ static void read_row(const canary_seg_t *seg, const struct stat_slot *st,
   static const double qs[3] = {0.50, 0.95, 0.99};
   const struct up_stats *us = &st->stats;
   uint64_t part[N_LE + 1], acc = 0;
-  uint32_t blocks = ck_pr_load_32((uint32_t *)(uintptr_t)&st->hdr.nonempty);
+  /* Only bits of real blocks: the word may hold anything in a damaged
+   * segment. */
+  uint32_t blocks = ck_pr_load_32((uint32_t *)(uintptr_t)&st->hdr.nonempty) &
+                    CANARY_BLOCKS_MASK;
 
   for (uint64_t m = canary__stripes_used(seg); m != 0; m &= m - 1) {
     const struct up_stripe *sp = &us->stripes[__builtin_ctzll(m)];

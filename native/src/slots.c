@@ -72,7 +72,9 @@ uint32_t canary__stat_snapshot(const canary_seg_t *seg,
                                struct canary_hist_snapshot *out) {
   struct up_stats *s = (struct up_stats *)(uintptr_t)&st->stats;
   uint64_t stripes = canary__stripes_used(seg);
-  uint32_t blocks = ck_pr_load_32((uint32_t *)(uintptr_t)&st->hdr.nonempty);
+  uint32_t blocks =
+      ck_pr_load_32((uint32_t *)(uintptr_t)&st->hdr.nonempty) &
+      CANARY_BLOCKS_MASK;
   /* Each counter is read atomically; the snapshot as a whole is not a
    * single instant, which only matters to the last few samples.  Blocks
    * and stripes never written read as zeros without touching them. */

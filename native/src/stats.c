@@ -69,8 +69,11 @@ int canary_route_record(canary_seg_t *seg, int route, int upstream,
   int rc;
 
   if (!canary__route_ok(seg, route) || upstream < 0 ||
-      (uint32_t)upstream >= seg->max_upstreams)
+      (uint32_t)upstream >= seg->max_upstreams || trace_source < -1 ||
+      trace_source >= CANARY_TRACE_SOURCES)
     return CANARY_EINVAL;
+  if (seg->readonly)
+    return CANARY_EREADONLY;
   r = canary__route(seg, (uint32_t)route);
   if (ck_pr_load_32(&r->state) == ROUTE_FREE)
     return CANARY_ENOENT;
