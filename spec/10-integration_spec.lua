@@ -269,6 +269,7 @@ describe("canary-router in the local Kong host", function()
       assert.equal(u.errors, c.errors)
       assert.equal(u.p95_ms, c.p95_ms)
       assert.equal(u.p99_ms, c.p99_ms)
+      assert.same(u.forced, c.forced)
     end
     assert.same(inst.trace_ids, mine.trace_ids)
   end)
