@@ -27,7 +27,10 @@
  *
  * Leaves DIR/scale-<R>.seg behind (R routes x 2 upstreams with data, and
  * room for the local host's own route), for stage_scale.sh to hand to the
- * local host, whose scrapes then render all of them.
+ * local host.  Route r is claimed under the plugin instance id
+ * "<r as 8 hex digits>-0000-4000-8000-000000000000", the one
+ * stage_scale.sh gives the instance of its service-<r>, so the host keeps
+ * them live (and their statistics) and its scrapes render all of them.
  */
 #include "canary.h"
 
@@ -63,7 +66,7 @@ static double unit(void) { /* splitmix64 -> (0, 1) */
 
 /* Sized as the plugin sizes a segment by default for `routes` routes. */
 static int open_seg(canary_seg_t **seg, const char *path, uint32_t routes) {
-  struct canary_seg_params p = {routes, 16, 2 * routes + 64, 0};
+  struct canary_seg_params p = {routes, 16, 2 * routes + 64, 0, 0};
   char why[256];
   int rc;
   unlink(path);
@@ -118,7 +121,10 @@ int main(int argc, char **argv) {
   strcpy(t.names[1], "automation-service-canary");
   for (int r = 0; r < routes; r++) {
     char key[64], label[64];
-    int k = snprintf(key, sizeof key, "route-%04d", r);
+    /* The plugin instance ids stage_scale.sh configures the host with,
+     * so the host finds these routes live and keeps them. */
+    int k = snprintf(key, sizeof key, "%08x-0000-4000-8000-000000000000",
+                     (unsigned)r);
     int l = snprintf(label, sizeof label, "service-%04d", r);
     int slot = canary_route_claim(seg, key, (size_t)k, label, (size_t)l);
     if (slot < 0 ||
