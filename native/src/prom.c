@@ -114,7 +114,8 @@ struct canary_prom {
   uint64_t exhausted[POOLS];
   int le_last[N_LE];
   uint8_t le_of[CANARY_HIST_BUCKETS];
-  struct canary_route_view view;
+  struct table_data table;                /* scratch of gather_route */
+  char key[CANARY_KEY_MAX];               /* scratch of gather_route */
   uint64_t buckets[CANARY_HIST_BUCKETS]; /* scratch of read_row */
 };
 
@@ -297,6 +298,11 @@ static void read_row(const canary_seg_t *seg, const struct stat_slot *st,
   uint32_t blocks = ck_pr_load_32((uint32_t *)(uintptr_t)&st->hdr.nonempty) &
                     CANARY_BLOCKS_MASK;
 
+  /* Ask for every line of the blocks in use at once: the loads below
+   * then find them in cache instead of missing one line after another. */
+  for (uint32_t m = blocks; m != 0; m &= m - 1)
+    for (int b = 64 * __builtin_ctz(m), e = b + 64; b < e; b += 8)
+      __builtin_prefetch(&us->buckets[b]);
   for (uint64_t m = canary__stripes_used(seg); m != 0; m &= m - 1) {
     const struct up_stripe *sp = &us->stripes[__builtin_ctzll(m)];
     row->sum_us += ck_pr_load_64((uint64_t *)(uintptr_t)&sp->sum_us);
@@ -348,49 +354,75 @@ static void read_row(const canary_seg_t *seg, const struct stat_slot *st,
   }
 }
 
-/* Reads route slot i into a route and its rows. */
+/* Reads route slot i into a route and its rows.  The same reads as
+ * canary_route_read() and canary_prog_status(), without the copies a
+ * scrape of a thousand routes does not need (the full view, the
+ * progression's parameters and reason). */
 static int gather_route(struct canary_prom *p, uint32_t i) {
   const canary_seg_t *seg = p->seg;
-  struct canary_route_view *v = &p->view;
-  struct canary_prog_status ps;
+  struct route_hdr *r = canary__route(seg, i);
+  struct table_data *d = &p->table;
+  const struct route_stripe *rs;
+  const struct prog_area *pa;
   struct prom_route *pr;
+  char label[CANARY_LABEL_MAX];
+  const char *shown;
   int rc;
 
-  if (canary_route_read(seg, (int)i, v) != 0 || v->generation == 0)
-    return 0; /* free, retired, unpublished, or unreadable: nothing to say */
+  if (ck_pr_load_32(&r->state) != ROUTE_READY)
+    return 0; /* free or retired: not exported */
+  /* The state before the key and label it vouches for (see claim.c). */
+  ck_pr_fence_load();
+  if (canary__read_table(seg, r, d, NULL, 1) != 0)
+    return 0; /* unpublished or unreadable: nothing to say */
   if ((rc = grow((void **)&p->routes, &p->routes_cap, p->nroutes + 1,
                  sizeof *p->routes)) != 0 ||
-      (rc = grow((void **)&p->rows, &p->rows_cap, p->nrows + v->n,
+      (rc = grow((void **)&p->rows, &p->rows_cap, p->nrows + d->n,
                  sizeof *p->rows)) != 0)
     return rc;
   pr = &p->routes[p->nroutes];
   memset(pr, 0, sizeof *pr);
-  rc = add_text(p, v->label[0] ? v->label : v->key, NULL, &pr->label_off,
-                &pr->label_len);
+  canary__load_words(label, r->label, CANARY_LABEL_MAX / 8);
+  label[CANARY_LABEL_MAX - 1] = '\0';
+  memcpy(p->key, r->key, CANARY_KEY_MAX); /* immutable while READY */
+  p->key[CANARY_KEY_MAX - 1] = '\0';
+  shown = label[0] ? label : p->key;
+  rc = add_text(p, shown, NULL, &pr->label_off, &pr->label_len);
   if (rc != 0)
     return rc;
-  if (canary_prog_status(seg, (int)i, 0, &ps) == 0) {
-    pr->state = ps.state;
-    pr->step = ps.step;
-    memcpy(pr->evaluations, ps.evaluations, sizeof pr->evaluations);
+  pa = canary__prog(seg, i);
+  pr->state = ck_pr_load_32((uint32_t *)(uintptr_t)&pa->state);
+  if (pr->state > CANARY_PROG_ROLLED_BACK)
+    pr->state = CANARY_PROG_NONE; /* damaged: as canary_prog_status */
+  pr->step = ck_pr_load_32((uint32_t *)(uintptr_t)&pa->step);
+  for (int g = 0; g < CANARY_GATE_RESULTS; g++)
+    pr->evaluations[g] =
+        ck_pr_load_64((uint64_t *)(uintptr_t)&pa->evaluations[g]);
+  rs = canary__route_stripes(seg, i);
+  for (uint64_t m = canary__stripes_used(seg); m != 0; m &= m - 1) {
+    const struct route_stripe *k = &rs[__builtin_ctzll(m)];
+    for (int t = 0; t < CANARY_TRACE_SOURCES; t++)
+      pr->trace[t] += ck_pr_load_64((uint64_t *)(uintptr_t)&k->trace[t]);
+    for (int e = 0; e < N_EVENTS; e++)
+      pr->events[e] += ck_pr_load_64((uint64_t *)(uintptr_t)&k->events[e]);
   }
-  memcpy(pr->trace, v->trace, sizeof pr->trace);
-  memcpy(pr->events, v->events, sizeof pr->events);
-  for (uint32_t u = 0; u < v->n; u++) {
+  for (uint32_t u = 0; u < d->n; u++) {
     struct prom_row *row = &p->rows[p->nrows];
-    const struct stat_slot *st = canary__stat_of(seg, i, v->stats[u]);
+    const struct stat_slot *st = canary__stat_of(seg, i, d->stat[u]);
     memset(row, 0, sizeof *row);
     row->route = (uint32_t)p->nroutes;
-    row->effective = v->effective[u];
-    rc = add_text(p, v->label[0] ? v->label : v->key, v->names[u],
-                  &row->labels_off, &row->labels_len);
+    row->effective = d->effective[u];
+    rc = add_text(p, shown, d->names[u], &row->labels_off, &row->labels_len);
     if (rc != 0)
       return rc;
-    if (st != NULL)
+    if (st != NULL) {
       read_row(seg, st, row, p->buckets, p->le_of, p->le_last);
-    else
+      for (int c = 0; c < 6; c++)
+        row->forced[c] =
+            ck_pr_load_64((uint64_t *)(uintptr_t)&st->forced.status[c]);
+    } else {
       memset(row->q, 0xff, sizeof row->q); /* no quantiles: -1 */
-    memcpy(row->forced, v->forced[u], sizeof row->forced);
+    }
     p->nrows++;
   }
   p->nroutes++;
