@@ -8,7 +8,7 @@
  *   [0, 4096)                struct seg_header
  *   [4096, ...)              max_routes route slots of route_bytes each
  *   [stat_offset, ...)       max_stat_slots statistics slots of
- *                            stat_bytes each (claim.c explains them)
+ *                            stat_bytes each (slots.c explains them)
  *
  *   route slot:
  *     struct route_hdr      claim state, writer word, generation, key,
@@ -160,8 +160,9 @@ struct up_stats {
 };
 
 /* Identity of a statistics slot.  Written only under the segment's claim
- * word; read lock-free by recorders (route and epoch, to drop a stale
- * handle) and by publishers looking for a name's retired slot. */
+ * word (but `nonempty`, which recorders OR into); read lock-free by
+ * recorders (route and epoch, to drop a stale handle), by readers, and by
+ * publishers looking for a name's retired slot. */
 struct stat_hdr {
   uint32_t state;         /* STAT_FREE / STAT_LIVE / STAT_RETIRED */
   uint32_t route;         /* owning route index */
