@@ -6,7 +6,7 @@
 -- in pieces.
 --
 -- The segments are made here, before the gateway attaches them (an
--- existing segment keeps its sizes): 8 route slots whose retired slots
+-- existing segment keeps its sizes): 12 route slots whose retired slots
 -- wait 1 s, so the specs can go through many instances quickly.
 
 local host = require "helpers.host"
@@ -61,7 +61,7 @@ describe("canary-router over a gateway's life (local Kong host)", function()
     local p = io.popen("mktemp -d /tmp/canary_lifecycle.XXXXXX")
     dir = p:read("*l")
     p:close()
-    segment(dir .. "/small.seg", { max_routes = 8, max_stat_slots = 24,
+    segment(dir .. "/small.seg", { max_routes = 12, max_stat_slots = 48,
                                    retire_grace_s = 1 }):close()
     local config = release.config(PLUGIN_ID, {
       upstreams = release.weights(90, 10),
@@ -171,10 +171,17 @@ describe("canary-router over a gateway's life (local Kong host)", function()
                               { route = "route-007" }))
   end)
 
-  it("keeps 68 plugin instances over an 8-slot segment's life working", function()
+  it("keeps 68 plugin instances over a 12-slot segment's life working", function()
     host.restart { segment = dir .. "/small.seg" }
     local live_before
+    -- Each round's config retires the round before; with 12 slots, the
+    -- round after next takes those slots over, once their 1 s grace
+    -- period is over.
+    local posted = {}
     for round = 1, 17 do
+      local wait = posted[round - 2] and 1.1 - (socket.gettime() - posted[round - 2])
+      if wait and wait > 0 then socket.sleep(wait) end
+      posted[round] = socket.gettime()
       local services, paths = {}, {}
       for i = 1, 4 do
         local name = ("svc-%02d-%d"):format(round, i)
@@ -214,9 +221,6 @@ describe("canary-router over a gateway's life (local Kong host)", function()
       end
       assert.equal(0, prom.value(text, "canary_slots_exhausted_total", { pool = "routes" }))
       live_before = ('route="svc-%02d-1"'):format(round)
-      -- the slots this round retires are reused the round after next,
-      -- once their 1 s grace period is over
-      socket.sleep(1.1)
     end
   end)
 end)
