@@ -39,8 +39,8 @@ command -v wrk >/dev/null || die "wrk not found (apt-get install wrk)"
 need_free_ports $PROXY $ADMIN $STATUS
 rm -rf "$OUT"
 mkdir -p "$OUT"
-# The segments are large files (a 16-slot route is ~260 KB): never leave
-# them behind.
+# The segments are large files (1000 routes: 55 MB): never leave them
+# behind.
 on_exit "rm -rf '$OUT/one_route' '$OUT/${ROUTES}_routes' '$OUT'/*.seg"
 
 say "# scale (load $(machine_load))"
