@@ -401,16 +401,21 @@ typedef struct canary_prom canary_prom_t;
 ]] -- end of canary.h declarations
 
 -- The few libc calls a root master needs to hand the segment to the
--- workers' user (glibc's struct layouts, Linux).
+-- workers' user (glibc's struct layouts, Linux), under names of their own
+-- (__asm__ aliases): other modules in the same LuaJIT may have declared
+-- the libc names with other, partial, struct types.
 ffi.cdef[[
-unsigned int geteuid(void);
+unsigned int canary_libc_geteuid(void) __asm__("geteuid");
 struct canary_passwd { char *pw_name; char *pw_passwd; unsigned int pw_uid;
                        unsigned int pw_gid; char *pw_gecos; char *pw_dir;
                        char *pw_shell; };
 struct canary_group { char *gr_name; char *gr_passwd; unsigned int gr_gid;
                       char **gr_mem; };
-struct canary_passwd *getpwnam(const char *name);
-struct canary_group *getgrnam(const char *name);
+struct canary_passwd *canary_libc_getpwnam(const char *name) __asm__("getpwnam");
+struct canary_group *canary_libc_getgrnam(const char *name) __asm__("getgrnam");
+int canary_libc_chown(const char *path, unsigned int owner,
+                      unsigned int group) __asm__("chown");
+char *canary_libc_strerror(int errnum) __asm__("strerror");
 ]]
 
 local _M = { _VERSION = "0.1.0" }
@@ -526,7 +531,7 @@ end
 
 -- The process's effective uid.
 function _M.euid()
-  return tonumber(ffi.C.geteuid())
+  return tonumber(ffi.C.canary_libc_geteuid())
 end
 
 -- uid and gid of a user name (and group name; nginx's rule: without one,
@@ -536,10 +541,10 @@ function _M.user_ids(user, group)
   if type(user) ~= "string" or user == "" then
     error("user_ids: user must be a non-empty string", 2)
   end
-  local pw = ffi.C.getpwnam(user)
+  local pw = ffi.C.canary_libc_getpwnam(user)
   if pw == nil then return nil, nil, "no user '" .. user .. "'" end
   local uid, gid = tonumber(pw.pw_uid), tonumber(pw.pw_gid)
-  local gr = ffi.C.getgrnam(group or user)
+  local gr = ffi.C.canary_libc_getgrnam(group or user)
   if gr ~= nil then
     gid = tonumber(gr.gr_gid)
   elseif group then
@@ -549,6 +554,27 @@ function _M.user_ids(user, group)
 end
 
 -- ---- segment --------------------------------------------------------
+
+-- For a root master that starts unprivileged workers: creates (or checks)
+-- the segment at `path` as open() does, with the same options, then
+-- hands the file to opts.uid:opts.gid (mode 0600 stays), so that workers
+-- running as that user attach it.  Keeps nothing mapped.  Returns what
+-- open() reports ("attached", "created", "recreated"), or nil and an
+-- error.
+function _M.prepare(path, opts)
+  if type(opts) ~= "table" or type(opts.uid) ~= "number" or type(opts.gid) ~= "number" then
+    error("prepare: opts.uid and opts.gid must be numbers", 2)
+  end
+  local seg, err = _M.open(path, opts)
+  if not seg then return nil, err end
+  local opened = seg.opened
+  seg:close()
+  if ffi.C.canary_libc_chown(path, opts.uid, opts.gid) ~= 0 then
+    return nil, "cannot give " .. path .. " to uid " .. opts.uid .. ": " ..
+                ffi_string(ffi.C.canary_libc_strerror(ffi.errno()))
+  end
+  return opened
+end
 
 local Seg = {}
 Seg.__index = Seg

@@ -13,6 +13,10 @@ local engine = require "kong.plugins.canary-router.engine"
 local runtime = require "kong.plugins.canary-router.runtime"
 local cidr = require "kong.plugins.canary-router.cidr"
 
+-- Loaded by Kong's master in the init phase: a root master prepares the
+-- segment for its unprivileged workers (no-op anywhere else).
+runtime.prepare_master()
+
 local state = runtime.state
 local log_once = runtime.log_once
 local TRACE = engine.TRACE

@@ -71,6 +71,20 @@ function _M.segment_path()
   return (prefix or ".") .. "/canary-router.seg"
 end
 
+-- The geometry of a new segment, from the environment (an existing
+-- segment keeps its own).
+function _M.segment_opts()
+  local max_routes = env_number("CANARY_ROUTER_MAX_ROUTES", DEFAULT_MAX_ROUTES)
+  return {
+    max_routes = max_routes,
+    max_upstreams = engine.MAX_UPSTREAMS,
+    max_stat_slots = env_number("CANARY_ROUTER_MAX_UPSTREAM_SLOTS",
+                                default_stat_slots(max_routes)),
+    retire_grace_s = env_number("CANARY_ROUTER_RETIRE_GRACE_S",
+                                engine.RETIRE_GRACE_S),
+  }
+end
+
 -- Kong's master (the init phase, before any worker forks) runs as root
 -- when its workers run as nginx_user ("kong kong" by default), and the
 -- prefix is root's: no worker could create the segment there.  So the
@@ -97,11 +111,9 @@ function _M.prepare_master()
   end
   if uid == 0 then return end
   local path = _M.segment_path()
-  local opened, perr = engine.prepare(path, {
-    max_routes = env_number("CANARY_ROUTER_MAX_ROUTES", DEFAULT_MAX_ROUTES),
-    max_upstreams = engine.MAX_UPSTREAMS,
-    uid = uid, gid = gid,
-  })
+  local opts = _M.segment_opts()
+  opts.uid, opts.gid = uid, gid
+  local opened, perr = engine.prepare(path, opts)
   if not opened then
     ngx.log(ngx.ERR, "canary-router cannot prepare its segment ", path,
             " for nginx_user '", user, "': ", perr)
@@ -135,15 +147,7 @@ function _M.attach()
   end
   state.lib_ok = true
   local path = _M.segment_path()
-  local max_routes = env_number("CANARY_ROUTER_MAX_ROUTES", DEFAULT_MAX_ROUTES)
-  local seg, serr = engine.open(path, {
-    max_routes = max_routes,
-    max_upstreams = engine.MAX_UPSTREAMS,
-    max_stat_slots = env_number("CANARY_ROUTER_MAX_UPSTREAM_SLOTS",
-                                default_stat_slots(max_routes)),
-    retire_grace_s = env_number("CANARY_ROUTER_RETIRE_GRACE_S",
-                                engine.RETIRE_GRACE_S),
-  })
+  local seg, serr = engine.open(path, _M.segment_opts())
   if not seg then
     engine_down("canary-router cannot attach its segment " .. path ..
                 ", routing every request to its stable upstream: " .. serr)
