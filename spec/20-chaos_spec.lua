@@ -25,6 +25,8 @@ local UPSTREAMS = { { name = STABLE, port = 19001 }, { name = CANARY, port = 190
 local URL = "http://127.0.0.1:18000/ai/chaos"
 local ROUTE = "automation-service" -- the label: the plugin is scoped to the service
 local WORKERS = 2
+-- The canary's configured weight (%): the config's, then the last change.
+local configured = 10
 
 -- Figures for the end-of-test summary, written in the last teardown.
 local figures = {
@@ -151,9 +153,9 @@ describe("chaos", function()
         -- weights twice is harmless)
         local ok = false
         for _ = 1, 30 do
-          local status, body = host.admin("PATCH", "/plugins/" .. PLUGIN_ID,
-                                          { config = { upstreams = weights(canary) } })
-          if status == 200 then ok = true break end
+          local done, status, body = host.configure_plugin(PLUGIN_ID,
+                                                           { upstreams = weights(canary) })
+          if done then ok = true break end
           patch_errors[#patch_errors + 1] = tostring(status) .. " " ..
                                             (type(body) == "table" and cjson.encode(body) or
                                              tostring(body))
@@ -161,6 +163,7 @@ describe("chaos", function()
         end
         assert.is_true(ok, "PATCH never succeeded: " .. table.concat(patch_errors, "; "))
         patched = canary
+        configured = canary
         -- the segment stays readable and its counters never go back
         local text = metrics()
         local now = prom.parse(text)
@@ -290,9 +293,14 @@ describe("chaos", function()
       assert.equal(0, lost, ("wrk got %d answers, metrics counted %d"):format(r.requests, counted))
       assert.equal(WORKERS, #live_workers())
       assert.same({}, host.lua_errors(true))
-      -- the file's 10 % is back after a reload (as with `kong reload`)
+      -- a reload keeps the weights in force before it (the last change
+      -- made through the Admin API), on every new worker
+      local label = { route = ROUTE, upstream = CANARY }
+      local weight = prom.value(before, "canary_upstream_weight", label)
+      assert.equal(weight, prom.value(after, "canary_upstream_weight", label))
       local canary = send(1000)
-      assert.is_true(math.abs(canary - 100) <= 10, "canary got " .. canary)
+      assert.is_true(math.abs(canary - weight * 1000) <= 10,
+                     ("canary got %d of 1000 at %g %%"):format(canary, weight * 100))
     end)
   end)
 
@@ -406,7 +414,9 @@ describe("chaos", function()
 
       local canary, failed = send(1000, "/ai/recreated")
       assert.equal(0, failed)
-      assert.is_true(math.abs(canary - 100) <= 10, "canary got " .. canary)
+      -- the configured weights, which a restart keeps
+      assert.is_true(math.abs(canary - configured * 10) <= 10,
+                     ("canary got %d of 1000 at %d %%"):format(canary, configured))
       local text = prom.settled(metrics)
       assert_promtool(text)
       assert.equal(1000, requests_total(text))
