@@ -27,20 +27,17 @@ local ID = {
   main = "3d2c1b0a-9f8e-4d7c-8b6a-5f4e3d2c1b0a",
   sticky = "4e3d2c1b-0a9f-4e8d-9c7b-6a5f4e3d2c1b",
   ghost = "5f4e3d2c-1b0a-4f9e-8d7c-7b6a5f4e3d2c",
-  quote = "6a5f4e3d-2c1b-4a0f-9e8d-8c7b6a5f4e3d",
   long = "7b6a5f4e-3d2c-4b1a-8f9e-9d8c7b6a5f4e",
-  newline = "8c7b6a5f-4e3d-4c2b-9a0f-0e9d8c7b6a5f",
   utf8 = "9d8c7b6a-5f4e-4d3c-8b1a-1f0e9d8c7b6a",
   svc = "0e9d8c7b-6a5f-4e4d-9c2b-2a1f0e9d8c7b",
 }
 
 -- Names Kong accepts (typedefs.utf8_name: letters, digits, . - _ ~ and
--- UTF-8), plus names only the local host's loader accepts (quote,
--- backslash, newline).  64 x "é" is 128 bytes: one more than a label holds.
+-- UTF-8; Kong refuses a quote, a backslash or a newline in a name, so those
+-- never reach a label: the engine's escaping of them is fuzzed in
+-- native/fuzz).  64 x "é" is 128 bytes: one more than a label holds.
 local NAMES = {
-  quote = 'quote"and\\backslash',
   long = ("é"):rep(64),
-  newline = "line\nbreak",
   utf8 = "ütf-8.ok~名前",
   svc = "svc.wéird~ü",
 }
@@ -81,12 +78,8 @@ local function declarative()
         plugin(ID.ghost, { upstreams = weights(50, 50, GHOST) }),
       }),
       svc("names-svc", {
-        { name = NAMES.quote, paths = { "/names/quote" },
-          plugins = { plugin(ID.quote, { upstreams = weights(90, 10) }) } },
         { name = NAMES.long, paths = { "/names/long" },
           plugins = { plugin(ID.long, { upstreams = weights(90, 10) }) } },
-        { name = NAMES.newline, paths = { "/names/newline" },
-          plugins = { plugin(ID.newline, { upstreams = weights(90, 10) }) } },
         { name = NAMES.utf8, paths = { "/names/utf8" },
           plugins = { plugin(ID.utf8, { upstreams = weights(90, 10) }) } },
       }),
@@ -255,8 +248,8 @@ describe("hostile input", function()
     for k, v in pairs(PORTS) do args[k] = v end
     host.start(args)
     -- Label every route (the first request does), so series keep names.
-    for _, p in ipairs({ "/ai", "/sticky", "/ghost", "/names/quote", "/names/long",
-                         "/names/newline", "/names/utf8", "/names/svc" }) do
+    for _, p in ipairs({ "/ai", "/sticky", "/ghost", "/names/long", "/names/utf8",
+                         "/names/svc" }) do
       get(p .. "/warmup")
     end
   end)
@@ -635,9 +628,9 @@ describe("hostile input", function()
     assert.same({}, host.lua_errors())
   end)
 
-  it("escapes route and service names in the Prometheus text", function()
+  it("labels UTF-8 route and service names in valid Prometheus text", function()
     for _ = 1, 20 do
-      for _, p in ipairs({ "quote", "long", "newline", "utf8", "svc" }) do
+      for _, p in ipairs({ "long", "utf8", "svc" }) do
         local status = get("/names/" .. p .. "/x")
         assert.equal(200, status)
       end
@@ -651,8 +644,6 @@ describe("hostile input", function()
         labels[l.route] = true
       end
     end
-    assert.is_true(labels[NAMES.quote], "no series for the quoted route name")
-    assert.is_true(labels[NAMES.newline], "no series for the route name with a newline")
     assert.is_true(labels[NAMES.utf8], "no series for the UTF-8 route name")
     assert.is_true(labels[NAMES.svc], "no series for the UTF-8 service name")
     -- the 128-byte name is cut to what a label holds, on a character boundary
