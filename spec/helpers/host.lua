@@ -413,7 +413,7 @@ local function kong_cli(args, env)
     vars[#vars + 1] = k .. "=" .. sh_quote(v)
   end
   return run("env -u LUA_PATH -u LUA_CPATH " .. table.concat(vars, " ") ..
-             " bash -c " .. sh_quote('set +u; . "$KONG_ENV" >/dev/null; exec "$@"') ..
+             " bash -c " .. sh_quote('set +u; . "$KONG_ENV" >/dev/null; exec kong "$@"') ..
              " kong-cli " .. args)
 end
 
