@@ -2,7 +2,8 @@
 -- demo upstreams, wrk from a second process on loopback):
 --
 --   * kill -9 of random workers while wrk runs and weights are PATCHed;
---   * 50 reloads under load;
+--   * 50 reloads under load (CANARY_CHAOS_RELOADS: `make test-kong` does
+--     fewer, since real Kong's master re-initialises for seconds at each);
 --   * the segment's directory unwritable or full, or its path impossible,
 --     at start: the gateway fails open to the stable upstream;
 --   * a corrupt segment file at start: set aside and recreated.
@@ -25,6 +26,7 @@ local UPSTREAMS = { { name = STABLE, port = 19001 }, { name = CANARY, port = 190
 local URL = "http://127.0.0.1:18000/ai/chaos"
 local ROUTE = "automation-service" -- the label: the plugin is scoped to the service
 local WORKERS = 2
+local RELOADS = tonumber(os.getenv("CANARY_CHAOS_RELOADS") or "") or 50
 -- The canary's configured weight (%): the config's, then the last change.
 local configured = 10
 
@@ -247,19 +249,24 @@ describe("chaos", function()
       assert.same({}, host.lua_errors(true))
     end)
 
-    it("takes 50 reloads under load with zero failed requests and monotone counters", function()
+    it("takes " .. RELOADS .. " reloads under load with zero failed requests and monotone counters",
+       function()
       local before_text = metrics()
       local before = prom.parse(before_text)
       local last = before
       -- A new connection per request: see helpers/load.lua.
       -- (4 connections: enough to keep every worker busy at each reload,
       -- and fewer CPU cycles taken from the reloads themselves)
-      local job = load.start { url = URL, seconds = 120, connections = 4, close = true }
+      -- (timeout 10 s: a reload makes the master re-run its init, which on
+      -- real Kong takes seconds of a busy two-core machine's CPU; a slow
+      -- answer is not a failed one)
+      local job = load.start { url = URL, seconds = 120, connections = 4, close = true,
+                               timeout = 10 }
       socket.sleep(0.5)
       local t0 = socket.gettime()
       local reloads = 0
       local ok, err = pcall(function()
-        for _ = 1, 50 do
+        for _ = 1, RELOADS do
           host.reload()
           reloads = reloads + 1
           local now = prom.parse(metrics())
@@ -277,7 +284,7 @@ describe("chaos", function()
       print(("\n  reloads: %d under load in %.1f s, %d requests, %d non-2xx, %d socket errors")
             :format(reloads, socket.gettime() - t0, r.requests, r.non2xx, r.socket_errors))
       assert(ok, err)
-      assert.equal(50, reloads)
+      assert.equal(RELOADS, reloads)
       assert.is_true(r.requests > 1000, r.raw)
       assert.equal(0, r.non2xx, r.raw)
       assert.equal(0, r.socket_errors, r.raw)

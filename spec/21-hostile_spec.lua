@@ -606,8 +606,8 @@ describe("hostile input", function()
       { "POST", "/config", ("{"):rep(100000), 400, "Cannot parse JSON body" },
       { "POST", "/config", "[1]", false, false },
       { "POST", "/canary-router/" .. ID.main .. "/promote", "{", 400, "Cannot parse JSON body" },
-      { "POST", "/canary-router/" .. ID.main .. "/promote", "[1]", 400,
-        "Cannot parse JSON body" },
+      -- (an action takes no body: Kong hands this one to the action)
+      { "POST", "/canary-router/" .. ID.main .. "/promote", "[1]", false, false },
       { "POST", "/canary-router/" .. ID.main .. "/%0d%0a", "{}", 404,
         "unknown action '\r\n'; expected promote, pause, resume or abort" },
       { "POST", "/canary-router/%22%3E/pause", "{}", 404,
