@@ -116,7 +116,7 @@ for setup in "${SETUPS[@]}"; do
     export CANARY_KONG_PG_PORT=$PG_PORT
     if ! out=$(kong_sh env KONG_DATABASE=postgres KONG_PG_HOST=127.0.0.1 KONG_PG_PORT="$PG_PORT" \
                KONG_PG_USER=kong KONG_PG_PASSWORD=kong KONG_PG_DATABASE=kong \
-               KONG_PLUGINS=bundled,canary-router \
+               KONG_PLUGINS=bundled,canary-router KONG_PREFIX="$WORK/migrations" \
                KONG_LUA_PACKAGE_PATH="$TREE/share/lua/5.1/?.lua;$TREE/share/lua/5.1/?/init.lua;;" \
                KONG_LUA_PACKAGE_CPATH="$TREE/lib/lua/5.1/?.so;;" \
                kong migrations bootstrap 2>&1); then

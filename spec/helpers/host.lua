@@ -442,7 +442,7 @@ end
 -- Settings this helper decides; every other line of the project's
 -- kong/kong.conf fragment is kept, as an operator merges it.
 local OWN_SETTINGS = {
-  plugins = true, database = true, declarative_config = true, router_flavor = true,
+  prefix = true, plugins = true, database = true, declarative_config = true, router_flavor = true,
   proxy_listen = true, admin_listen = true, status_listen = true, log_level = true,
   nginx_worker_processes = true, nginx_main_env = true, nginx_user = true,
   lua_package_path = true, lua_package_cpath = true, anonymous_reports = true,
@@ -464,6 +464,7 @@ local function kong_conf_text(opts)
   end
   lines[#lines + 1] = "# the test's own:"
   for _, l in ipairs({
+    "prefix = " .. state.prefix,  -- also for `kong config db_import`
     "plugins = bundled," .. (opts.plugins or "canary-router"),
     "router_flavor = traditional",
     "proxy_listen = 127.0.0.1:" .. state.ports.proxy,
