@@ -316,9 +316,13 @@ describe("chaos", function()
   describe("segment unusable at start", function()
     local mounts = {}
 
+    -- (0755: workers running as another user must reach what is inside,
+    -- so that the failure seen is the one the test sets up)
     local function tmpdir()
       local _, out = sh("mktemp -d /tmp/canary_chaos.XXXXXX")
-      return (out:gsub("%s+$", ""))
+      local dir = out:gsub("%s+$", "")
+      sh("chmod 0755 " .. dir)
+      return dir
     end
 
     -- Mounts a tmpfs with `opts`; nil and the reason when this machine
