@@ -149,10 +149,13 @@ test-lua: build
 test-summary:
 	@luajit spec/tools/summary.lua $(BUILD)/test-summary.txt $(BUILD)/fuzz-summary.txt
 
-# The same specs on real Kong (kong/test-kong/run.sh): DB-less, PostgreSQL,
-# unprivileged workers.  Without KONG_ENV it says so and does nothing.
+# The same specs on real Kong (kong/test-kong/run.sh): DB-less, PostgreSQL
+# (Debian's, installed here, not by `make deps`), unprivileged workers.
+# Without KONG_ENV it says so and does nothing.
 test-kong:
-	@if [ -n "$${KONG_ENV:-}" ]; then $(MAKE) --no-print-directory deps build; fi
+	@if [ -n "$${KONG_ENV:-}" ]; then \
+		$(MAKE) --no-print-directory deps DEB_PACKAGES="$(DEB_PACKAGES) postgresql" && \
+		$(MAKE) --no-print-directory build; fi
 	@bash kong/test-kong/run.sh $(KONG_SETUPS)
 
 test-prom:
