@@ -608,11 +608,11 @@ describe("hostile input", function()
       { "POST", "/canary-router/" .. ID.main .. "/promote", "{", 400, "Cannot parse JSON body" },
       -- (an action takes no body: Kong hands this one to the action)
       { "POST", "/canary-router/" .. ID.main .. "/promote", "[1]", false, false },
-      -- (Kong 3.4 hands the action over still percent-encoded, 3.9 decoded)
+      -- (Kong hands path parameters over as sent, percent-encoded or not)
       { "POST", "/canary-router/" .. ID.main .. "/%0d%0a", "{}", 404,
         { "unknown action '", "'; expected promote, pause, resume or abort" } },
       { "POST", "/canary-router/%22%3E/pause", "{}", 404,
-        "no canary-router instance with id '\">'" },
+        { "no canary-router instance with id '" } },
     }
     for _, c in ipairs(others) do
       local status, body = host.request(c[1], c[2], {
