@@ -298,6 +298,10 @@ describe("chaos", function()
       local lost = math.max(0, r.requests - counted)
       figures.counts_lost = figures.counts_lost + lost
       assert.equal(0, lost, ("wrk got %d answers, metrics counted %d"):format(r.requests, counted))
+      -- the old workers end (real Kong's may take a few seconds to finish
+      -- their timers) and no worker is lost
+      local deadline = socket.gettime() + 30
+      while #live_workers() ~= WORKERS and socket.gettime() < deadline do socket.sleep(0.1) end
       assert.equal(WORKERS, #live_workers())
       assert.same({}, host.lua_errors(true))
       -- a reload keeps the weights in force before it (the last change
