@@ -3,6 +3,8 @@
 #   make run     start the demo (upstreams + gateway) on a fresh Debian 12
 #   make test    every test: cmocka (plain, ASan+UBSan, valgrind), luacheck,
 #                busted (schema, unit, integration), promtool
+#   make test-kong  the integration, progression, chaos and hostile specs on
+#                an installed Kong: KONG_ENV=/opt/kong-3.9.1/env.sh make test-kong
 #   make bench   benchmarks; one "name value unit" line per figure and
 #                build/bench.json
 #
@@ -54,7 +56,7 @@ LUA_ENV := LUA_PATH="$(CURDIR)/$(BUILD)/lua/?.lua;$(CURDIR)/$(BUILD)/lua/?/init.
 	LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
 
 .PHONY: deps build lib cli lua test test-native test-san test-valgrind \
-	check-cdef lint test-lua test-prom test-summary bench run reload stop install install-rock \
+	check-cdef lint test-lua test-prom test-summary test-kong bench run reload stop install install-rock \
 	clean format
 
 # ---- dependencies ------------------------------------------------------
@@ -146,6 +148,15 @@ test-lua: build
 # request failed or a count was lost.
 test-summary:
 	@luajit spec/tools/summary.lua $(BUILD)/test-summary.txt $(BUILD)/fuzz-summary.txt
+
+# The same specs on real Kong (kong/test-kong/run.sh): DB-less, PostgreSQL
+# (Debian's, installed here, not by `make deps`), unprivileged workers.
+# Without KONG_ENV it says so and does nothing.
+test-kong:
+	@if [ -n "$${KONG_ENV:-}" ]; then \
+		$(MAKE) --no-print-directory deps DEB_PACKAGES="$(DEB_PACKAGES) postgresql" && \
+		$(MAKE) --no-print-directory build; fi
+	@bash kong/test-kong/run.sh $(KONG_SETUPS)
 
 test-prom:
 	@if ls kong/*.rules.yml >/dev/null 2>&1; then \

@@ -90,8 +90,37 @@ end
 _M.run = run
 
 
+-- Starts the demo upstreams (kong/host/demo_upstream) in state.prefix;
+-- raises at the caller's caller on failure.
+local function start_upstreams(upstreams)
+  if #upstreams == 0 then
+    return
+  end
+  local list = {}
+  for _, u in ipairs(upstreams) do
+    list[#list + 1] = u.name .. ":" .. u.port
+    state.upstreams[u.name] = u.port
+  end
+  local ok, out = run(table.concat({
+    "bash", sh_quote(ROOT .. "/kong/host/demo_upstream/ctl.sh"), "start",
+    "--prefix", sh_quote(state.prefix .. "/demo_upstream"),
+    "--servers", sh_quote(table.concat(list, ",")),
+  }, " "))
+  if not ok then
+    state = nil
+    error("demo upstreams failed to start:\n" .. out, 3)
+  end
+end
+
+
+local function stop_upstreams(prefix)
+  run("bash " .. sh_quote(ROOT .. "/kong/host/demo_upstream/ctl.sh") .. " stop --prefix "
+      .. sh_quote(prefix .. "/demo_upstream"))
+end
+
+
 --- Starts the demo upstreams and the gateway; returns once they answer.
-function _M.start(opts)
+local function local_start(opts)
   opts = opts or {}
   if state then
     error("host already started (prefix " .. state.prefix .. "); call host.stop() first", 2)
@@ -122,24 +151,11 @@ function _M.start(opts)
   state = { prefix = prefix, ports = ports, upstreams = {},
             segment = opts.segment or (prefix .. "/canary-router.seg"),
             workers = opts.workers or 2, database = opts.database or "off",
-            worker_state_update_frequency = opts.worker_state_update_frequency or 5 }
+            worker_state_update_frequency = opts.worker_state_update_frequency or 5,
+            config = type(opts.config) == "table" and opts.config or nil,
+            config_file = config }
 
-  if #upstreams > 0 then
-    local list = {}
-    for _, u in ipairs(upstreams) do
-      list[#list + 1] = u.name .. ":" .. u.port
-      state.upstreams[u.name] = u.port
-    end
-    local ok, out = run(table.concat({
-      "bash", sh_quote(ROOT .. "/kong/host/demo_upstream/ctl.sh"), "start",
-      "--prefix", sh_quote(prefix .. "/demo_upstream"),
-      "--servers", sh_quote(table.concat(list, ",")),
-    }, " "))
-    if not ok then
-      state = nil
-      error("demo upstreams failed to start:\n" .. out, 2)
-    end
-  end
+  start_upstreams(upstreams)
 
   local mode_args = {}
   for _, k in ipairs { "kong_version", "database", "worker_consistency",
@@ -177,7 +193,7 @@ end
 
 
 --- Stops the gateway and the demo upstreams (waits until they are gone).
-function _M.stop()
+local function local_stop()
   if not state then
     return
   end
@@ -192,7 +208,7 @@ end
 
 --- Stops and starts the gateway alone (the demo upstreams keep running),
 -- optionally with another `segment` path; returns once it serves.
-function _M.restart(opts)
+local function local_restart(opts)
   assert(state, "host not started")
   opts = opts or {}
   local args = { "bash", sh_quote(ROOT .. "/kong/host/ctl.sh"), "restart",
@@ -212,7 +228,7 @@ end
 
 --- `nginx -s reload` through ctl.sh; returns once the new workers serve.
 -- Like `kong reload`, the declarative config file is read again.
-function _M.reload()
+local function local_reload()
   assert(state, "host not started")
   local ok, out = run("bash " .. sh_quote(ROOT .. "/kong/host/ctl.sh") .. " reload --prefix "
                       .. sh_quote(state.prefix))
@@ -449,7 +465,7 @@ end
 
 --- Pids of the current worker processes (each worker registers itself at
 -- init_worker; a respawned or reloaded worker replaces its slot).
-function _M.worker_pids()
+local function local_worker_pids()
   assert(state, "host not started")
   local status, info = _M.admin("GET", "/")
   if status ~= 200 or type(info) ~= "table" then
@@ -463,7 +479,7 @@ function _M.worker_pids()
 end
 
 
-function _M.master_pid()
+local function local_master_pid()
   assert(state, "host not started")
   return tonumber((read_file(state.prefix .. "/logs/nginx.pid") or ""):match("%d+"))
 end
@@ -497,16 +513,32 @@ end
 
 --- Lua errors and crashed workers in the error log: the plugin must cause
 -- none.  With `kills_expected`, workers that exited on SIGKILL (a chaos
--- test's own kill -9) are not crashes; any other signal is.
+-- test's own kill -9) are not crashes; any other signal is.  Returns the
+-- log entries (a multi-line entry, such as one with a traceback, whole).
+-- An Admin API error in which no canary-router code appears is Kong's own
+-- (real Kong's Admin API answers some hostile bodies with a 500 and a
+-- traceback before any plugin code runs): not counted.
 function _M.lua_errors(kills_expected)
-  local bad = {}
+  local entries = {}
   for line in _M.error_log():gmatch("[^\n]+") do
-    local sig = tonumber(line:match("exited on signal (%d+)"))
-    if line:find("runtime error", 1, true) or line:find("stack traceback", 1, true)
-       or line:find("failed to execute plugin", 1, true)
-       or line:find("An unexpected error occurred", 1, true)
+    if #entries == 0 or line:match("^%d%d%d%d/%d%d/%d%d %d%d:%d%d:%d%d ") then
+      entries[#entries + 1] = line
+    else
+      entries[#entries] = entries[#entries] .. "\n" .. line
+    end
+  end
+  local bad = {}
+  for _, e in ipairs(entries) do
+    local sig = tonumber(e:match("exited on signal (%d+)"))
+    if e:find("runtime error", 1, true) or e:find("stack traceback", 1, true)
+       or e:find("failed to execute plugin", 1, true)
+       or e:find("An unexpected error occurred", 1, true)
        or (sig and not (kills_expected and sig == 9)) then
-      bad[#bad + 1] = line
+      local kongs_own = e:find("server: kong_admin", 1, true) and
+                        not e:find("canary-router", 1, true)
+      if not kongs_own then
+        bad[#bad + 1] = e
+      end
     end
   end
   return bad
@@ -527,5 +559,556 @@ function _M.ports()
   return state and state.ports
 end
 
+
+
+-- ---- real Kong ------------------------------------------------------------
+--
+-- With CANARY_TEST_KONG=<setup> (kong/test-kong/run.sh sets it), the same
+-- functions drive an installed Kong instead of the local host: KONG_ENV
+-- (a file to source that puts `kong` on PATH), the plugin installed by
+-- `luarocks make` in CANARY_KONG_TREE, a kong.conf generated in the
+-- prefix, `kong start/reload/stop -p PREFIX`.  Setups:
+--
+--   dbless        database = off; the config is loaded with POST /config
+--   postgres      database = postgres (CANARY_KONG_PG_PORT, role/db kong);
+--                 `kong config db_import` of the config before the start
+--   unprivileged  DB-less, workers as nobody:nogroup, root-owned prefix
+
+local KONG_SETUP = os.getenv("CANARY_TEST_KONG")
+if KONG_SETUP == "" then
+  KONG_SETUP = nil
+end
+
+
+-- A Kong CLI command with Kong's environment, never the specs' LUA_PATH
+-- (Kong's `;;` would put the local host's modules on its path).
+local function kong_cli(args, env)
+  local kong_env = os.getenv("KONG_ENV")
+  if not kong_env or kong_env == "" then
+    error("CANARY_TEST_KONG is set but KONG_ENV is not", 3)
+  end
+  local vars = {}
+  for k, v in pairs(env or {}) do
+    vars[#vars + 1] = k .. "=" .. sh_quote(v)
+  end
+  return run("env -u LUA_PATH -u LUA_CPATH " .. table.concat(vars, " ") ..
+             " bash -c " .. sh_quote('set +u; . "$KONG_ENV" >/dev/null; exec kong "$@"') ..
+             " kong-cli " .. args)
+end
+
+
+local function pg_port()
+  return tonumber(os.getenv("CANARY_KONG_PG_PORT") or "") or 54329
+end
+
+
+-- Settings this helper decides; every other line of the project's
+-- kong/kong.conf fragment is kept, as an operator merges it.
+local OWN_SETTINGS = {
+  prefix = true, plugins = true, database = true, declarative_config = true, router_flavor = true,
+  proxy_listen = true, admin_listen = true, status_listen = true, log_level = true,
+  nginx_worker_processes = true, nginx_main_env = true, nginx_user = true,
+  lua_package_path = true, lua_package_cpath = true, anonymous_reports = true,
+  pg_host = true, pg_port = true, pg_user = true, pg_password = true, pg_database = true,
+}
+
+local function kong_conf_text(opts)
+  local tree = os.getenv("CANARY_KONG_TREE")
+  if not tree or tree == "" then
+    error("CANARY_KONG_TREE (the rock's luarocks tree) is not set", 3)
+  end
+  local lines = { "# generated by spec/helpers/host.lua for setup " .. KONG_SETUP,
+                  "# from kong/kong.conf:" }
+  for line in (read_file(ROOT .. "/kong/kong.conf") or ""):gmatch("[^\n]+") do
+    local key = line:match("^%s*([%w_]+)%s*=")
+    if key and not OWN_SETTINGS[key] then
+      lines[#lines + 1] = line
+    end
+  end
+  lines[#lines + 1] = "# the test's own:"
+  for _, l in ipairs({
+    "prefix = " .. state.prefix,  -- also for `kong config db_import`
+    "plugins = bundled," .. (opts.plugins or "canary-router"),
+    "router_flavor = traditional",
+    "proxy_listen = 127.0.0.1:" .. state.ports.proxy,
+    "admin_listen = 127.0.0.1:" .. state.ports.admin,
+    "status_listen = 127.0.0.1:" .. state.ports.status,
+    "nginx_worker_processes = " .. state.workers,
+    "log_level = " .. (opts.log_level or "info"),
+    "anonymous_reports = off",
+    "nginx_main_env = CANARY_ROUTER_SEGMENT",
+    -- the rock's tree, as README tells an operator with a separate tree
+    "lua_package_path = " .. tree .. "/share/lua/5.1/?.lua;" .. tree ..
+      "/share/lua/5.1/?/init.lua;;",
+    "lua_package_cpath = " .. tree .. "/lib/lua/5.1/?.so;;",
+  }) do
+    lines[#lines + 1] = l
+  end
+  if KONG_SETUP == "unprivileged" then
+    lines[#lines + 1] = "nginx_user = nobody nogroup"
+  else
+    lines[#lines + 1] = "nginx_user = root root"
+  end
+  if KONG_SETUP == "postgres" then
+    for _, l in ipairs({ "database = postgres", "pg_host = 127.0.0.1", "pg_port = " .. pg_port(),
+                         "pg_user = kong", "pg_password = kong", "pg_database = kong" }) do
+      lines[#lines + 1] = l
+    end
+  else
+    lines[#lines + 1] = "database = off"
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+
+-- The nginx master's pid, from Kong's pid file.
+local function kong_master_pid()
+  assert(state, "host not started")
+  local pid = tonumber((read_file(state.prefix .. "/pids/nginx.pid") or ""):match("%d+"))
+  if pid and run("kill -0 " .. pid .. " 2>/dev/null") then
+    return pid
+  end
+  return nil
+end
+
+
+-- Worker processes serving requests: the master's children whose title is
+-- "nginx: worker process" (not old ones "is shutting down" after a reload).
+local function kong_worker_pids()
+  local m = kong_master_pid()
+  if not m then
+    return {}
+  end
+  local _, out = run("pgrep -P " .. m)
+  local pids = {}
+  for pid in out:gmatch("%d+") do
+    local cmdline = (read_file("/proc/" .. pid .. "/cmdline") or ""):gsub("%z", " ")
+    if cmdline:find("worker process", 1, true) and not cmdline:find("shutting down", 1, true) then
+      pids[#pids + 1] = tonumber(pid)
+    end
+  end
+  table.sort(pids)
+  return pids
+end
+
+
+local function http_ok(port, path)
+  local status = _M.request("GET", path, { timeout = 2 }, port)
+  return status == 200
+end
+
+
+-- Ready: the Admin API and the status listener answer, the proxy accepts,
+-- and `workers` workers run; `not_pids` (a set) are old workers that must
+-- be gone.  Returns true, or false and what was missing.
+local function kong_wait_ready(seconds, not_pids)
+  local deadline = os.time() + (seconds or 60)
+  local why
+  repeat
+    if not kong_master_pid() then
+      return false, "the nginx master is not running"
+    end
+    if not http_ok(state.ports.admin, "/status") then
+      why = "Admin API /status"
+    elseif not http_ok(state.ports.status, "/status") then
+      why = "status listener /status"
+    elseif not _M.request("GET", "/", { timeout = 2 }) then
+      why = "proxy"
+    else
+      local pids = kong_worker_pids()
+      local fresh = #pids == state.workers
+      for _, p in ipairs(pids) do
+        if not_pids and not_pids[p] then fresh = false end
+      end
+      if fresh then
+        return true
+      end
+      why = "workers (" .. #pids .. " of " .. state.workers .. ")"
+    end
+    run("sleep 0.1")
+  until os.time() > deadline
+  return false, "not ready after " .. (seconds or 60) .. " s: " .. tostring(why)
+end
+
+
+-- The config's route paths, to see when every one is routed.
+local function route_paths(doc)
+  local paths = {}
+  local function add(routes)
+    for _, r in ipairs(routes or {}) do
+      if r.paths and r.paths[1] then paths[#paths + 1] = r.paths[1] end
+    end
+  end
+  for _, svc in ipairs(doc.services or {}) do add(svc.routes) end
+  add(doc.routes)
+  return paths
+end
+
+
+-- Waits until the first route of `doc` is routed by 10 requests in a row
+-- (each on a new connection, so on any worker).
+local function wait_routed(doc)
+  local path = route_paths(doc)[1]
+  if not path then
+    return true
+  end
+  local deadline = os.time() + 20
+  local streak = 0
+  repeat
+    local status = _M.request("GET", path .. "/__routed", { timeout = 2 })
+    if status and status ~= 404 then
+      streak = streak + 1
+    else
+      streak = 0
+      run("sleep 0.05")
+    end
+  until streak >= 10 or os.time() > deadline
+  return streak >= 10
+end
+
+
+local function kong_fail(msg, level)
+  local log = read_file(state.prefix .. "/logs/error.log") or ""
+  local prefix = state.prefix
+  kong_cli("stop -p " .. sh_quote(prefix))
+  stop_upstreams(prefix)
+  state = nil
+  error(msg .. "\n" .. log:sub(-4000), level + 1)
+end
+
+
+local function kong_start(opts)
+  opts = opts or {}
+  if state then
+    error("host already started (prefix " .. state.prefix .. "); call host.stop() first", 2)
+  end
+  local prefix = opts.prefix
+  if not prefix then
+    local _, out = run("mktemp -d /tmp/kong_spec.XXXXXX")
+    prefix = out:gsub("%s+$", "")
+  end
+  -- root-owned, readable by the workers' user, like /usr/local/kong
+  assert(run("mkdir -p " .. sh_quote(prefix) .. " && chmod 0755 " .. sh_quote(prefix)))
+  local doc = opts.config or (ROOT .. "/kong/kong.yml")
+  if type(doc) ~= "table" then
+    error("on real Kong, host.start needs the config as a table", 2)
+  end
+  state = {
+    prefix = prefix, upstreams = {}, kong = KONG_SETUP, workers = opts.workers or 2,
+    ports = { proxy = opts.proxy_port or 8000, admin = opts.admin_port or 8001,
+              status = opts.status_port or 8007 },
+    segment = opts.segment or (prefix .. "/canary-router.seg"),
+    segment_env = opts.segment,
+    config = doc, config_file = prefix .. "/kong.json",
+    conf = prefix .. "/kong.conf",
+  }
+  write_file(state.config_file, assert(cjson.encode(doc)))
+  write_file(state.conf, kong_conf_text(opts))
+  start_upstreams(opts.upstreams or {
+    { name = "automation-service", port = 9001 },
+    { name = "automation-service-canary", port = 9002 },
+  })
+
+  local conf = " -c " .. sh_quote(state.conf)
+  if KONG_SETUP == "postgres" then
+    -- a clean database holding exactly this config, as `kong config
+    -- db_import` of an operator's file leaves it
+    local ok, out = run("runuser -u postgres -- psql -h 127.0.0.1 -p " .. pg_port() ..
+                        " -d kong -qAt -v ON_ERROR_STOP=1 -c " ..
+                        sh_quote("TRUNCATE services, routes, plugins, upstreams, targets CASCADE"))
+    if not ok then
+      kong_fail("resetting the database failed:\n" .. out, 2)
+    end
+    ok, out = kong_cli("config db_import " .. sh_quote(state.config_file) .. conf)
+    if not ok then
+      kong_fail("kong config db_import failed:\n" .. out, 2)
+    end
+  end
+  local env = state.segment_env and { CANARY_ROUTER_SEGMENT = state.segment_env } or nil
+  local ok, out = kong_cli("start -p " .. sh_quote(prefix) .. conf, env)
+  if not ok then
+    kong_fail("kong start failed:\n" .. out, 2)
+  end
+  local ready, why = kong_wait_ready(60)
+  if not ready then
+    kong_fail("Kong did not become ready: " .. why, 2)
+  end
+  if KONG_SETUP ~= "postgres" then
+    local status, body = _M.admin("POST", "/config", doc)
+    if status ~= 201 then
+      kong_fail("POST /config answered " .. tostring(status) .. ": " ..
+                (type(body) == "table" and cjson.encode(body) or tostring(body)), 2)
+    end
+  end
+  if not wait_routed(doc) then
+    kong_fail("the config's first route was never routed", 2)
+  end
+  return state
+end
+
+
+local function kong_stop()
+  if not state then
+    return
+  end
+  local prefix = state.prefix
+  local m = kong_master_pid()
+  local ok, out = kong_cli("stop -p " .. sh_quote(prefix))
+  -- `kong stop` returns once the master is gone; wait for every worker too
+  if m then
+    run("for i in $(seq 100); do pgrep -P " .. m .. " >/dev/null || break; sleep 0.1; done")
+  end
+  stop_upstreams(prefix)
+  state = nil
+  if not ok and not out:find("not running", 1, true) then
+    error("kong stop failed:\n" .. out, 2)
+  end
+end
+
+
+local function kong_restart(opts)
+  assert(state, "host not started")
+  opts = opts or {}
+  local m = kong_master_pid()
+  local ok, out = kong_cli("stop -p " .. sh_quote(state.prefix))
+  if not ok then
+    error("kong stop failed:\n" .. out, 2)
+  end
+  if m then
+    run("for i in $(seq 100); do kill -0 " .. m .. " 2>/dev/null || break; sleep 0.1; done")
+  end
+  if opts.segment then
+    state.segment, state.segment_env = opts.segment, opts.segment
+  end
+  state.reloaded = nil
+  local env = state.segment_env and { CANARY_ROUTER_SEGMENT = state.segment_env } or nil
+  ok, out = kong_cli("start -p " .. sh_quote(state.prefix) .. " -c " .. sh_quote(state.conf), env)
+  if not ok then
+    error("kong start failed:\n" .. out .. "\n" .. _M.error_log():sub(-4000), 2)
+  end
+  local ready, why = kong_wait_ready(60)
+  if not ready then
+    error("Kong did not become ready after a restart: " .. why .. "\n"
+          .. _M.error_log():sub(-4000), 2)
+  end
+  -- DB-less Kong keeps its last config (LMDB in the prefix) across a
+  -- restart, and a database keeps it anyway: nothing is loaded again, and
+  -- each worker builds its router from it before it serves.
+end
+
+
+-- `kong reload` renders nginx.conf from kong.conf again, then signals the
+-- master (nginx -s reload).  The first reload after a start goes through
+-- the CLI; later ones, with the same kong.conf, only send the signal the
+-- CLI ends with: the CLI takes seconds of CPU on a busy two-core machine,
+-- which would make a spec's 50 reloads under load a test of Kong's CLI.
+local function kong_reload()
+  assert(state, "host not started")
+  local old = {}
+  for _, p in ipairs(kong_worker_pids()) do old[p] = true end
+  local ok, out
+  if state.reloaded then
+    ok, out = run("kill -HUP " .. assert(kong_master_pid(), "the nginx master is not running"))
+  else
+    local env = state.segment_env and { CANARY_ROUTER_SEGMENT = state.segment_env } or nil
+    ok, out = kong_cli("reload -p " .. sh_quote(state.prefix) .. " -c " .. sh_quote(state.conf),
+                       env)
+  end
+  if not ok then
+    error("kong reload failed:\n" .. out, 2)
+  end
+  state.reloaded = true
+  local ready, why = kong_wait_ready(30, old)
+  if not ready then
+    error("new workers did not come up after kong reload: " .. why, 2)
+  end
+end
+
+
+-- One line per started gateway: how long config changes took to show in
+-- the Admin API's status (see configure_plugin).  A figure, not a test.
+local function report_propagation()
+  local list = _M.propagation_ms
+  if #list == 0 then
+    return
+  end
+  local sorted, missed = {}, 0
+  for _, ms in ipairs(list) do
+    if ms < 0 then missed = missed + 1 else sorted[#sorted + 1] = ms end
+  end
+  table.sort(sorted)
+  print(("\n  config changes (%s): %d, in force after median %.1f ms, max %.1f ms%s")
+        :format(KONG_SETUP and ("Kong " .. KONG_SETUP) or "local host", #list,
+                sorted[math.ceil(#sorted / 2)] or -1, sorted[#sorted] or -1,
+                missed > 0 and (", " .. missed .. " not seen in force") or ""))
+  _M.propagation_ms = {}
+end
+
+if KONG_SETUP then
+  _M.start, _M.restart, _M.reload = kong_start, kong_restart, kong_reload
+  _M.stop = function()
+    report_propagation()
+    return kong_stop()
+  end
+  _M.worker_pids = function()
+    assert(state, "host not started")
+    return kong_worker_pids()
+  end
+  _M.master_pid = kong_master_pid
+else
+  _M.start, _M.restart, _M.reload = local_start, local_restart, local_reload
+  _M.stop = function()
+    report_propagation()
+    return local_stop()
+  end
+  _M.worker_pids, _M.master_pid = local_worker_pids, local_master_pid
+end
+
+
+--- The real-Kong setup the specs run in ("dbless", "postgres",
+-- "unprivileged"), or nil on the local host.
+function _M.kong()
+  return KONG_SETUP
+end
+
+
+--- What the running gateway says of its database: "off" (DB-less) or
+-- the database's name, from GET / on the Admin API.
+function _M.database()
+  assert(state, "host not started")
+  local status, info
+  for _ = 1, 20 do
+    if state.database then
+      return state.database
+    end
+    status, info = _M.admin("GET", "/")
+    if status == 200 and type(info) == "table" and type(info.configuration) == "table" then
+      state.database = info.configuration.database
+    else
+      run("sleep 0.1")
+    end
+  end
+  error("GET / failed: " .. tostring(status), 2)
+end
+
+
+-- Merges `patch` into `into` as Kong's PATCH does: records field by field,
+-- anything else (arrays, scalars) replaced.
+local function merge(into, patch)
+  for k, v in pairs(patch) do
+    if type(v) == "table" and next(v) ~= nil and #v == 0 and type(into[k]) == "table"
+       and #into[k] == 0 then
+      merge(into[k], v)
+    else
+      into[k] = v
+    end
+  end
+end
+
+
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in pairs(v) do t[k] = copy(x) end
+  return t
+end
+
+
+-- The plugin entry with `id` in a declarative document (global, or under
+-- a service or a route).
+local function find_plugin(doc, id)
+  local function scan(list)
+    for _, p in ipairs(list or {}) do
+      if p.id == id then return p end
+    end
+  end
+  local found = scan(doc.plugins)
+  for _, svc in ipairs(doc.services or {}) do
+    found = found or scan(svc.plugins)
+    for _, r in ipairs(svc.routes or {}) do found = found or scan(r.plugins) end
+  end
+  for _, r in ipairs(doc.routes or {}) do found = found or scan(r.plugins) end
+  return found
+end
+
+
+-- Polls GET /canary-router/status until the instance `id` routes with the
+-- configured `upstreams` (names and weights); returns the milliseconds it
+-- took, or nil when it did not within `seconds`.
+local function wait_in_force(id, upstreams, seconds)
+  local socket = require "socket"
+  local t0 = socket.gettime()
+  repeat
+    local status, body = _M.admin("GET", "/canary-router/status")
+    if status == 200 and type(body) == "table" and body.segment_error then
+      return nil  -- the engine is unavailable: no weights will ever show
+    end
+    if status == 200 and type(body) == "table" and type(body.data) == "table" then
+      for _, d in ipairs(body.data) do
+        if d.plugin_id == id and type(d.upstreams) == "table" and #d.upstreams == #upstreams then
+          local same = true
+          for i, u in ipairs(upstreams) do
+            local got = d.upstreams[i]
+            if got.name ~= u.name or math.abs((got.weight or -1) - u.weight) > 1e-9 then
+              same = false
+            end
+          end
+          if same then
+            return (socket.gettime() - t0) * 1000
+          end
+        end
+      end
+    end
+    socket.sleep(0.01)
+  until socket.gettime() - t0 > seconds
+  return nil
+end
+
+
+_M.propagation_ms = {}
+
+--- Changes the config of plugin `id` the way an operator does on this
+-- gateway: PATCH /plugins/{id} with a database, or (DB-less) the edited
+-- declarative config POSTed to /config (and written to the file it came
+-- from, as an operator keeps kong.yml the source of truth).  `patch` is
+-- merged like Kong's PATCH (records field by field, arrays replaced).
+-- Returns ok, status, body of the Admin API call; when ok, it returns
+-- once the Admin API's status shows the new weights (at most 6 s: Kong's
+-- eventual consistency takes up to worker_state_update_frequency = 5 s; the
+-- time taken is kept in host.propagation_ms).
+function _M.configure_plugin(id, patch)
+  assert(state, "host not started")
+  local status, body, upstreams
+  if _M.database() ~= "off" then
+    status, body = _M.admin("PATCH", "/plugins/" .. id, { config = patch })
+    if status ~= 200 then
+      return false, status, body
+    end
+    upstreams = type(body) == "table" and body.config and body.config.upstreams
+  else
+    if not state.config then
+      error("the gateway was started from a file; configure_plugin needs a config table", 2)
+    end
+    local doc = copy(state.config)
+    local plugin = find_plugin(doc, id)
+    if not plugin then
+      error("no plugin with id " .. tostring(id) .. " in the config", 2)
+    end
+    plugin.config = plugin.config or {}
+    merge(plugin.config, patch)
+    status, body = _M.admin("POST", "/config", doc)
+    if status ~= 201 and status ~= 200 then
+      return false, status, body
+    end
+    state.config = doc
+    write_file(state.config_file, assert(cjson.encode(doc)))
+    upstreams = plugin.config.upstreams
+  end
+  if upstreams then
+    local ms = wait_in_force(id, upstreams, 6)
+    _M.propagation_ms[#_M.propagation_ms + 1] = ms or -1
+  end
+  return true, status, body
+end
 
 return _M

@@ -20,6 +20,8 @@ function _M.start(opts)
   local args = {
     "wrk", "-t", "2", "-c", tostring(opts.connections or 8),
     "-d", tostring(opts.seconds or 5) .. "s", "--latency",
+    -- wrk counts an answer slower than this as a timeout (socket error)
+    "--timeout", tostring(opts.timeout or 2) .. "s",
   }
   if opts.close then
     -- A new connection per request: a reload closes idle keep-alive
