@@ -994,11 +994,11 @@ end
 
 -- Merges `patch` into `into` as Kong's PATCH does: records field by field,
 -- anything else (arrays, scalars) replaced.
-local function merge(into, patch)
+local function merge_into(into, patch)
   for k, v in pairs(patch) do
     if type(v) == "table" and next(v) ~= nil and #v == 0 and type(into[k]) == "table"
        and #into[k] == 0 then
-      merge(into[k], v)
+      merge_into(into[k], v)
     else
       into[k] = v
     end
@@ -1036,7 +1036,6 @@ end
 -- configured `upstreams` (names and weights); returns the milliseconds it
 -- took, or nil when it did not within `seconds`.
 local function wait_in_force(id, upstreams, seconds)
-  local socket = require "socket"
   local t0 = socket.gettime()
   repeat
     local status, body = _M.admin("GET", "/canary-router/status")
@@ -1095,7 +1094,7 @@ function _M.configure_plugin(id, patch)
       error("no plugin with id " .. tostring(id) .. " in the config", 2)
     end
     plugin.config = plugin.config or {}
-    merge(plugin.config, patch)
+    merge_into(plugin.config, patch)
     status, body = _M.admin("POST", "/config", doc)
     if status ~= 201 and status ~= 200 then
       return false, status, body
