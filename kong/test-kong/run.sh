@@ -92,6 +92,11 @@ done
 # an installed rock in /usr/local is.
 chmod -R a+rX "$WORK"
 export CANARY_KONG_TREE=$TREE
+# The schema validates names and weights with the engine, so Kong's CLI
+# (`kong config db_import`, which does not apply kong.conf's
+# lua_package_cpath) must find libcanary.so too: an operator with a tree
+# of its own names the library the same way (README, install).
+export CANARY_ROUTER_LIB=$TREE/lib/lua/5.1/libcanary.so
 
 PG_DIR=$WORK/pg
 cleanup() {
