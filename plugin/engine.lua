@@ -559,21 +559,21 @@ end
 -- the segment at `path` as open() does, with the same options, then
 -- hands the file to opts.uid:opts.gid (mode 0600 stays), so that workers
 -- running as that user attach it.  Keeps nothing mapped.  Returns what
--- open() reports ("attached", "created", "recreated"), or nil and an
--- error.
+-- open() reports ("attached", "created", "recreated") and, when a bad file
+-- was set aside, why; or nil and an error.
 function _M.prepare(path, opts)
   if type(opts) ~= "table" or type(opts.uid) ~= "number" or type(opts.gid) ~= "number" then
     error("prepare: opts.uid and opts.gid must be numbers", 2)
   end
   local seg, err = _M.open(path, opts)
   if not seg then return nil, err end
-  local opened = seg.opened
+  local opened, why = seg.opened, seg.why
   seg:close()
   if ffi.C.canary_libc_chown(path, opts.uid, opts.gid) ~= 0 then
     return nil, "cannot give " .. path .. " to uid " .. opts.uid .. ": " ..
                 ffi_string(ffi.C.canary_libc_strerror(ffi.errno()))
   end
-  return opened
+  return opened, why
 end
 
 local Seg = {}

@@ -114,7 +114,11 @@ function _M.prepare_master()
   local opts = _M.segment_opts()
   opts.uid, opts.gid = uid, gid
   local opened, perr = engine.prepare(path, opts)
-  if not opened then
+  if opened == "recreated" then
+    -- the master set the bad file aside: its workers will only attach
+    ngx.log(ngx.WARN, "canary-router segment ", path,
+            " was unusable and has been recreated: ", tostring(perr))
+  elseif not opened then
     ngx.log(ngx.ERR, "canary-router cannot prepare its segment ", path,
             " for nginx_user '", user, "': ", perr)
   end
