@@ -32,6 +32,7 @@
  */
 #include "internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -659,11 +660,13 @@ static void gate_lines(struct out *o, const struct canary_prom *p, size_t i,
   const struct prom_route *r = &p->routes[i];
   char num[40];
   for (int g = 0; r->judged && g < CANARY_GATES; g++) {
+    double v = limit ? r->gate_limit[g] : r->gate_value[g];
     int n;
-    if (!(r->gate_on & (1u << g)))
-      continue;
-    n = snprintf(num, sizeof num, "%.9g\n",
-                 limit ? r->gate_limit[g] : r->gate_value[g]);
+    if (!(r->gate_on & (1u << g)) || !isfinite(v))
+      continue; /* not judged, or a damaged log entry: nothing to say */
+    if (fpclassify(v) == FP_SUBNORMAL)
+      v = 0; /* no gate measures below 1e-308; only damage writes that */
+    n = snprintf(num, sizeof num, "%.9g\n", v);
     route_series(o, p, name, r);
     puts_(o, ",gate=\"");
     puts_(o, canary_gate_name(g));
