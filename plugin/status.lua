@@ -3,6 +3,7 @@
 -- `canarystat --json`.
 
 local runtime = require "kong.plugins.canary-router.runtime"
+local cluster = require "kong.plugins.canary-router.cluster"
 
 local pairs = pairs
 local sort = table.sort
@@ -34,6 +35,10 @@ function _M.instance(c)
   out.route = v.label ~= "" and v.label or v.key
   if c.prog then
     out.progression = seg:prog_status(c.route)
+    if out.progression then
+      out.progression.scope = c.cluster and "cluster" or "node"
+      out.progression.cluster = cluster.status(c)
+    end
   end
   out.generation = v.generation
   out.trace_ids = v.trace

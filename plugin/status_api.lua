@@ -3,6 +3,7 @@
 -- already owns /metrics on this listener.
 
 local runtime = require "kong.plugins.canary-router.runtime"
+local cluster = require "kong.plugins.canary-router.cluster"
 
 local CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -25,6 +26,7 @@ return {
       if not body then
         return kong.response.exit(500, { message = err })
       end
+      body = cluster.metrics(body, runtime.instances(), seg)
       return kong.response.exit(200, ENGINE_UP .. "1\n" .. body, headers)
     end,
   },

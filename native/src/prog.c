@@ -359,6 +359,47 @@ static int judge_window(const canary_seg_t *seg, uint32_t route,
   return changed ? 2 : 1;
 }
 
+/* The immediate rollback limit, checked on every tick against the window
+ * so far (the same window on every node in cluster scope, where the
+ * judging happens elsewhere).  Returns 2 when it rolled the canary back,
+ * 0 otherwise.  The caller has loaded `p` from a RUNNING progression. */
+static int immediate_check(const canary_seg_t *seg, uint32_t route,
+                           struct route_hdr *r, struct prog_area *pa,
+                           const struct canary_prog_params *p) {
+  int rc = 0;
+
+  if (p->rollback_error_rate >= 0) {
+    struct canary_hist_summary w;
+    uint64_t floor = p->min_requests > 0 ? p->min_requests : 1;
+    if (window(seg, route, pa, p->canary, &w) == 0 &&
+        w.count >= floor && w.error_rate > p->rollback_error_rate &&
+        canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) == 0) {
+      struct canary_prog_params now_p;
+      /* Under the writer word: the progression may have been restarted
+       * (other parameters, another canary) since we looked. */
+      load_params(pa, &now_p);
+      if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
+          memcmp(&now_p, p, sizeof *p) == 0) {
+        rollback(seg, r, pa, p->canary);
+        ck_pr_inc_64(&pa->evaluations[CANARY_GATE_FAIL]);
+        ck_pr_store_32(&pa->last_result, CANARY_GATE_FAIL);
+        ck_pr_store_64(&pa->window_requests, w.count);
+        ck_pr_store_64(&pa->error_rate_bits, dbits(w.error_rate));
+        ck_pr_store_64(&pa->p95_bits, dbits(w.p95_us));
+        ck_pr_store_64(&pa->p99_bits, dbits(w.p99_us));
+        set_reason(pa,
+                   "rolled back at once: error rate %.2f %% > "
+                   "rollback_error_rate %.2f %% over %llu requests",
+                   w.error_rate * 100, p->rollback_error_rate * 100,
+                   (unsigned long long)w.count);
+        rc = 2;
+      }
+      canary__owner_release(&r->writer);
+    }
+  }
+  return rc;
+}
+
 int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
                      struct canary_prog_status *out) {
   struct canary_prog_params p;
@@ -389,37 +430,9 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
     goto done;
   }
 
-  if (p.rollback_error_rate >= 0) {
-    struct canary_hist_summary w;
-    uint64_t floor = p.min_requests > 0 ? p.min_requests : 1;
-    if (window(seg, (uint32_t)route, pa, p.canary, &w) == 0 &&
-        w.count >= floor && w.error_rate > p.rollback_error_rate &&
-        canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) == 0) {
-      struct canary_prog_params now_p;
-      /* Under the writer word: the progression may have been restarted
-       * (other parameters, another canary) since we looked. */
-      load_params(pa, &now_p);
-      if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
-          memcmp(&now_p, &p, sizeof p) == 0) {
-        rollback(seg, r, pa, p.canary);
-        ck_pr_inc_64(&pa->evaluations[CANARY_GATE_FAIL]);
-        ck_pr_store_32(&pa->last_result, CANARY_GATE_FAIL);
-        ck_pr_store_64(&pa->window_requests, w.count);
-        ck_pr_store_64(&pa->error_rate_bits, dbits(w.error_rate));
-        ck_pr_store_64(&pa->p95_bits, dbits(w.p95_us));
-        ck_pr_store_64(&pa->p99_bits, dbits(w.p99_us));
-        set_reason(pa,
-                   "rolled back at once: error rate %.2f %% > "
-                   "rollback_error_rate %.2f %% over %llu requests",
-                   w.error_rate * 100, p.rollback_error_rate * 100,
-                   (unsigned long long)w.count);
-        rc = 2;
-      }
-      canary__owner_release(&r->writer);
-      if (rc != 0)
-        goto done;
-    }
-  }
+  rc = immediate_check(seg, (uint32_t)route, r, pa, &p);
+  if (rc != 0)
+    goto done;
 
   if (now < ws + (uint64_t)p.interval_ms * 1000u)
     goto done;
@@ -542,6 +555,202 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
     set_reason(pa, "aborted by operator: canary at 0 %%");
     break;
   }
+out:
+  canary__owner_release(&r->writer);
+  return rc;
+}
+
+/* ---- cluster scope ------------------------------------------------------
+ *
+ * With progression.scope = cluster the nodes of a Kong cluster share one
+ * progression through Redis (plugin/cluster.lua): each node adds its
+ * windows up there, one node judges each window from the sum with
+ * canary_prog_judge(), and every node applies the resulting state with
+ * canary_prog_apply().  The segment's own window judging stands aside
+ * (the plugin calls canary_prog_breach() instead of canary_prog_tick()),
+ * but the immediate rollback limit is still checked here, on every node,
+ * against this node's own traffic.
+ */
+
+int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
+                       struct canary_prog_status *out) {
+  struct canary_prog_params p;
+  struct route_hdr *r = route_of(seg, route);
+  struct prog_area *pa;
+  int rc = 0;
+
+  if (r == NULL)
+    return CANARY_EINVAL;
+  if (seg->readonly)
+    return CANARY_EREADONLY;
+  pa = canary__prog(seg, (uint32_t)route);
+  if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING) {
+    /* State before the parameters it makes valid. */
+    ck_pr_fence_load();
+    load_params(pa, &p);
+    if (canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
+        p.canary >= seg->max_upstreams)
+      return CANARY_ECORRUPT;
+    rc = immediate_check(seg, (uint32_t)route, r, pa, &p);
+  }
+  if (out != NULL)
+    canary_prog_status(seg, route, now_us, out);
+  return rc;
+}
+
+int canary_prog_judge(const struct canary_prog_params *p,
+                      const struct canary_hist_snapshot *window,
+                      const struct canary_prog_status *cur,
+                      struct canary_prog_status *next) {
+  struct canary_hist_summary w;
+  char why[CANARY_REASON_MAX - 48];
+  uint32_t step;
+  int result;
+
+  if (p == NULL || window == NULL || cur == NULL || next == NULL ||
+      canary_prog_check(p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0)
+    return CANARY_EINVAL;
+  if (cur->state != CANARY_PROG_RUNNING || cur->step >= p->nsteps)
+    return CANARY_ESTATE;
+  if (canary_hist_summarize(window, NULL, &w) != 0)
+    return CANARY_EINVAL;
+  step = cur->step;
+  *next = *cur;
+  result = judge(p, &w, why, sizeof why);
+  next->last_result = (uint32_t)result;
+  next->evaluations[result]++;
+  next->window_requests = w.count;
+  next->error_rate = w.error_rate;
+  next->p95_us = w.p95_us;
+  next->p99_us = w.p99_us;
+  if (result == CANARY_GATE_PASS) {
+    next->failures = 0;
+    if (step + 1 < p->nsteps) {
+      next->step = step + 1;
+      snprintf(next->reason, sizeof next->reason,
+               "step %u -> %.2f %%: %s (cluster window)", step + 2,
+               p->steps[step + 1] / 100.0, why);
+    } else if (p->on_success == CANARY_PROG_PROMOTE) {
+      next->state = CANARY_PROG_PROMOTED;
+      snprintf(next->reason, sizeof next->reason, "promoted at %.2f %%: %s",
+               p->steps[step] / 100.0, why);
+    } else {
+      next->state = CANARY_PROG_PAUSED;
+      snprintf(next->reason, sizeof next->reason,
+               "all steps passed; holding at %.2f %% until promoted",
+               p->steps[step] / 100.0);
+    }
+  } else if (result == CANARY_GATE_FAIL) {
+    next->failures = cur->failures + 1;
+    if (next->failures >= p->failure_limit) {
+      next->state = CANARY_PROG_ROLLED_BACK;
+      snprintf(next->reason, sizeof next->reason,
+               "rolled back after %u failed windows: %s", next->failures, why);
+    } else {
+      snprintf(next->reason, sizeof next->reason,
+               "window failed (%u of %u): %s", next->failures,
+               p->failure_limit, why);
+    }
+  } else {
+    snprintf(next->reason, sizeof next->reason, "%s", why);
+  }
+  next->step_weight = next->state == CANARY_PROG_ROLLED_BACK
+                          ? 0
+                          : p->steps[next->step];
+  return result;
+}
+
+int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
+                      const struct canary_prog_status *st, int judged,
+                      double now_us, char *err, size_t err_len) {
+  struct canary_prog_params p;
+  struct table_data d;
+  struct route_hdr *r = route_of(seg, route);
+  struct prog_area *pa;
+  char reason[CANARY_REASON_MAX];
+  uint32_t state, step;
+  int changed, rc;
+
+  if (r == NULL)
+    return canary__fail(err, err_len, CANARY_EINVAL, "no such route");
+  if (st == NULL || st->state < CANARY_PROG_RUNNING ||
+      st->state > CANARY_PROG_ROLLED_BACK || st->step >= CANARY_MAX_STEPS ||
+      st->last_result >= CANARY_GATE_RESULTS)
+    return canary__fail(err, err_len, CANARY_EINVAL,
+                        "not a progression state to apply");
+  if (seg->readonly)
+    return canary__fail(err, err_len, CANARY_EREADONLY,
+                        "segment attached read-only");
+  pa = canary__prog(seg, (uint32_t)route);
+  if (canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) != 0)
+    return canary__fail(err, err_len, CANARY_EBUSY,
+                        "another process is changing this route");
+  state = ck_pr_load_32(&pa->state);
+  step = ck_pr_load_32(&pa->step);
+  load_params(pa, &p);
+  if (state == CANARY_PROG_NONE) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "no progression configured on this route");
+    goto out;
+  }
+  /* Under the writer word, so no publish can slip in between: a state
+   * decided for one configuration never lands on another. */
+  if (canary__read_table(seg, r, &d, NULL, 1) != 0 ||
+      d.config_hash != config_hash) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "the route now has another configuration");
+    goto out;
+  }
+  if (state > CANARY_PROG_ROLLED_BACK ||
+      canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
+      p.canary >= seg->max_upstreams || step >= p.nsteps) {
+    rc = canary__fail(err, err_len, CANARY_ECORRUPT,
+                      "progression state of this route is corrupt");
+    goto out;
+  }
+  if (st->step >= p.nsteps) {
+    rc = canary__fail(err, err_len, CANARY_EINVAL,
+                      "step %u of a %u-step progression", st->step + 1,
+                      p.nsteps);
+    goto out;
+  }
+  /* A rollback is final for a configuration, on this node too: a state
+   * from before it (a stale cluster state) must not bring the canary
+   * back. */
+  if (state == CANARY_PROG_ROLLED_BACK &&
+      st->state != CANARY_PROG_ROLLED_BACK) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "rolled back on this node");
+    goto out;
+  }
+  changed = state != st->state || step != st->step;
+  memcpy(reason, st->reason, sizeof reason);
+  reason[sizeof reason - 1] = '\0';
+  ck_pr_store_32(&pa->step, st->step);
+  ck_pr_store_32(&pa->failures, st->failures);
+  ck_pr_store_32(&pa->last_result, st->last_result);
+  ck_pr_store_64(&pa->window_requests, st->window_requests);
+  ck_pr_store_64(&pa->error_rate_bits, dbits(st->error_rate));
+  ck_pr_store_64(&pa->p95_bits, dbits(st->p95_us));
+  ck_pr_store_64(&pa->p99_bits, dbits(st->p99_us));
+  if (judged)
+    ck_pr_inc_64(&pa->evaluations[st->last_result]);
+  set_reason(pa, "%s", reason);
+  if (changed) {
+    if (st->state == CANARY_PROG_ROLLED_BACK) {
+      rollback(seg, r, pa, p.canary);
+    } else {
+      publish_step(seg, r, p.canary, p.steps[st->step]);
+      /* Weights before the state, as in rollback(): whoever reads the
+       * new state finds the new weights published. */
+      ck_pr_fence_store();
+      ck_pr_store_32(&pa->state, st->state);
+    }
+  }
+  /* The node's own window (for the immediate limit) restarts with every
+   * state applied, as it does after each judged window in node scope. */
+  rebase(seg, (uint32_t)route, pa, p.canary, now_us);
+  rc = changed ? 2 : 1;
 out:
   canary__owner_release(&r->writer);
   return rc;
