@@ -250,6 +250,19 @@ struct canary_hist_summary {
                                   size_t cap, size_t *len_out);
 ]] -- end of canary.h declarations
 
+-- The few libc calls a root master needs to hand the segment to the
+-- workers' user (glibc's struct layouts, Linux).
+ffi.cdef[[
+unsigned int geteuid(void);
+struct canary_passwd { char *pw_name; char *pw_passwd; unsigned int pw_uid;
+                       unsigned int pw_gid; char *pw_gecos; char *pw_dir;
+                       char *pw_shell; };
+struct canary_group { char *gr_name; char *gr_passwd; unsigned int gr_gid;
+                      char **gr_mem; };
+struct canary_passwd *getpwnam(const char *name);
+struct canary_group *getgrnam(const char *name);
+]]
+
 local _M = { _VERSION = "0.1.0" }
 
 local C          -- the loaded library, once load() succeeded
@@ -347,6 +360,32 @@ local function need_lib()
     if not ok then return nil, err end
   end
   return true
+end
+
+-- ---- users ----------------------------------------------------------
+
+-- The process's effective uid.
+function _M.euid()
+  return tonumber(ffi.C.geteuid())
+end
+
+-- uid and gid of a user name (and group name; nginx's rule: without one,
+-- the group named like the user, else the user's primary group), or nil
+-- and an error.
+function _M.user_ids(user, group)
+  if type(user) ~= "string" or user == "" then
+    error("user_ids: user must be a non-empty string", 2)
+  end
+  local pw = ffi.C.getpwnam(user)
+  if pw == nil then return nil, nil, "no user '" .. user .. "'" end
+  local uid, gid = tonumber(pw.pw_uid), tonumber(pw.pw_gid)
+  local gr = ffi.C.getgrnam(group or user)
+  if gr ~= nil then
+    gid = tonumber(gr.gr_gid)
+  elseif group then
+    return nil, nil, "no group '" .. group .. "'"
+  end
+  return uid, gid
 end
 
 -- ---- segment --------------------------------------------------------

@@ -46,17 +46,50 @@ function CanaryRouter:configure(configs)
   runtime.configure(configs)
 end
 
--- First value of a header; Kong returns the first of repeated headers,
--- and a table only from stand-ins that pass arrays through.
-local function header(name)
+-- The request path reads and writes headers through the cheapest API that
+-- keeps the PDK's semantics (kong/tools/http.lua get_header, kong/pdk/
+-- service/request.lua set_header, kong/pdk/response.lua set_header):
+-- the nginx variable of a header (its name precomputed by runtime.compile)
+-- is what kong.request.get_header() reads, and its answer is used unless
+-- it holds ", " (repeated headers), where the PDK's own first-value rule
+-- is asked; ngx.req.set_header and ngx.header are what the PDK setters
+-- end in for any name but Host and :authority, which the compiled config
+-- routes through the PDK.  Without ngx (the unit specs' stub) the PDK is
+-- used throughout.
+local ngx_var = ngx and ngx.var
+local req_set_header = ngx and ngx.req and ngx.req.set_header
+local resp_header = ngx and ngx.header
+
+-- First value of a header (`var` is its nginx variable, "http_x_y").
+local function header(name, var)
+  if ngx_var then
+    local v = ngx_var[var]
+    if not v or not find(v, ", ", 1, true) then return v end
+  end
   local v = kong.request.get_header(name)
   if type(v) == "table" then v = v[1] end
   return v
 end
 
+local function set_upstream_header(name, value, raw)
+  if raw and req_set_header then
+    req_set_header(name, value)
+  else
+    kong.service.request.set_header(name, value)
+  end
+end
+
+local function set_response_header(name, value, raw)
+  if raw and resp_header then
+    resp_header[name] = value
+  else
+    kong.response.set_header(name, value)
+  end
+end
+
 local function cookie(pattern)
   if not pattern then return nil end
-  local jar = header("Cookie")
+  local jar = header("Cookie", "http_cookie")
   if not jar then return nil end
   local v = jar:match(pattern)
   if v == "" then return nil end
@@ -73,8 +106,8 @@ end
 -- An invalid traceparent is replaced (W3C: act as if it were absent).
 -- Generated traceparents carry the configured sampled flag.
 local function trace(c)
-  local tp_in = c.traceparent and header("traceparent") or nil
-  local id_in = header(c.trace_header)
+  local tp_in = c.traceparent and header("traceparent", "http_traceparent") or nil
+  local id_in = header(c.trace_header, c.trace_var)
   local rejected = false
 
   if tp_in then
@@ -103,7 +136,7 @@ local function sticky_key(c)
   for i = 1, #sources do
     local s, v = sources[i], nil
     if s == "header" then
-      v = header(c.sticky_header)
+      v = header(c.sticky_header, c.sticky_var)
     elseif s == "cookie" then
       v = cookie(c.sticky_cookie)
     elseif s == "consumer" then
@@ -119,7 +152,7 @@ end
 
 -- Upstream index forced by the tester override, or nil.
 local function override(c)
-  local v = c.override_header and header(c.override_header)
+  local v = c.override_header and header(c.override_header, c.override_var)
   if not v then v = cookie(c.override_cookie) end
   if not v then return nil end
   if c.allow_from and not cidr.match(c.allow_from,
@@ -184,12 +217,12 @@ function CanaryRouter:access(conf)
     if id then
       ctx.trace_id = id
       ctx.source = source
-      kong.service.request.set_header(c.trace_header, id)
+      set_upstream_header(c.trace_header, id, c.trace_raw)
       if tp then
         -- W3C: tracestate belongs to the traceparent it came with; ours
         -- is not the client's, so theirs goes.
-        kong.service.request.set_header("traceparent", tp)
-        if header("tracestate") then
+        set_upstream_header("traceparent", tp, true)
+        if header("tracestate", "http_tracestate") then
           kong.service.request.clear_header("tracestate")
         end
       end
@@ -244,10 +277,10 @@ function CanaryRouter:header_filter(conf)
   if not c then return end
   if ctx.t_sent then ctx.t_header = now_us() end
   if c.echo and ctx.trace_id then
-    kong.response.set_header(c.trace_header, ctx.trace_id)
+    set_response_header(c.trace_header, ctx.trace_id, c.trace_raw)
   end
   if c.response_header and ctx.name then
-    kong.response.set_header(c.response_header, ctx.name)
+    set_response_header(c.response_header, ctx.name, c.response_raw)
   end
 end
 

@@ -66,6 +66,43 @@ function _M.segment_path()
   return (prefix or ".") .. "/canary-router.seg"
 end
 
+-- Kong's master (the init phase, before any worker forks) runs as root
+-- when its workers run as nginx_user ("kong kong" by default), and the
+-- prefix is root's: no worker could create the segment there.  So the
+-- master creates (or checks) it and hands it to the workers' user, mode
+-- 0600.  Nothing to do for a master that is not root (nginx then keeps
+-- the workers as the same user) or outside the init phase.
+function _M.prepare_master()
+  if not (ngx and ngx.get_phase and ngx.get_phase() == "init") then return end
+  local conf = kong and kong.configuration
+  local user = conf and conf.nginx_user
+  if type(user) ~= "string" or user == "" then return end
+  local ok, err = engine.load()
+  if not ok then
+    ngx.log(ngx.ERR, "canary-router engine unavailable: ", err)
+    return
+  end
+  if engine.euid() ~= 0 then return end
+  local name, group = user:match("^%s*(%S+)%s*(%S*)")
+  local uid, gid, uerr = engine.user_ids(name, group ~= "" and group or nil)
+  if not uid then
+    ngx.log(ngx.ERR, "canary-router cannot prepare its segment for nginx_user '",
+            user, "': ", uerr)
+    return
+  end
+  if uid == 0 then return end
+  local path = _M.segment_path()
+  local opened, perr = engine.prepare(path, {
+    max_routes = env_number("CANARY_ROUTER_MAX_ROUTES", DEFAULT_MAX_ROUTES),
+    max_upstreams = engine.MAX_UPSTREAMS,
+    uid = uid, gid = gid,
+  })
+  if not opened then
+    ngx.log(ngx.ERR, "canary-router cannot prepare its segment ", path,
+            " for nginx_user '", user, "': ", perr)
+  end
+end
+
 -- While the engine is unavailable every request goes to its stable
 -- upstream, so the operator must hear of it for as long as it lasts, not
 -- once: an error line at most every DOWN_LOG_SECONDS, the reason in the
@@ -128,8 +165,10 @@ local function canonical(v, out)
   local t = type(v)
   if t == "table" then
     local keys = {}
-    for k in pairs(v) do
-      if type(k) ~= "string" or (k:sub(1, 2) ~= "__" and not INJECTED[k]) then
+    for k, x in pairs(v) do
+      -- ngx.null (a JSON or database null) is an unset field, like nil.
+      if x ~= ngx_null and
+         (type(k) ~= "string" or (k:sub(1, 2) ~= "__" and not INJECTED[k])) then
         keys[#keys + 1] = k
       end
     end
@@ -168,6 +207,18 @@ local function instance_key(conf)
   end
   if #key > 63 then key = "h-" .. hash(key) end
   return key
+end
+
+-- The nginx variable holding a request header: what Kong's get_header
+-- reads (kong/tools/http.lua: "http_" .. the name lowercased, dashes as
+-- underscores).
+local function header_var(name)
+  return "http_" .. name:lower():gsub("-", "_")
+end
+
+local function raw_header(name)
+  local l = name:lower()
+  return l ~= "host" and l ~= ":authority"
 end
 
 local function cookie_pattern(name)
@@ -225,6 +276,14 @@ local function compile(conf)
   c.sampled = tr.sampled ~= false
   c.echo = tr.echo_downstream ~= false
   c.response_header = opt(conf.response_header)
+  -- For the request path: nginx variables of the headers read, and
+  -- whether a header may be written without the PDK (runtime's names
+  -- only: Host and :authority have side effects there).
+  c.trace_var = header_var(c.trace_header)
+  c.sticky_var = c.sticky_header and header_var(c.sticky_header)
+  c.override_var = c.override_header and header_var(c.override_header)
+  c.trace_raw = raw_header(c.trace_header)
+  c.response_raw = c.response_header and raw_header(c.response_header)
 
   c.hash = hash(concat(canonical({ conf.upstreams, conf.progression }, {})))
   -- Everything the operator configured: equal configs compile alike.

@@ -665,7 +665,7 @@ describe("hostile input", function()
     assert.equal(0, #long % 2)
     -- every line is one sample: no label value broke out of its quotes
     for line in text:gmatch("[^\n]+") do
-      if line:sub(1, 1) ~= "#" then
+      if line:sub(1, 1) ~= "#" and line ~= "canary_engine_up 1" then
         assert.matches("^canary_[%w_]+{.*} %S+$", line)
       end
     end

@@ -11,7 +11,6 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PREFIX=${KONG_HOST_PREFIX:-$ROOT/servroot}
-PLUGIN_ID=6f1c2d3e-4b5a-4c69-8d7e-9f0a1b2c3d4e
 DEMO=$ROOT/kong/host/demo_upstream/ctl.sh
 
 if [ ! -e "$ROOT/build/lua/kong/plugins/canary-router/handler.lua" ]; then
@@ -58,10 +57,16 @@ bash "$DEMO" start --prefix "$PREFIX/demo_upstream"
 if [ "$USE_KONG" = 1 ]; then
   echo "real Kong found ($(command -v kong)): starting it with kong/kong.conf (DB-less)"
   KONG_PREFIX=$PREFIX/kong \
-  KONG_DECLARATIVE_CONFIG=$ROOT/kong/kong.yml \
   KONG_LUA_PACKAGE_PATH="$ROOT/build/lua/?.lua;$ROOT/build/lua/?/init.lua;;" \
   KONG_LUA_PACKAGE_CPATH="$ROOT/build/?.so;;" \
     kong start -c "$ROOT/kong/kong.conf"
+  # DB-less, the way an operator runs it: the configuration is posted, so
+  # `kong reload` keeps whatever was posted since (see kong/kong.conf).
+  for _ in $(seq 50); do
+    curl -fs -o /dev/null http://127.0.0.1:8001/status && break
+    sleep 0.2
+  done
+  curl -fsS -o /dev/null -X POST http://127.0.0.1:8001/config -F config=@"$ROOT/kong/kong.yml"
   LOGS=$PREFIX/kong/logs/error.log
 else
   bash "$ROOT/kong/host/ctl.sh" start --prefix "$PREFIX" --config "$ROOT/kong/kong.yml"
@@ -86,10 +91,12 @@ Try, in another terminal:
   # the plugin instance and its config
   curl -s http://127.0.0.1:8001/plugins
 
-  # move to 50/50, in every worker, without a reload
-  curl -s -X PATCH http://127.0.0.1:8001/plugins/$PLUGIN_ID \\
-    -H 'Content-Type: application/json' \\
-    -d '{"config":{"upstreams":[{"name":"automation-service","weight":50},{"name":"automation-service-canary","weight":50}]}}'
+  # move to 50/50, in every worker, without a reload (DB-less: post the
+  # edited declarative config)
+  sed -e '/name: automation-service\$/{n;s/weight: .*/weight: 50/}' \\
+      -e '/name: automation-service-canary\$/{n;s/weight: .*/weight: 50/}' \\
+      kong/kong.yml > /tmp/step.yml
+  curl -s -X POST http://127.0.0.1:8001/config -F config=@/tmp/step.yml
 
   # the split over 200 requests
   for i in \$(seq 200); do curl -s -o /dev/null -D - http://127.0.0.1:8000/ai/x | grep -i '^x-canary-upstream'; done | sort | uniq -c

@@ -275,9 +275,10 @@ function _M.check()
     local runtime_doc = assert(util.json_decode(json))
     local st = build(version, doc, runtime_doc, json)
     -- Like Kong's rebuild: plugins are configured with the new configs
-    -- before requests start using them.
-    call_configure(st)
+    -- before requests start using them (nothing yields in between), and
+    -- what configure() reads from kong.db is that same new document.
     current = st
+    call_configure(st)
   end)
   building = false
   if not ok then
