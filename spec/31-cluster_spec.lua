@@ -219,6 +219,9 @@ describe("cluster-scoped progression on three nodes", function()
     for i = 1, N do
       assert.matches("rolled back after 1 failed windows: error rate", st[i].reason, 1, true)
       assert.equal(0, instance(i).upstreams[2].effective_weight)
+      -- the sum: node 1 alone has about 50 % errors, the others none
+      assert.is_true(st[i].error_rate > 0.05 and st[i].error_rate < 0.35,
+                     "window error rate " .. st[i].error_rate)
     end
     -- nodes 2 and 3 never saw a canary error of their own
     for i = 2, N do
