@@ -5,6 +5,8 @@
 --   local srv = rs.start { port = 6391, password = "s3cret" }
 --   srv:cli("SET", "a", "1")       -- redis-cli's answer (trimmed)
 --   srv:stop()  srv:start()        -- same port, same options (a restart)
+--   rs.start { port = 6394, tls = true }   -- TLS only, self-signed cert for
+--                                          -- "redis.test" (srv.cert)
 --   rs.tcp                         -- luasocket stand-in for ngx.socket.tcp
 --
 -- Nothing is saved to disk (no RDB, no AOF): a restart starts empty, like
@@ -31,6 +33,9 @@ end
 
 function Server:cli(...)
   local args = { "redis-cli", "--no-auth-warning", "-h", "127.0.0.1", "-p", self.port }
+  if self.tls then
+    args[#args + 1] = "--tls --insecure --cacert " .. q(self.cert)
+  end
   if self.password then
     args[#args + 1] = "-a"
     args[#args + 1] = q(self.password)
@@ -42,7 +47,7 @@ end
 
 function Server:start()
   local args = {
-    "redis-server", "--bind", "127.0.0.1", "--port", self.port,
+    "redis-server", "--bind", "127.0.0.1", "--port", self.tls and "0" or self.port,
     "--dir", q(self.dir), "--save", "''", "--appendonly", "no",
     "--daemonize", "yes", "--pidfile", q(self.dir .. "/redis.pid"),
     "--logfile", q(self.dir .. "/redis.log"),
@@ -50,6 +55,11 @@ function Server:start()
   if self.password then
     args[#args + 1] = "--requirepass"
     args[#args + 1] = q(self.password)
+  end
+  if self.tls then
+    args[#args + 1] = table.concat({ "--tls-port", self.port, "--tls-cert-file", q(self.cert),
+                                     "--tls-key-file", q(self.key), "--tls-ca-cert-file",
+                                     q(self.cert), "--tls-auth-clients", "no" }, " ")
   end
   local ok, out = run(table.concat(args, " "))
   assert(ok, "redis-server failed to start: " .. out)
@@ -84,7 +94,15 @@ function _M.start(opts)
   local _, dir = run("mktemp -d /tmp/canary_redis.XXXXXX")
   local srv = setmetatable({
     port = opts.port, password = opts.password, dir = dir:gsub("%s+$", ""),
+    tls = opts.tls,
   }, Server)
+  if srv.tls then
+    srv.cert, srv.key = srv.dir .. "/redis.crt", srv.dir .. "/redis.key"
+    local ok, out = run("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=redis.test"
+                        .. " -addext subjectAltName=DNS:redis.test -keyout " .. q(srv.key)
+                        .. " -out " .. q(srv.cert))
+    assert(ok, "openssl: " .. out)
+  end
   return srv:start()
 end
 
