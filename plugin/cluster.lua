@@ -339,10 +339,12 @@ local function sync(inst, c, seg)
   cmds[#cmds + 1] = { "HGETALL", inst.ns .. ":state" }
   local replies, perr = r:pipeline(cmds)
   if not replies then return degraded(inst, c, perr) end
-  for i = 2, #replies - 1 do
+  -- An error reply (NOAUTH without a password, a full Redis, ...): what
+  -- was written may be partial, which totals rewritten next tick repair.
+  for i = 1, #replies do
     if type(replies[i]) == "table" and replies[i].err then
       r:keepalive()
-      return degraded(inst, c, "redis: " .. replies[i].err)
+      return degraded(inst, c, "redis " .. r.where .. ": " .. replies[i].err)
     end
   end
   inst.pushed = inst.pushed_next or inst.pushed

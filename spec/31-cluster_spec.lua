@@ -278,6 +278,16 @@ describe("cluster-scoped progression on three nodes", function()
       local _, m = nodes[i].status_request("GET", "/canary-router/metrics")
       assert.matches('canary_progression_state{route="automation-service",state="degraded"} 1',
                      m, 1, true)
+      -- in the family's block, after the route's other states
+      local series = 'canary_progression_state{route="automation-service",state='
+      assert.matches(series .. '"rolled_back"} 0\n' .. series .. '"degraded"} 1\n', m, 1, true)
+      -- valid exposition format
+      local f = assert(io.open(nodes[i].prefix() .. "/metrics.txt", "w"))
+      f:write(m)
+      f:close()
+      local valid, out = nodes[i].run("promtool check metrics < " .. nodes[i].prefix() ..
+                                      "/metrics.txt")
+      assert.is_true(valid, out)
       assert.equal(1, #nodes[i].log_lines("cluster progression degraded", marks[i]))
     end
     redis_srv:start()
