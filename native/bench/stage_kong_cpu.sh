@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# stage_kong_cpu.sh - CPU per request on real Kong, canary-router against
+# what a Kong user assembles without it.  Runs only when KONG_ENV names an
+# installed Kong (a file to source that puts `kong` on PATH); prints
+# nothing otherwise.
+#
+# Seven Kong nodes run side by side, DB-less, one worker each, all
+# proxying to the same benchmark upstream (one nginx worker answering a
+# small 200 on 127.0.0.1:29001 and :29002, keep-alive):
+#
+#   bare          a service on 127.0.0.1:29001, no plugin          :28200
+#   weighted      the service on an Upstream with targets 90/10    :28210
+#   correlation   bare + correlation-id (uuid, echoed)             :28220
+#   prometheus    bare + prometheus, every metric switched on      :28230
+#   assembled     weighted + prometheus (all) + correlation-id:    :28240
+#                 what a user assembles today for a canary
+#   canary        canary-router defaults: upstreams 90/10, trace   :28250
+#                 IDs (X-Trace-Id + traceparent, echoed),
+#                 histograms
+#   canary_full   canary-router sticky by header with an ip        :28260
+#                 fallback, override allowed from 127.0.0.1,
+#                 response header, a progression (1 h steps)
+#
+# The Kong workers are pinned to CPU 1, wrk and the upstream to CPU 0.
+# Each run reads utime+stime of the node's worker (/proc/<pid>/stat)
+# around `wrk -t1 -c16 -d${KONG_CPU_SECONDS}s` (default 3) and divides by
+# the requests wrk completed.  After a warm-up of each node, the variants
+# alternate in rounds (KONG_CPU_ROUNDS, default 7); figures are medians,
+# with min and max on stderr.  What carries over to other machines is the
+# ratios: each variant's CPU added over bare, and
+#
+#   kong_canary_added_vs_correlation   canary added / correlation added
+#                                      (target <= 0.8)
+#   kong_canary_full_added_vs_assembled canary_full added / assembled added
+#                                      (target <= 0.5)
+source "$(dirname "$0")/lib.sh"
+
+[ -n "${KONG_ENV:-}" ] || exit 0
+[ -r "$KONG_ENV" ] || die "KONG_ENV=$KONG_ENV is not a readable file"
+# shellcheck disable=SC1090
+. "$KONG_ENV"
+command -v kong >/dev/null || die "KONG_ENV=$KONG_ENV puts no kong on PATH"
+command -v wrk >/dev/null || die "wrk not found (apt-get install wrk)"
+
+ROUNDS=${KONG_CPU_ROUNDS:-7}
+SECS=${KONG_CPU_SECONDS:-3}
+UP1=29001
+UP2=29002
+VARIANTS=(bare weighted correlation prometheus assembled canary canary_full)
+declare -A PORT=([bare]=28200 [weighted]=28210 [correlation]=28220 [prometheus]=28230
+                 [assembled]=28240 [canary]=28250 [canary_full]=28260)
+declare -A PREFIX WRK_ARGS WORKER
+
+need_free_ports "${PORT[@]}"
+ROOT_OUT=$BENCH_OUT/stage_kong_cpu
+rm -rf "$ROOT_OUT"
+mkdir -p "$ROOT_OUT"
+
+start_upstreams "$ROOT_OUT/upstream" $UP1 $UP2
+for pid in $(nginx_worker_pids "$ROOT_OUT/upstream"); do taskset -pc 0 "$pid" >/dev/null; done
+
+KONG_VERSION=$(kong version 2>/dev/null | awk '{ print $NF }')
+
+# The declarative config of one variant: services, upstreams, plugins.
+kong_yml() { # variant
+  local svc_url="http://127.0.0.1:$UP1" plugins="" upstreams=""
+  local weighted="  - name: weighted
+    targets:
+      - { target: 127.0.0.1:$UP1, weight: 90 }
+      - { target: 127.0.0.1:$UP2, weight: 10 }"
+  local two="  - name: stable
+    targets: [{ target: 127.0.0.1:$UP1 }]
+  - name: canary
+    targets: [{ target: 127.0.0.1:$UP2 }]"
+  local corr="      - name: correlation-id
+        config: { header_name: X-Trace-Id, generator: uuid, echo_downstream: true }"
+  local prom="      - name: prometheus
+        config: { status_code_metrics: true, latency_metrics: true,
+                  bandwidth_metrics: true, upstream_health_metrics: true }"
+  local canary="      - name: canary-router
+        config:
+          upstreams:
+            - { name: stable, weight: 90 }
+            - { name: canary, weight: 10 }"
+  case $1 in
+    bare) ;;
+    weighted) svc_url=http://weighted; upstreams=$weighted ;;
+    correlation) plugins=$corr ;;
+    prometheus) plugins=$prom ;;
+    assembled) svc_url=http://weighted; upstreams=$weighted; plugins="$corr
+$prom" ;;
+    canary) svc_url=http://stable; upstreams=$two; plugins=$canary ;;
+    canary_full) svc_url=http://stable; upstreams=$two; plugins="$canary
+          sticky: { by: header, header: X-User, fallback: [ip] }
+          override: { header: X-Canary, allow_from: [127.0.0.1] }
+          response_header: X-Canary-Upstream
+          progression:
+            canary: canary
+            steps: [10, 50, 100]
+            interval: 3600
+            max_error_rate: 1
+            max_p99_ms: 2000" ;;
+  esac
+  cat <<EOF
+_format_version: "3.0"
+services:
+  - name: bench
+    url: $svc_url
+    routes: [{ name: bench, paths: [/] }]
+$( [ -n "$plugins" ] && printf '    plugins:\n%s\n' "$plugins" )
+$( [ -n "$upstreams" ] && printf 'upstreams:\n%s\n' "$upstreams" )
+EOF
+}
+
+kong_node() { # variant
+  local v=$1 prefix=$ROOT_OUT/$1 port=${PORT[$1]}
+  mkdir -p "$prefix"
+  kong_yml "$v" >"$prefix/kong.yml"
+  KONG_PREFIX=$prefix \
+  KONG_DATABASE=off \
+  KONG_DECLARATIVE_CONFIG=$prefix/kong.yml \
+  KONG_ROUTER_FLAVOR=traditional \
+  KONG_NGINX_WORKER_PROCESSES=1 \
+  KONG_PROXY_LISTEN="127.0.0.1:$port reuseport backlog=4096" \
+  KONG_ADMIN_LISTEN=off \
+  KONG_STATUS_LISTEN=off \
+  KONG_PROXY_ACCESS_LOG=/dev/null \
+  KONG_ANONYMOUS_REPORTS=off \
+  KONG_PLUGINS=bundled,canary-router \
+  CANARY_ROUTER_SEGMENT=$prefix/canary-router.seg \
+  KONG_NGINX_MAIN_ENV=CANARY_ROUTER_SEGMENT \
+  KONG_LUA_PACKAGE_PATH="$BENCH_ROOT/build/lua/?.lua;$BENCH_ROOT/build/lua/?/init.lua;;" \
+  KONG_LUA_PACKAGE_CPATH="$BENCH_ROOT/build/?.so;;" \
+    kong start >"$prefix/start.log" 2>&1 || die "$v: kong start failed: $(tail -n 5 "$prefix/start.log")"
+  on_exit "kong stop -p '$prefix'"
+  PREFIX[$v]=$prefix
+  local master workers
+  master=$(cat "$prefix/pids/nginx.pid")
+  workers=$(pgrep -P "$master" | tr '\n' ' ')
+  # One worker, plus Kong's privileged agent when configured: the worker
+  # is the process serving the proxy listener.
+  for w in $workers; do
+    if [ -n "$(ss -Hltnp "sport = :$port" 2>/dev/null | grep "pid=$w,")" ]; then WORKER[$v]=$w; fi
+  done
+  [ -n "${WORKER[$v]:-}" ] || WORKER[$v]=$(echo "$workers" | awk '{ print $1 }')
+  taskset -pc 1 "${WORKER[$v]}" >/dev/null
+}
+
+for v in "${VARIANTS[@]}"; do kong_node "$v"; done
+for v in "${VARIANTS[@]}"; do WRK_ARGS[$v]=""; done
+WRK_ARGS[canary_full]="-H X-User:user-4711"
+
+for v in "${VARIANTS[@]}"; do wait_http "http://127.0.0.1:${PORT[$v]}/x"; done
+curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[canary]}/x" | grep -qi '^X-Trace-Id:' ||
+  die "canary: no X-Trace-Id header (is the plugin running?)"
+curl -s -D - -o /dev/null -H 'X-User: u' "http://127.0.0.1:${PORT[canary_full]}/x" |
+  grep -qi '^X-Canary-Upstream:' || die "canary_full: no X-Canary-Upstream header"
+curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[correlation]}/x" | grep -qi '^X-Trace-Id:' ||
+  die "correlation: no X-Trace-Id header"
+
+run_one() { # variant seconds -> "us_per_req rps"
+  local v=$1 secs=$2 t0 t1 out reqs
+  t0=$(cpu_ticks "${WORKER[$v]}")
+  # shellcheck disable=SC2086
+  out=$(taskset -c 0 wrk -t1 -c16 -d"${secs}s" ${WRK_ARGS[$v]} "http://127.0.0.1:${PORT[$v]}/x") ||
+    die "$v: wrk failed"
+  t1=$(cpu_ticks "${WORKER[$v]}")
+  reqs=$(echo "$out" | wrk_requests) || die "$v: wrk reported errors: $out"
+  [ "$reqs" -gt 0 ] || die "$v: no requests completed"
+  awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" -v s="$secs" \
+    'BEGIN { printf "%.3f %.0f\n", d / hz * 1e6 / n, n / s }'
+}
+
+say "# Kong $KONG_VERSION CPU per request: 1 worker each on CPU 1, wrk -t1 -c16 -d${SECS}s on CPU 0, $ROUNDS rounds (load $(machine_load))"
+for v in "${VARIANTS[@]}"; do run_one "$v" 2 >/dev/null; done # warm-up (JIT, caches)
+
+declare -A RES MED
+for r in $(seq "$ROUNDS"); do
+  line="#   round $r:"
+  for v in "${VARIANTS[@]}"; do
+    res=$(run_one "$v" "$SECS")
+    RES[$v]+="$res"$'\n'
+    line+=" $v=${res%% *}us"
+  done
+  say "$line"
+done
+
+for v in "${VARIANTS[@]}"; do
+  vals=$(printf '%s' "${RES[$v]}" | awk 'NF { print $1 }')
+  MED[$v]=$(echo "$vals" | median)
+  figure "kong_cpu_${v}_us_per_req" "$(printf '%.2f' "${MED[$v]}")" us
+  say "#   $v: median $(printf '%.1f' "${MED[$v]}") min $(echo "$vals" | sort -g | head -n1) max $(echo "$vals" | sort -g | tail -n1) us/req"
+done
+added() { awk -v a="${MED[$1]}" -v b="${MED[bare]}" 'BEGIN { printf "%.2f", a - b }'; }
+for v in "${VARIANTS[@]}"; do
+  [ "$v" = bare ] && continue
+  figure "kong_cpu_${v}_added_us_per_req" "$(added "$v")" us
+done
+ratio() { awk -v a="$(added "$1")" -v b="$(added "$2")" 'BEGIN { if (b <= 0) print "nan"; else printf "%.2f", a / b }'; }
+figure kong_canary_added_vs_correlation "$(ratio canary correlation)" x
+figure kong_canary_full_added_vs_assembled "$(ratio canary_full assembled)" x
