@@ -314,12 +314,59 @@ static void test_apply_restarts_the_local_window(void **state) {
   assert_int_equal(st.state, CANARY_PROG_RUNNING);
 }
 
+/* Differential: the same windows judged by a node's own tick and by
+ * canary_prog_judge() (given the snapshot difference) end in the same
+ * step, state, failures and verdict, window after window. */
+static void test_judge_agrees_with_a_node_tick(void **state) {
+  struct test_fx *fx = *state;
+  struct canary_prog_params p;
+  struct canary_prog_status tick, cur, next;
+  struct canary_hist_snapshot before, after, win;
+  const int errors[5] = {0, 3, 0, 2, 2}; /* per 100: pass, fail, pass, ... */
+  double now = canary_clock_us();
+  int route;
+
+  runbook(&p);
+  p.nsteps = 3;
+  p.failure_limit = 2;
+  route = route_with(fx, &p);
+  running_at(&cur, 0);
+  for (int w = 0; w < 5; w++) {
+    assert_int_equal(canary_hist_snapshot(fx->seg, route, 1, &before), 0);
+    for (int i = 0; i < 100; i++)
+      assert_int_equal(canary_route_record(fx->seg, route, 1, 2000,
+                                           i < errors[w] ? 503 : 200, -1),
+                       0);
+    assert_int_equal(canary_hist_snapshot(fx->seg, route, 1, &after), 0);
+    memset(&win, 0, sizeof win);
+    win.sum_us = after.sum_us - before.sum_us;
+    for (int i = 0; i < 6; i++)
+      win.status[i] = after.status[i] - before.status[i];
+    for (int b = 0; b < CANARY_HIST_BUCKETS; b++)
+      win.buckets[b] = after.buckets[b] - before.buckets[b];
+    now += 1.1 * SEC;
+    assert_true(canary_prog_tick(fx->seg, route, now, &tick) >= 1);
+    assert_true(canary_prog_judge(&p, &win, &cur, &next) >= 0);
+    assert_int_equal(next.state, tick.state);
+    assert_int_equal(next.step, tick.step);
+    assert_int_equal(next.failures, tick.failures);
+    assert_int_equal(next.last_result, tick.last_result);
+    assert_int_equal(next.window_requests, tick.window_requests);
+    if (next.state != CANARY_PROG_RUNNING)
+      break;
+    cur = next;
+  }
+  assert_int_equal(next.state, CANARY_PROG_ROLLED_BACK);
+}
+
 static int setup(void **state) { return test_fx_setup(state, 8, 2); }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_judge_rejects_what_it_cannot_judge),
       cmocka_unit_test(test_judge_steps_fails_and_promotes_like_a_node),
+      cmocka_unit_test_setup_teardown(test_judge_agrees_with_a_node_tick,
+                                      setup, test_fx_teardown),
       cmocka_unit_test_setup_teardown(test_apply_rejects_bad_states, setup,
                                       test_fx_teardown),
       cmocka_unit_test_setup_teardown(test_apply_sets_weights_without_judging,
