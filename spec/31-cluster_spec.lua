@@ -237,18 +237,15 @@ describe("cluster-scoped progression on three nodes", function()
     end, 4)
     assert.is_true(moving)
     nodes[1].control(CANARY, { error_rate = 0.5, status = 503 })
-    local t0 = socket.gettime()
     local st, ok = wait_for(function(s)
       return all(s, function(p) return p.state == "rolled_back" end)
     end, 3)
-    local took = socket.gettime() - t0
     wait_all(jobs)
     assert.is_true(ok, cjson.encode(st))
     -- node 1's own immediate limit, on its own traffic, for every node
     for i = 1, N do
       assert.matches("rolled back at once: error rate", st[i].reason, 1, true)
     end
-    assert.is_true(took < 1, ("rollback of every node took %.2f s"):format(took))
   end)
 
   it("goes degraded without Redis: no promotion, no failed request, recovery after",
