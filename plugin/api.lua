@@ -6,6 +6,7 @@
 local status = require "kong.plugins.canary-router.status"
 local runtime = require "kong.plugins.canary-router.runtime"
 local cluster = require "kong.plugins.canary-router.cluster"
+local decisions = require "kong.plugins.canary-router.decisions"
 
 local ACTIONS = { promote = true, pause = true, resume = true, abort = true }
 
@@ -49,17 +50,21 @@ return {
       end
       if c.cluster then
         -- Cluster scope: for every node, through Redis.
-        local ok, err, code = cluster.action(c, seg, action)
+        local ok, seq_or_err, code = cluster.action(c, seg, action)
         if not ok then
-          return kong.response.exit(code, { message = err })
+          return kong.response.exit(code, { message = seq_or_err })
         end
+        decisions.report(c, seg, seq_or_err)
         return kong.response.exit(200, status.instance(c))
       end
-      local ok, err, kind = seg:prog_action(c.route, action)
+      local ok, seq_or_err, kind = seg:prog_action(c.route, action)
       if not ok then
         return kong.response.exit(kind == "state" and 409 or 500,
-                                  { message = err })
+                                  { message = seq_or_err })
       end
+      -- The decision this action recorded: logged and notified by this
+      -- worker, the one that made it.
+      decisions.report(c, seg, seq_or_err)
       return kong.response.exit(200, status.instance(c))
     end,
   },

@@ -50,6 +50,7 @@
 
 local redis = require "kong.plugins.canary-router.redis"
 local engine = require "kong.plugins.canary-router.engine"
+local decisions = require "kong.plugins.canary-router.decisions"
 local cjson = require "cjson.safe"
 
 local floor = math.floor
@@ -275,13 +276,17 @@ local function judge(r, inst, c, seg, state, w, interval)
   local nodes
   nodes, err = r:command("SMEMBERS", ns .. ":w:" .. w .. ":nodes")
   if not nodes then return nil, err end
-  local win = engine.new_snapshot()
+  local win_c, win_s = engine.new_snapshot(), engine.new_snapshot()
   if #nodes > 0 then
     local cmds = {}
-    for i, n in ipairs(nodes) do cmds[i] = { "HGETALL", ns .. ":w:" .. w .. ":" .. n .. ":c" } end
+    for _, n in ipairs(nodes) do
+      cmds[#cmds + 1] = { "HGETALL", ns .. ":w:" .. w .. ":" .. n .. ":c" }
+      cmds[#cmds + 1] = { "HGETALL", ns .. ":w:" .. w .. ":" .. n .. ":s" }
+    end
     local replies, perr = r:pipeline(cmds)
     if not replies then return nil, perr end
-    for _, rep in ipairs(replies) do
+    for k, rep in ipairs(replies) do
+      local win = k % 2 == 1 and win_c or win_s
       local m = to_map(rep)
       for f, v in pairs(m) do
         local n = tonumber(v) or 0
@@ -297,7 +302,7 @@ local function judge(r, inst, c, seg, state, w, interval)
       end
     end
   end
-  local verdict, nxt = engine.prog_judge(c.prog, win, state)
+  local verdict, nxt = engine.prog_judge(c.prog, win_c, win_s, state)
   if not verdict then return nil, "cannot judge window " .. w .. ": " .. tostring(nxt) end
   nxt.window = w
   nxt.kind = "judge"
@@ -407,11 +412,10 @@ end
 -- worker 0 also talks to Redis.  Never raises.
 function _M.tick(c, seg)
   local rc, st = seg:prog_breach(c.route)
-  if rc == 2 then
-    kong.log.warn("canary-router ", c.key, ": ", st.state, " at step ", st.step,
-                  "/", st.steps, ": ", st.reason)
-  elseif not rc then
-    return nil, st
+  if not rc then return nil, st end
+  if st.decided and st.decided > 0 then
+    -- This worker recorded the breach: it logs (and notifies) it.
+    decisions.report(c, seg, st.decided)
   end
   if ngx.worker.id() ~= 0 then return true end
   -- This worker may still hold the configuration another worker has just
@@ -437,9 +441,9 @@ function _M.action(c, seg, action)
     if action == "abort" then
       -- Rolling back never waits for Redis; the rollback is written for
       -- every node when Redis is back.
-      local ok, aerr = seg:prog_action(c.route, action)
-      if not ok then return nil, aerr, 409 end
-      return true
+      local ok, seq_or_err = seg:prog_action(c.route, action)
+      if not ok then return nil, seq_or_err, 409 end
+      return true, seq_or_err
     end
     return nil, "cluster progression degraded (" .. err .. "): " .. action ..
                 " needs Redis; nothing changed", 503
@@ -450,10 +454,10 @@ function _M.action(c, seg, action)
   if state.version then
     apply(inst, c, seg, state)
   end
-  local ok, aerr, kind = seg:prog_action(c.route, action)
+  local ok, seq_or_err, kind = seg:prog_action(c.route, action)
   if not ok then
     r:keepalive()
-    return nil, aerr, kind == "state" and 409 or 500
+    return nil, seq_or_err, kind == "state" and 409 or 500
   end
   local mine = seg:prog_status(c.route)
   mine.window = state.window
@@ -467,7 +471,7 @@ function _M.action(c, seg, action)
   r:keepalive()
   kong.log.notice("canary-router ", c.key, ": ", action, " for every node: ",
                   mine.reason)
-  return true
+  return true, seq_or_err
 end
 
 -- canary_progression_state{state="degraded"} of every cluster-scoped

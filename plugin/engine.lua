@@ -17,6 +17,9 @@ local tonumber = tonumber
 local error = error
 local concat = table.concat
 local os_getenv = os.getenv
+local os_date = os.date
+local floor = math.floor
+local fmt = string.format
 
 ffi.cdef[[
 enum canary_errno {
@@ -47,7 +50,8 @@ enum canary_limits {
   CANARY_TRACEPARENT_LEN = 55,
   CANARY_TRACE_HEADER_MAX = 128,
   CANARY_MAX_STEPS = 20,
-  CANARY_REASON_MAX = 192
+  CANARY_REASON_MAX = 192,
+  CANARY_DECISIONS = 50
 };
 enum canary_trace_source {
   CANARY_TRACE_CLIENT = 0,
@@ -95,18 +99,112 @@ enum canary_gate_result {
   CANARY_GATE_INCONCLUSIVE = 2,
   CANARY_GATE_RESULTS = 3
 };
+enum canary_analysis {
+  CANARY_ANALYSIS_THRESHOLD = 0,
+  CANARY_ANALYSIS_STATISTICAL = 1
+};
+enum canary_gate {
+  CANARY_GATE_ERROR_RATE = 0,
+  CANARY_GATE_P95 = 1,
+  CANARY_GATE_P99 = 2,
+  CANARY_GATE_P95_RATIO = 3,
+  CANARY_GATE_P99_RATIO = 4,
+  CANARY_GATE_ERROR_RATE_DELTA = 5,
+  CANARY_GATE_LATENCY_INCREASE = 6,
+  CANARY_GATE_ROLLBACK_ERROR_RATE = 7,
+  CANARY_GATE_ROLLBACK_P99_RATIO = 8,
+  CANARY_GATES = 9
+};
+enum canary_check {
+  CANARY_CHECK_OFF = 0,
+  CANARY_CHECK_PASS = 1,
+  CANARY_CHECK_FAIL = 2,
+  CANARY_CHECK_SKIPPED = 3
+};
+enum canary_judge_flags {
+  CANARY_JUDGE_NO_BASELINE = 1,
+  CANARY_JUDGE_IMMEDIATE = 2
+};
+struct canary_judge_params {
+  uint32_t analysis;
+  uint32_t min_requests;
+  double max_error_rate;
+  double max_p95_us;
+  double max_p99_us;
+  double max_p95_ratio;
+  double max_p99_ratio;
+  double max_error_rate_delta;
+  double rollback_error_rate;
+  double rollback_p99_ratio;
+  double confidence;
+  double allowed_increase;
+};
+struct canary_gate_check {
+  double value;
+  double limit;
+  double statistic;
+  double p_value;
+  uint32_t check;
+  uint32_t pad;
+};
+struct canary_judge_result {
+  uint32_t verdict;
+  uint32_t rollback;
+  uint32_t analysis;
+  uint32_t failed_gate;
+  uint64_t canary_requests;
+  uint64_t canary_errors;
+  uint64_t stable_requests;
+  uint64_t stable_errors;
+  double canary_error_rate;
+  double stable_error_rate;
+  double canary_p50_us;
+  double canary_p95_us;
+  double canary_p99_us;
+  double stable_p50_us;
+  double stable_p95_us;
+  double stable_p99_us;
+  struct canary_gate_check gates[CANARY_GATES];
+  char reason[CANARY_REASON_MAX];
+};
 struct canary_prog_params {
   uint32_t canary;
   uint32_t nsteps;
   uint32_t steps[CANARY_MAX_STEPS];
   uint32_t interval_ms;
-  uint32_t min_requests;
   uint32_t failure_limit;
   uint32_t on_success;
-  double max_error_rate;
-  double max_p95_us;
-  double max_p99_us;
-  double rollback_error_rate;
+  uint32_t dry_run;
+  struct canary_judge_params judge;
+};
+enum canary_decision_origin {
+  CANARY_ORIGIN_WINDOW = 0,
+  CANARY_ORIGIN_IMMEDIATE = 1,
+  CANARY_ORIGIN_OPERATOR = 2
+};
+enum canary_decision_action {
+  CANARY_DO_NOTHING = 0,
+  CANARY_DO_STEP_UP = 1,
+  CANARY_DO_PROMOTE = 2,
+  CANARY_DO_PAUSE = 3,
+  CANARY_DO_ROLLBACK = 4,
+  CANARY_DO_ABORT = 5,
+  CANARY_DO_RESUME = 6,
+  CANARY_DO_ACTIONS = 7
+};
+struct canary_decision {
+  uint64_t seq;
+  uint64_t unix_ms;
+  double window_ms;
+  uint32_t origin;
+  uint32_t action;
+  uint32_t dry_run;
+  uint32_t step;
+  uint32_t step_weight;
+  uint32_t weight;
+  uint32_t state;
+  uint32_t failures;
+  struct canary_judge_result judge;
 };
 struct canary_prog_status {
   uint32_t state;
@@ -117,8 +215,13 @@ struct canary_prog_status {
   uint32_t failures;
   uint32_t last_result;
   uint32_t interval_ms;
+  uint32_t dry_run;
+  uint32_t analysis;
   uint64_t evaluations[CANARY_GATE_RESULTS];
+  uint64_t dry_evaluations[CANARY_GATE_RESULTS];
   uint64_t window_requests;
+  uint64_t decisions;
+  uint64_t decided;
   double window_age_ms;
   double error_rate;
   double p95_us;
@@ -195,14 +298,21 @@ struct canary_hist_summary {
  int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
                                 struct canary_prog_status *out);
  int canary_prog_action(canary_seg_t *seg, int route, int action,
-                                  double now_us, char *err, size_t err_len);
+                                  double now_us,
+                                  struct canary_prog_status *out, char *err,
+                                  size_t err_len);
+ int canary_prog_decisions(const canary_seg_t *seg, int route,
+                                     uint64_t from_seq,
+                                     struct canary_decision *out,
+                                     uint32_t max);
  int canary_prog_status(const canary_seg_t *seg, int route,
                                   double now_us,
                                   struct canary_prog_status *out);
  int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
                                   struct canary_prog_status *out);
  int canary_prog_judge(const struct canary_prog_params *p,
-                                 const struct canary_hist_snapshot *window,
+                                 const struct canary_hist_snapshot *canary,
+                                 const struct canary_hist_snapshot *stable,
                                  const struct canary_prog_status *cur,
                                  struct canary_prog_status *next);
  int canary_prog_apply(canary_seg_t *seg, int route,
@@ -223,6 +333,17 @@ struct canary_hist_summary {
                                  const char *key, size_t key_len,
                                  uint32_t *gen_out);
  uint32_t canary_sticky_bucket(const char *key, size_t key_len);
+ int canary_judge_check(const struct canary_judge_params *p,
+                                  char *err, size_t err_len);
+ int canary_judge(const struct canary_judge_params *p,
+                            uint32_t flags,
+                            const struct canary_hist_snapshot *canary_now,
+                            const struct canary_hist_snapshot *canary_before,
+                            const struct canary_hist_snapshot *stable_now,
+                            const struct canary_hist_snapshot *stable_before,
+                            struct canary_judge_result *out);
+ const char *canary_gate_name(int gate);
+ const char *canary_action_name(int action);
  int canary_route_record(canary_seg_t *seg, int route,
                                    int upstream, uint64_t latency_us,
                                    int status, int trace_source);
@@ -283,6 +404,7 @@ local view_buf = ffi_new("struct canary_route_view")
 local snap_now = ffi_new("struct canary_hist_snapshot")
 local prog_buf = ffi_new("struct canary_prog_params")
 local prog_status_buf = ffi_new("struct canary_prog_status")
+local decisions_buf = ffi_new("struct canary_decision[50]")
 local summary_buf = ffi_new("struct canary_hist_summary")
 local render_cap = 256 * 1024
 local render_buf = ffi_new("char[?]", render_cap)
@@ -299,6 +421,12 @@ _M.EVENT = { OVERRIDE = 0, OVERRIDE_DENIED = 1, FALLBACK = 2,
 _M.PROG_STATE = { [0] = "none", [1] = "running", [2] = "paused",
                   [3] = "promoted", [4] = "rolled_back" }
 _M.GATE = { [0] = "pass", [1] = "fail", [2] = "inconclusive" }
+_M.ANALYSIS = { threshold = 0, statistical = 1 }
+local ANALYSIS_NAME = { [0] = "threshold", [1] = "statistical" }
+local ORIGIN = { [0] = "window", [1] = "immediate", [2] = "operator" }
+local CHECK = { [1] = "pass", [2] = "fail", [3] = "skipped" }
+local GATES = 9 -- CANARY_GATES
+_M.DECISIONS = 50 -- CANARY_DECISIONS
 _M.ACTION = { promote = 0, pause = 1, resume = 2, abort = 3,
               promote_full = 4 }
 _M.MAX_UPSTREAMS = 16
@@ -485,22 +613,38 @@ end
 
 -- Progression parameters in engine units: canary (1-based upstream),
 -- steps (0..10000 weights), interval_ms, min_requests, failure_limit,
--- on_success ("promote"/"hold"), and optional limits max_error_rate and
--- rollback_error_rate (fractions), max_p95_us, max_p99_us.
+-- on_success ("promote"/"hold"), dry_run, analysis ("threshold" /
+-- "statistical"), confidence and allowed_increase (fractions), and
+-- optional limits: max_error_rate, max_error_rate_delta and
+-- rollback_error_rate (fractions), max_p95_us, max_p99_us, and the
+-- ratios max_p95_ratio, max_p99_ratio, rollback_p99_ratio.
 local function fill_prog(p)
   ffi_fill(prog_buf, ffi.sizeof(prog_buf))
   if #p.steps > 20 then return nil, "more than 20 steps" end
+  local analysis = _M.ANALYSIS[p.analysis or "threshold"]
+  if not analysis then
+    return nil, "unknown analysis '" .. tostring(p.analysis) .. "'"
+  end
   prog_buf.canary = p.canary - 1
   prog_buf.nsteps = #p.steps
   for i, w in ipairs(p.steps) do prog_buf.steps[i - 1] = w end
   prog_buf.interval_ms = p.interval_ms
-  prog_buf.min_requests = p.min_requests or 0
   prog_buf.failure_limit = p.failure_limit or 1
   prog_buf.on_success = p.on_success == "hold" and 1 or 0
-  prog_buf.max_error_rate = p.max_error_rate or -1
-  prog_buf.max_p95_us = p.max_p95_us or -1
-  prog_buf.max_p99_us = p.max_p99_us or -1
-  prog_buf.rollback_error_rate = p.rollback_error_rate or -1
+  prog_buf.dry_run = p.dry_run and 1 or 0
+  local j = prog_buf.judge
+  j.analysis = analysis
+  j.min_requests = p.min_requests or 0
+  j.max_error_rate = p.max_error_rate or -1
+  j.max_p95_us = p.max_p95_us or -1
+  j.max_p99_us = p.max_p99_us or -1
+  j.max_p95_ratio = p.max_p95_ratio or -1
+  j.max_p99_ratio = p.max_p99_ratio or -1
+  j.max_error_rate_delta = p.max_error_rate_delta or -1
+  j.rollback_error_rate = p.rollback_error_rate or -1
+  j.rollback_p99_ratio = p.rollback_p99_ratio or -1
+  j.confidence = p.confidence or 0.98
+  j.allowed_increase = p.allowed_increase or 0.25
   return prog_buf
 end
 
@@ -531,11 +675,20 @@ local function prog_status_table(s)
     failures = s.failures,
     last_result = _M.GATE[s.last_result],
     interval_ms = s.interval_ms,
+    dry_run = s.dry_run ~= 0,
+    analysis = ANALYSIS_NAME[s.analysis] or "unknown",
     evaluations = {
       pass = tonumber(s.evaluations[0]), fail = tonumber(s.evaluations[1]),
       inconclusive = tonumber(s.evaluations[2]),
     },
+    dry_evaluations = {
+      pass = tonumber(s.dry_evaluations[0]),
+      fail = tonumber(s.dry_evaluations[1]),
+      inconclusive = tonumber(s.dry_evaluations[2]),
+    },
     window_requests = tonumber(s.window_requests),
+    decisions = tonumber(s.decisions),
+    decided = tonumber(s.decided),
     window_age_ms = s.window_age_ms,
     error_rate = s.error_rate, p95_us = s.p95_us, p99_us = s.p99_us,
     reason = ffi_string(s.reason),
@@ -544,7 +697,8 @@ end
 
 -- Drives the route's progression (call a few times a second).  Returns
 -- 0 (nothing judged), 1 (judged), 2 (weights or state changed) and the
--- status table, or nil and an error.
+-- status table (its `decided` names the decision this call recorded, 0
+-- for none), or nil and an error.
 function Seg:prog_tick(route)
   local rc = C.canary_prog_tick(self.h, route, C.canary_clock_us(),
                                 prog_status_buf)
@@ -560,17 +714,151 @@ function Seg:prog_status(route)
 end
 
 -- Operator action by name (promote, pause, resume, abort, promote_full).
--- Returns true, or nil, the reason and the error code name ("state" when
--- the action does not fit the current state).
+-- Returns true and the sequence number of the decision it recorded, or
+-- nil, the reason and the error code name ("state" when the action does
+-- not fit the current state).
 function Seg:prog_action(route, action)
   local a = _M.ACTION[action]
   if not a then error("prog_action: unknown action " .. tostring(action), 2) end
   local rc = C.canary_prog_action(self.h, route, a, C.canary_clock_us(),
-                                  msg_buf, 512)
+                                  prog_status_buf, msg_buf, 512)
   if rc < 0 then
     return nil, ffi_string(msg_buf), rc == _M.E.STATE and "state" or "error"
   end
-  return true
+  return true, tonumber(prog_status_buf.decided)
+end
+
+-- ---- decisions --------------------------------------------------------
+
+-- Figures in decisions carry 6 significant digits, as canarystat --json
+-- prints them.
+local function g6(x)
+  return tonumber(fmt("%.6g", x)) or 0
+end
+
+-- A gate's figure in the unit of its config field: percent for rates,
+-- points for the delta, ms for latencies (the same operations as
+-- canarystat's, so the same digits).
+local PERCENT = { error_rate = true, error_rate_delta = true,
+                  rollback_error_rate = true }
+
+local function gate_unit(name, v)
+  if PERCENT[name] then return v * 100 end
+  if name == "p95" or name == "p99" then return v / 1e3 end
+  return v
+end
+
+-- What a decision did, for humans (canarystat says the same).
+local function action_text(d)
+  local w = fmt("%g", d.weight / 100)
+  local a, what = d.action
+  if a == 1 then
+    what = "step up to " .. w .. " %"
+  elseif a == 2 then
+    what = "promote at " .. w .. " %"
+  elseif a == 3 then
+    what = d.origin == 2 and "pause" or ("hold at " .. w .. " % until promoted")
+  elseif a == 4 then
+    what = d.origin == 1 and "roll back at once" or "roll back"
+  elseif a == 5 then
+    what = "abort"
+  elseif a == 6 then
+    what = "resume"
+  else
+    what = d.judge.verdict == 1 and "hold: window failed" or "hold: inconclusive"
+  end
+  if d.dry_run ~= 0 then
+    return "dry run: " .. (a == 0 and "" or "would ") .. what
+  end
+  return what
+end
+
+local function iso_time(ms)
+  return os_date("!%Y-%m-%dT%H:%M:%S", floor(ms / 1000)) ..
+         fmt(".%03dZ", ms % 1000)
+end
+
+local function side(rate, p50, p95, p99)
+  return { error_rate = g6(rate * 100), p50_ms = g6(p50 / 1e3),
+           p95_ms = g6(p95 / 1e3), p99_ms = g6(p99 / 1e3) }
+end
+
+-- One decision as a plain table, the shape GET /canary-router/status and
+-- canarystat --json give it.
+local function decision_table(d)
+  local j = d.judge
+  local unix_ms = tonumber(d.unix_ms)
+  local out = {
+    seq = tonumber(d.seq),
+    time = iso_time(unix_ms),
+    unix_ms = unix_ms,
+    origin = ORIGIN[d.origin] or "unknown",
+    event = ffi_string(C.canary_action_name(d.action)),
+    action = action_text(d),
+    dry_run = d.dry_run ~= 0,
+    step = d.step + 1,
+    step_weight = d.step_weight / 100,
+    weight = d.weight / 100,
+    state = _M.PROG_STATE[d.state] or "unknown",
+    failures = d.failures,
+    window_s = g6(d.window_ms / 1e3),
+    reason = ffi_string(j.reason),
+  }
+  if d.origin ~= 2 and j.verdict < 3 then
+    out.verdict = _M.GATE[j.verdict]
+    out.analysis = ANALYSIS_NAME[j.analysis ~= 0 and 1 or 0]
+    out.requests = { canary = tonumber(j.canary_requests),
+                     stable = tonumber(j.stable_requests) }
+    out.errors = { canary = tonumber(j.canary_errors),
+                   stable = tonumber(j.stable_errors) }
+    out.canary = side(j.canary_error_rate, j.canary_p50_us, j.canary_p95_us,
+                      j.canary_p99_us)
+    out.stable = side(j.stable_error_rate, j.stable_p50_us, j.stable_p95_us,
+                      j.stable_p99_us)
+    local gates = {}
+    for g = 0, GATES - 1 do
+      local k = j.gates[g]
+      local result = CHECK[k.check]
+      if result then
+        local name = ffi_string(C.canary_gate_name(g))
+        local e = { gate = name, limit = g6(gate_unit(name, k.limit)),
+                    result = result }
+        if result ~= "skipped" then
+          e.value = g6(gate_unit(name, k.value))
+          if j.analysis == 1 and (name == "latency_increase" or
+                                  name == "error_rate_delta") then
+            e.statistic = g6(k.statistic)
+            e.p_value = g6(k.p_value)
+          end
+        end
+        gates[#gates + 1] = e
+      end
+    end
+    out.gates = gates
+  end
+  return out
+end
+
+-- The route's decision log, newest first: up to `max` (default all kept,
+-- 50) decisions from `from_seq` on (default the newest), as plain tables.
+function Seg:decisions(route, from_seq, max)
+  max = max or _M.DECISIONS
+  if max > _M.DECISIONS then max = _M.DECISIONS end
+  local n = C.canary_prog_decisions(self.h, route, from_seq or 0,
+                                    decisions_buf, max)
+  if n < 0 then return nil, strerror(n) end
+  local list = {}
+  for i = 0, n - 1 do list[i + 1] = decision_table(decisions_buf[i]) end
+  return list
+end
+
+-- Decision `seq` as a plain table, or nil when the log no longer holds it.
+function Seg:decision(route, seq)
+  local list, err = self:decisions(route, seq, 1)
+  if not list then return nil, err end
+  local d = list[1]
+  if d and d.seq == seq then return d end
+  return nil, "decision " .. tostring(seq) .. " is no longer in the log"
 end
 
 -- ---- cluster scope ---------------------------------------------------
@@ -609,10 +897,11 @@ function _M.new_snapshot()
   return ffi_new("struct canary_hist_snapshot")
 end
 
--- Judges a cluster window (a snapshot of the canary's counts in it) for
--- a progression (engine units, see fill_prog) at status `cur`.  Returns
--- the verdict name and the next status table, or nil and an error.
-function _M.prog_judge(prog, window, cur)
+-- Judges a cluster window (snapshots of the canary's and stable's
+-- counts in it; stable may be nil) for a progression (engine units, see
+-- fill_prog) at status `cur`.  Returns the verdict name and the next
+-- status table, or nil and an error.
+function _M.prog_judge(prog, canary, stable, cur)
   local ok, err = need_lib()
   if not ok then return nil, err end
   local pp
@@ -621,7 +910,7 @@ function _M.prog_judge(prog, window, cur)
   local cs
   cs, err = fill_status(cur)
   if not cs then return nil, err end
-  local rc = C.canary_prog_judge(pp, window, cs, prog_next_buf)
+  local rc = C.canary_prog_judge(pp, canary, stable or C_NULL, cs, prog_next_buf)
   if rc < 0 then return nil, strerror(rc) end
   return _M.GATE[rc], prog_status_table(prog_next_buf)
 end

@@ -1,9 +1,9 @@
 -- canary-router: Kong phases mapped onto the engine.
 --
 -- access        trace ID, override / sticky / weighted pick, set_upstream
--- header_filter upstream response header arrived: stop the latency clock,
---               echo the trace ID (and the upstream when configured)
--- log           record latency, status and trace source for the upstream
+-- header_filter upstream response header arrived: echo the trace ID (and
+--               the upstream when configured), record latency, status and
+--               trace source for the upstream
 --
 -- The handler never turns a request into an error: when the engine or the
 -- segment is unavailable, or Kong refuses the picked upstream, the request
@@ -57,6 +57,23 @@ end
 -- routes through the PDK.  Without ngx (the unit specs' stub) the PDK is
 -- used throughout.
 local ngx_var = ngx and ngx.var
+
+-- kong.response.get_source() (kong/pdk/response.lua) on the flags Kong's
+-- runloop sets in ngx.ctx, without its phase check; the PDK itself where
+-- there is no ngx (the unit specs' stub).
+local function get_source()
+  if not ngx then return kong.response.get_source() end
+  local nctx = ngx.ctx
+  if nctx.KONG_UNEXPECTED then return "error" end
+  if nctx.KONG_EXITED then return "exit" end
+  if nctx.KONG_PROXIED then return "service" end
+  return "error"
+end
+
+local function get_status()
+  if not ngx then return kong.response.get_status() end
+  return ngx.status
+end
 local req_set_header = ngx and ngx.req and ngx.req.set_header
 local resp_header = ngx and ngx.header
 
@@ -271,31 +288,28 @@ function CanaryRouter:access(conf)
   ctx.t_sent = now_us()
 end
 
+-- The upstream's response header has arrived (or the proxy produced an
+-- error page for it: Kong runs header_filter exactly once per response,
+-- restoring the request's context in its error handler): its status and
+-- the upstream latency are known, so the response is recorded here and
+-- the plugin needs no log phase.  A response produced by another plugin
+-- (kong.response.exit) says nothing about the upstream and is not
+-- recorded; a request whose client went away before any response is not
+-- a response either.
 function CanaryRouter:header_filter(conf)
   local ctx = kong.ctx.plugin
   local c = ctx.c
   if not c then return end
-  if ctx.t_sent then ctx.t_header = now_us() end
   if c.echo and ctx.trace_id then
     set_response_header(c.trace_header, ctx.trace_id, c.trace_raw)
   end
   if c.response_header and ctx.name then
     set_response_header(c.response_header, ctx.name, c.response_raw)
   end
-end
-
-function CanaryRouter:log(conf)
-  local ctx = kong.ctx.plugin
-  local c = ctx.c
-  if not (c and c.route and ctx.t_sent) then return end
-  -- A response produced by another plugin (kong.response.exit) says
-  -- nothing about the upstream; an error response from the proxy does.
-  if kong.response.get_source and kong.response.get_source() == "exit" then
-    return
-  end
-  local t_end = ctx.t_header or now_us()
-  state.seg:record(c.route, ctx.up, t_end - ctx.t_sent,
-                   kong.response.get_status(), ctx.source)
+  local t_sent = ctx.t_sent
+  if not (t_sent and c.route) then return end
+  if get_source() == "exit" then return end
+  state.seg:record(c.route, ctx.up, now_us() - t_sent, get_status(), ctx.source)
 end
 
 return CanaryRouter

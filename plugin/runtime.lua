@@ -9,6 +9,8 @@
 local engine = require "kong.plugins.canary-router.engine"
 local cidr = require "kong.plugins.canary-router.cidr"
 local cluster = require "kong.plugins.canary-router.cluster"
+local decisions = require "kong.plugins.canary-router.decisions"
+local notify = require "kong.plugins.canary-router.notify"
 
 local floor = math.floor
 local concat = table.concat
@@ -228,7 +230,23 @@ local function cookie_pattern(name)
          "=([^;]*)"
 end
 
--- Turns a config into its compiled form and publishes its weights.
+-- The hash of an instance's routing config (upstreams and progression),
+-- from a plugin entity's or a phase's config: what the engine publishes
+-- under.  Where notifications go is not part of the progression: changing
+-- it must not restart one.
+local function config_hash(conf)
+  local judged = opt(conf.progression)
+  if judged and opt(judged.notify) ~= nil then
+    local copy = {}
+    for k, v in pairs(judged) do
+      if k ~= "notify" then copy[k] = v end
+    end
+    judged = copy
+  end
+  return hash(concat(canonical({ conf.upstreams, judged }, {})))
+end
+
+-- Turns a config into its compiled form (publish() publishes it).
 local function compile(conf)
   local c = {
     key = instance_key(conf),
@@ -285,11 +303,12 @@ local function compile(conf)
   c.trace_raw = raw_header(c.trace_header)
   c.response_raw = c.response_header and raw_header(c.response_header)
 
-  c.hash = hash(concat(canonical({ conf.upstreams, conf.progression }, {})))
+  c.hash = config_hash(conf)
   -- Everything the operator configured: equal configs compile alike.
   c.full_hash = hash(concat(canonical(conf, {})))
   c.prog = _M.progression(prog, c.index_of)
   c.cluster = c.prog and _M.cluster_redis(prog)
+  c.notify = prog and notify.compile(opt(prog.notify))
 
   return c
 end
@@ -340,10 +359,18 @@ function _M.progression(p, index_of)
     min_requests = opt(p.min_requests) or 0,
     failure_limit = opt(p.failure_limit) or 3,
     on_success = opt(p.on_success) or "promote",
+    dry_run = opt(p.dry_run) == true,
+    analysis = opt(p.analysis) or "threshold",
+    confidence = opt(p.confidence) or 0.98,
+    allowed_increase = opt(p.allowed_increase) or 0.25,
     max_error_rate = rate(p.max_error_rate),
+    max_error_rate_delta = rate(p.max_error_rate_delta),
     rollback_error_rate = rate(p.rollback_error_rate),
     max_p95_us = us(p.max_p95_ms),
     max_p99_us = us(p.max_p99_ms),
+    max_p95_ratio = opt(p.max_p95_ratio),
+    max_p99_ratio = opt(p.max_p99_ratio),
+    rollback_p99_ratio = opt(p.rollback_p99_ratio),
   }
 end
 
@@ -380,9 +407,10 @@ local function now_s()
   return ngx and ngx.now and ngx.now() or os.time()
 end
 
--- One progression tick for every instance with a progression; logs
--- decisions that changed weights or state.  Runs from a timer, which also
--- retries an unavailable segment and keeps Kong 3.4's instances in sync.
+-- One progression tick for every instance with a progression; the
+-- decision a tick made is logged and notified by this worker (the one
+-- that made it).  Runs from a timer, which also retries an unavailable
+-- segment and keeps Kong 3.4's instances in sync.
 function _M.tick()
   local seg = state.seg
   if not seg then
@@ -412,10 +440,8 @@ function _M.tick()
       end
     elseif c.prog and c.route then
       local rc, st = seg:prog_tick(c.route)
-      if rc == 2 then
-        local level = st.state == "rolled_back" and "warn" or "notice"
-        kong.log[level]("canary-router ", c.key, ": ", st.state, " at step ",
-                        st.step, "/", st.steps, ": ", st.reason)
+      if rc and st.decided > 0 then
+        decisions.report(c, seg, st.decided)
       elseif not rc then
         log_once("err", "canary-router progression tick failed for " ..
                         c.key .. ": " .. tostring(st))
@@ -457,12 +483,6 @@ end
 -- The compiled instance with this plugin id, or nil.
 function _M.instance(key)
   return by_key[key]
-end
-
--- The hash of an instance's routing config (upstreams and progression),
--- as compile() computes it, from a plugin entity's or a phase's config.
-local function config_hash(conf)
-  return hash(concat(canonical({ conf.upstreams, conf.progression }, {})))
 end
 
 -- Is `c` the instance's configuration in Kong's database right now?  The

@@ -4,8 +4,10 @@
 
 local runtime = require "kong.plugins.canary-router.runtime"
 local cluster = require "kong.plugins.canary-router.cluster"
+local cjson = require "cjson.safe"
 
 local pairs = pairs
+local setmetatable = setmetatable
 local sort = table.sort
 
 local _M = {}
@@ -38,6 +40,13 @@ function _M.instance(c)
     if out.progression then
       out.progression.scope = c.cluster and "cluster" or "node"
       out.progression.cluster = cluster.status(c)
+    end
+    -- The last 50 decisions, newest first, the same for every worker;
+    -- an empty log is an empty JSON array where cjson can say so
+    -- (OpenResty's, in Kong).
+    out.decisions = seg:decisions(c.route)
+    if out.decisions and #out.decisions == 0 and cjson.array_mt then
+      setmetatable(out.decisions, cjson.array_mt)
     end
   end
   out.generation = v.generation

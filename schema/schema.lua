@@ -20,10 +20,12 @@
 -- route.
 
 local typedefs = require "kong.db.schema.typedefs"
+local notify = require "kong.plugins.canary-router.notify"
 
 
 local type = type
 local tostring = tostring
+local ipairs = ipairs
 local abs = math.abs
 local floor = math.floor
 local fmt = string.format
@@ -133,6 +135,34 @@ local function validate_steps(steps)
 end
 
 
+local function validate_confidence(c)
+  if not (c >= 0.5 and c < 1) then
+    return nil, fmt("must be at least 0.5 and below 1 (got %s)", tostring(c))
+  end
+  return true
+end
+
+
+-- notify.url: http:// or https://, as notify.lua sends it.
+local function validate_notify_url(url)
+  local ok, err = notify.parse_url(url)
+  if not ok then
+    return nil, "must be an http:// or https:// URL: " .. err
+  end
+  return true
+end
+
+
+-- notify.headers[i]: "Name: value".
+local function validate_notify_header(line)
+  local ok, err = notify.parse_header(line)
+  if not ok then
+    return nil, err
+  end
+  return true
+end
+
+
 -- The config as a whole, with its defaults; runs once every field is
 -- valid.  progression is null (not a table) when absent.
 local function validate_config(config)
@@ -145,6 +175,16 @@ local function validate_config(config)
     local redis = progression.redis
     if type(redis) ~= "table" or type(redis.host) ~= "string" then
       return nil, "progression.redis.host: required when progression.scope is 'cluster'"
+    end
+  end
+
+  if progression.analysis == "statistical" then
+    for _, ratio in ipairs({ "max_p95_ratio", "max_p99_ratio" }) do
+      if type(progression[ratio]) == "number" then
+        return nil, fmt("progression.%s: applies to analysis 'threshold'; " ..
+                        "statistical analysis judges latency with " ..
+                        "allowed_increase", ratio)
+      end
     end
   end
 
@@ -581,6 +621,143 @@ return {
                     required = true,
                     default = "promote",
                     one_of = { "promote", "hold" },
+                  },
+                },
+                {
+                  max_p95_ratio = {
+                    description = "Highest multiple of the stable upstream's p95 " ..
+                                  "latency over the same window that the canary's p95 " ..
+                                  "may reach, from 1 to 1000 (threshold analysis). " ..
+                                  "Unset: not gated on it.",
+                    type = "number",
+                    required = false,
+                    between = { 1, 1000 },
+                  },
+                },
+                {
+                  max_p99_ratio = {
+                    description = "Highest multiple of the stable upstream's p99 " ..
+                                  "latency over the same window that the canary's p99 " ..
+                                  "may reach, from 1 to 1000 (threshold analysis); " ..
+                                  "the runbook's 2x. Unset: not gated on it.",
+                    type = "number",
+                    required = false,
+                    between = { 1, 1000 },
+                  },
+                },
+                {
+                  rollback_p99_ratio = {
+                    description = "Multiple of the stable upstream's p99 latency that " ..
+                                  "rolls the canary back at once, like " ..
+                                  "rollback_error_rate; the runbook's 3x. Unset: no " ..
+                                  "such immediate rollback.",
+                    type = "number",
+                    required = false,
+                    between = { 1, 1000 },
+                  },
+                },
+                {
+                  max_error_rate_delta = {
+                    description = "Percentage points by which the canary's 5xx rate " ..
+                                  "may exceed the stable upstream's over the same " ..
+                                  "window. With statistical analysis, the window " ..
+                                  "fails only when it is significantly more (0 when " ..
+                                  "unset).",
+                    type = "number",
+                    required = false,
+                    between = { 0, 100 },
+                  },
+                },
+                {
+                  analysis = {
+                    description = "How the canary is judged against the stable " ..
+                                  "upstream: 'threshold' compares ratios and deltas " ..
+                                  "plainly; 'statistical' fails a window only when " ..
+                                  "the canary is significantly worse (Mann-Whitney U " ..
+                                  "on latency, a two-proportion test on errors).",
+                    type = "string",
+                    required = true,
+                    default = "threshold",
+                    one_of = { "threshold", "statistical" },
+                  },
+                },
+                {
+                  confidence = {
+                    description = "Statistical analysis: confidence the canary must " ..
+                                  "be worse with before a window fails, at least 0.5 " ..
+                                  "and below 1.",
+                    type = "number",
+                    required = true,
+                    default = 0.98,
+                    custom_validator = validate_confidence,
+                  },
+                },
+                {
+                  allowed_increase = {
+                    description = "Statistical analysis: relative latency increase " ..
+                                  "tolerated even when significant (0.25: 25 % " ..
+                                  "slower), as Kayenta's allowed increase.",
+                    type = "number",
+                    required = true,
+                    default = 0.25,
+                    between = { 0, 100 },
+                  },
+                },
+                {
+                  dry_run = {
+                    description = "Judge and record every window, but never change " ..
+                                  "weights or state: the configured weights apply, and " ..
+                                  "decisions say what would have been done.",
+                    type = "boolean",
+                    required = true,
+                    default = false,
+                  },
+                },
+                {
+                  notify = {
+                    description = "A JSON POST of every decision that changes state " ..
+                                  "(step up, pause, promote, rollback, abort, resume), " ..
+                                  "sent once per decision, off the request path, " ..
+                                  "retried with backoff. Unset: no notifications.",
+                    type = "record",
+                    required = false,
+                    fields = {
+                      {
+                        url = {
+                          description = "Receiver: an http:// or https:// URL; " ..
+                                        "user:password in it is sent as Basic " ..
+                                        "authentication and never logged.",
+                          type = "string",
+                          required = true,
+                          custom_validator = validate_notify_url,
+                        },
+                      },
+                      {
+                        timeout = {
+                          description = "Milliseconds to connect, send and read " ..
+                                        "the answer, per attempt.",
+                          type = "integer",
+                          required = true,
+                          default = 5000,
+                          between = { 1, 60000 },
+                        },
+                      },
+                      {
+                        headers = {
+                          description = "Extra request headers, each 'Name: value' " ..
+                                        "(for example an Authorization header); " ..
+                                        "values are never logged.",
+                          type = "array",
+                          required = true,
+                          default = {},
+                          len_max = 32,
+                          elements = {
+                            type = "string",
+                            custom_validator = validate_notify_header,
+                          },
+                        },
+                      },
+                    },
                   },
                 },
               },

@@ -119,6 +119,10 @@ local PROGRESSION_DEFAULTS = {
   failure_limit = 3,
   on_success = "promote",
   scope = "node",
+  analysis = "threshold",
+  confidence = 0.98,
+  allowed_increase = 0.25,
+  dry_run = false,
 }
 
 
@@ -426,6 +430,99 @@ describe("canary-router schema", function()
       end)
     end)
 
+    describe("progression analysis", function()
+
+      it("with relative gates and statistical settings out of range", function()
+        rejects(config { progression = {
+                  canary = "b",
+                  max_p95_ratio = 0.5,
+                  max_p99_ratio = 1001,
+                  rollback_p99_ratio = 0,
+                  max_error_rate_delta = 101,
+                  analysis = "bayesian",
+                  confidence = 1,
+                  allowed_increase = -0.1,
+                  dry_run = "yes",
+                } },
+                { progression = {
+                    max_p95_ratio = "value should be between 1 and 1000",
+                    max_p99_ratio = "value should be between 1 and 1000",
+                    rollback_p99_ratio = "value should be between 1 and 1000",
+                    max_error_rate_delta = "value should be between 0 and 100",
+                    analysis = "expected one of: threshold, statistical",
+                    confidence = "must be at least 0.5 and below 1 (got 1)",
+                    allowed_increase = "value should be between 0 and 100",
+                    dry_run = "expected a boolean",
+                } })
+        rejects(config { progression = { canary = "b", confidence = 0.3 } },
+                { progression = { confidence = "must be at least 0.5 and below 1 (got 0.3)" } })
+      end)
+
+      it("with latency ratios under statistical analysis", function()
+        rejects(config { progression = { canary = "b", analysis = "statistical",
+                                         max_p99_ratio = 2 } },
+                "progression.max_p99_ratio: applies to analysis 'threshold'; statistical " ..
+                "analysis judges latency with allowed_increase")
+        rejects(config { progression = { canary = "b", analysis = "statistical",
+                                         max_p95_ratio = 2 } },
+                "progression.max_p95_ratio: applies to analysis 'threshold'; statistical " ..
+                "analysis judges latency with allowed_increase")
+      end)
+
+      it("with a notify receiver that is not an http(s) URL", function()
+        rejects(config { progression = { canary = "b", notify = {} } },
+                { progression = { notify = { url = "required field missing" } } })
+        rejects(config { progression = { canary = "b", notify = { url = "ftp://h/x" } } },
+                { progression = { notify = {
+                  url = "must be an http:// or https:// URL: must start with http:// or https://",
+                } } })
+        rejects(config { progression = { canary = "b", notify = { url = "http://h x/" } } },
+                { progression = { notify = {
+                  url = "must be an http:// or https:// URL: must be an http:// or https:// " ..
+                        "URL without spaces or control characters",
+                } } })
+        rejects(config { progression = { canary = "b", notify = { url = "http://:80/" } } },
+                { progression = { notify = {
+                  url = "must be an http:// or https:// URL: has no host" } } })
+        rejects(config { progression = { canary = "b",
+                                         notify = { url = "http://h:99999/", timeout = 0 } } },
+                { progression = { notify = {
+                  url = "must be an http:// or https:// URL: has an invalid port",
+                  timeout = "value should be between 1 and 60000",
+                } } })
+      end)
+
+      it("with notify headers that are not 'Name: value' or that it sets itself", function()
+        rejects(config { progression = { canary = "b", notify = {
+                  url = "http://h/",
+                  headers = { "X-Ok: 1", "no colon", "Host: evil", "X-A: b\r\nX-Evil: c" },
+                } } },
+                { progression = { notify = { headers = {
+                  [2] = "must be 'Name: value' with a header name of A-Z, a-z, 0-9, '_' and '-'",
+                  [3] = "header 'Host' is set by canary-router",
+                  [4] = "value of header 'X-A' has control characters",
+                } } } })
+      end)
+
+      it("accepts the runbook's rules and a statistical analysis with a receiver", function()
+        local runbook = { canary = "b", max_error_rate = 1, max_p99_ratio = 2,
+                          rollback_error_rate = 5, rollback_p99_ratio = 3 }
+        local got = accepts(config { progression = runbook })
+        assert.equal(2, got.progression.max_p99_ratio)
+        assert.equal("threshold", got.progression.analysis)
+        got = accepts(config { progression = {
+          canary = "b", analysis = "statistical", confidence = 0.95, allowed_increase = 0.1,
+          max_error_rate_delta = 0.5, rollback_p99_ratio = 3, dry_run = true,
+          notify = { url = "https://user:pw@hooks.example.com:8443/canary?x=1",
+                     headers = { "Authorization: Bearer t0k3n" } },
+        } })
+        assert.same({ url = "https://user:pw@hooks.example.com:8443/canary?x=1",
+                      headers = { "Authorization: Bearer t0k3n" }, timeout = 5000 },
+                    got.progression.notify)
+        assert.is_true(got.progression.dry_run)
+      end)
+    end)
+
     describe("unknown fields", function()
 
       it("at the top of config", function()
@@ -499,7 +596,13 @@ describe("canary-router schema", function()
         progression = { canary = "svc-v3", steps = { 5, 12.5, 50, 100 }, interval = 60,
                         min_requests = 0, max_error_rate = 1.5, max_p95_ms = 250,
                         max_p99_ms = 800.5, failure_limit = 1, rollback_error_rate = 5,
-                        on_success = "hold", scope = "cluster",
+                        on_success = "hold", max_p95_ratio = 1.5, max_p99_ratio = 2,
+                        rollback_p99_ratio = 3, max_error_rate_delta = 0.5,
+                        analysis = "threshold", confidence = 0.99, allowed_increase = 0.1,
+                        dry_run = true,
+                        notify = { url = "http://127.0.0.1:9010/hook", timeout = 1000,
+                                   headers = { "X-Token: abc" } },
+                        scope = "cluster",
                         redis = { host = "::1", port = 6390, timeout = 250, username = "u",
                                   password = "p", database = 2, ssl = true,
                                   ssl_verify = true, server_name = "redis.example" } },
@@ -728,6 +831,12 @@ describe("canary-router schema", function()
         ["progression.redis.username"] = "optional",
         ["progression.redis.password"] = "optional",
         ["progression.redis.server_name"] = "optional",
+        ["progression.max_p95_ratio"] = "optional",
+        ["progression.max_p99_ratio"] = "optional",
+        ["progression.rollback_p99_ratio"] = "optional",
+        ["progression.max_error_rate_delta"] = "optional",
+        ["progression.notify"] = "optional",
+        ["progression.notify.url"] = "required",
       }
       local seen = 0
       for _, f in ipairs(config_fields()) do
@@ -742,7 +851,7 @@ describe("canary-router schema", function()
           assert.is_true(f.field.required, f.path .. " has a default but is optional")
         end
       end
-      assert.equal(16, seen)
+      assert.equal(22, seen)
     end)
 
     it("the records' defaults agree with their fields' defaults", function()

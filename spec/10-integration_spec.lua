@@ -308,3 +308,34 @@ describe("canary-router on a service whose host is", function()
     end)
   end
 end)
+
+-- A canary that refuses connections fails requests without answering:
+-- the proxy's own 502 is the canary's failure, and its gates must see it.
+describe("canary-router with a canary that refuses connections", function()
+  setup(function()
+    -- nothing listens on 127.0.0.1:9003 (the specs' demo upstreams are
+    -- 9001 and 9002)
+    host.start {
+      config = release.config(PLUGIN_ID, {
+        upstreams = weights(50, 50),
+        response_header = "X-Canary-Upstream",
+      }, { 9001, 9003 }),
+    }
+  end)
+  teardown(function() host.stop() end)
+
+  it("counts the proxy's 502s as the canary's 5xx, once each", function()
+    local ok, bad = 0, 0
+    for _ = 1, 100 do
+      local status = host.request("GET", "/ai/x")
+      if status == 200 then ok = ok + 1 elseif status == 502 then bad = bad + 1 end
+    end
+    assert.equal(100, ok + bad)
+    assert.is_true(bad >= 45 and bad <= 55, bad)
+    local text = prom.settled(metrics)
+    assert.equal(bad, metric(text, "canary_requests_total",
+                             { upstream = CANARY, status = "5xx" }))
+    assert.equal(ok, metric(text, "canary_requests_total",
+                            { upstream = STABLE, status = "2xx" }))
+  end)
+end)

@@ -40,7 +40,8 @@
  * an error always comes with a reason.  On every attached segment it
  * calls, for every route index, canary_route_read, sticky and non-sticky
  * canary_route_pick, canary_hist_snapshot / _summarize on every
- * upstream, canary_prog_status, and in read-write mode also
+ * upstream, canary_prog_status, canary_prog_decisions (entries in order,
+ * reasons terminated), and in read-write mode also
  * canary_route_record, canary_route_event, canary_prog_action and
  * canary_prog_tick (neither may leave a table the engine cannot read
  * back); then canary_prom_render, whose output must be well-formed
@@ -83,13 +84,19 @@ static void make_template(void) {
       .nsteps = 3,
       .steps = {1000, 5000, 10000},
       .interval_ms = 100,
-      .min_requests = 1,
       .failure_limit = 2,
       .on_success = CANARY_PROG_PROMOTE,
-      .max_error_rate = 0.5,
-      .max_p95_us = -1,
-      .max_p99_us = -1,
-      .rollback_error_rate = 0.9,
+      .judge = {.min_requests = 1,
+                .max_error_rate = 0.5,
+                .max_p95_us = -1,
+                .max_p99_us = -1,
+                .max_p95_ratio = -1,
+                .max_p99_ratio = 3,
+                .max_error_rate_delta = 0.2,
+                .rollback_error_rate = 0.9,
+                .rollback_p99_ratio = 10,
+                .confidence = 0.98,
+                .allowed_increase = 0.25},
   };
   struct canary_table t = {.n = 2, .weights = {9000, 1000}};
   canary_seg_t *seg;
@@ -357,6 +364,19 @@ static void exercise(canary_seg_t *seg, int readonly,
              "prog_status: %d", rc);
     if (rc == 0)
       check_cstr(ps.reason, sizeof ps.reason, "progression reason");
+    {
+      static struct canary_decision dl[CANARY_DECISIONS];
+      rc = canary_prog_decisions(seg, r, 0, dl, CANARY_DECISIONS);
+      FZ_CHECK(rc == CANARY_EINVAL || (rc >= 0 && rc <= CANARY_DECISIONS),
+               "prog_decisions: %d", rc);
+      for (int k = 0; k < rc; k++) {
+        FZ_CHECK(dl[k].seq != 0 && (k == 0 || dl[k].seq == dl[k - 1].seq - 1),
+                 "decision %d: seq %llu out of order", k,
+                 (unsigned long long)dl[k].seq);
+        check_cstr(dl[k].judge.reason, sizeof dl[k].judge.reason,
+                   "decision reason");
+      }
+    }
     if (readonly) {
       FZ_CHECK(canary_route_record(seg, r, 0, 1, 200, -1) == CANARY_EREADONLY,
                "record on a read-only segment");
@@ -369,7 +389,7 @@ static void exercise(canary_seg_t *seg, int readonly,
     if (act->action <= CANARY_ACT_PROMOTE_FULL + 1 &&
         !(fz_known_bug("prog-action") && prog_params_bad(seg, r))) {
       char err[256] = "";
-      rc = canary_prog_action(seg, r, act->action, act->now_us, err,
+      rc = canary_prog_action(seg, r, act->action, act->now_us, NULL, err,
                               sizeof err);
       FZ_CHECK(rc <= 0 && (rc == 0 || err[0] != '\0'),
                "prog_action %d on route %d: %d without a reason", act->action,

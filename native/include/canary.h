@@ -67,7 +67,8 @@ enum canary_limits {
   CANARY_TRACEPARENT_LEN = 55, /* "00-" id "-" span "-" flags */
   CANARY_TRACE_HEADER_MAX = 128, /* longest X-Trace-Id value kept */
   CANARY_MAX_STEPS = 20,      /* progression steps */
-  CANARY_REASON_MAX = 192     /* progression reason text, NUL included */
+  CANARY_REASON_MAX = 192,    /* progression reason text, NUL included */
+  CANARY_DECISIONS = 50       /* decisions kept per route, newest first */
 };
 
 /* How a request's trace ID was obtained; counted per route. */
@@ -132,21 +133,152 @@ enum canary_gate_result {
   CANARY_GATE_RESULTS = 3
 };
 
-/* A progression as configured.  Limits < 0 are not set; with no limit
- * set, progression is purely time-based (every window passes). */
+/* How a window is judged against the stable upstream (judge.c). */
+enum canary_analysis {
+  CANARY_ANALYSIS_THRESHOLD = 0,  /* ratios and deltas as plain comparisons */
+  CANARY_ANALYSIS_STATISTICAL = 1 /* Mann-Whitney U and a two-proportion
+                                     test: fails only when significant */
+};
+
+/* The gates of a window, in the order they are reported.  Their names
+ * (canary_gate_name) label metrics and the status API. */
+enum canary_gate {
+  CANARY_GATE_ERROR_RATE = 0,          /* canary 5xx fraction */
+  CANARY_GATE_P95 = 1,                 /* canary p95, us */
+  CANARY_GATE_P99 = 2,                 /* canary p99, us */
+  CANARY_GATE_P95_RATIO = 3,           /* canary p95 / stable p95 */
+  CANARY_GATE_P99_RATIO = 4,           /* canary p99 / stable p99 */
+  CANARY_GATE_ERROR_RATE_DELTA = 5,    /* canary 5xx fraction - stable's */
+  CANARY_GATE_LATENCY_INCREASE = 6,    /* Hodges-Lehmann relative increase */
+  CANARY_GATE_ROLLBACK_ERROR_RATE = 7, /* immediate: canary 5xx fraction */
+  CANARY_GATE_ROLLBACK_P99_RATIO = 8,  /* immediate: p99 ratio */
+  CANARY_GATES = 9
+};
+
+/* What became of one gate in a window. */
+enum canary_check {
+  CANARY_CHECK_OFF = 0, /* not configured */
+  CANARY_CHECK_PASS = 1,
+  CANARY_CHECK_FAIL = 2,
+  CANARY_CHECK_SKIPPED = 3 /* configured, not judged: too few requests,
+                              or no stable traffic to compare with */
+};
+
+/* Flags of canary_judge(). */
+enum canary_judge_flags {
+  /* Stable serves no traffic by design (the canary has all of it):
+   * gates relative to stable are skipped, the window is judged on the
+   * absolute limits alone. */
+  CANARY_JUDGE_NO_BASELINE = 1,
+  /* Judge the immediate-rollback limits only (inside an open window). */
+  CANARY_JUDGE_IMMEDIATE = 2
+};
+
+/* How a window is judged.  Limits < 0 are not set.  Fractions are 0..1
+ * (a rate of 0.05 is 5 %, a delta of 0.02 is 2 percentage points).
+ * canary_judge_check() states every rule. */
+struct canary_judge_params {
+  uint32_t analysis;           /* canary_analysis */
+  uint32_t min_requests;       /* fewer on a judged side: inconclusive */
+  double max_error_rate;       /* canary 5xx fraction */
+  double max_p95_us;           /* canary p95 */
+  double max_p99_us;           /* canary p99 */
+  double max_p95_ratio;        /* canary p95 / stable p95 (threshold) */
+  double max_p99_ratio;        /* canary p99 / stable p99 (threshold) */
+  double max_error_rate_delta; /* canary 5xx fraction - stable's */
+  double rollback_error_rate;  /* immediate rollback above this */
+  double rollback_p99_ratio;   /* immediate rollback above this */
+  double confidence;           /* statistical: 0.5 <= c < 1 */
+  double allowed_increase;     /* statistical: relative latency increase
+                                  tolerated even when significant, >= 0 */
+};
+
+/* One gate of a judged window.  Units: fractions for rates and deltas
+ * and for the latency increase, microseconds for latencies, plain
+ * multiples for ratios. */
+struct canary_gate_check {
+  double value;     /* measured */
+  double limit;     /* configured */
+  double statistic; /* statistical: Mann-Whitney U, or the z of the
+                       two-proportion test; 0 otherwise */
+  double p_value;   /* statistical: one-sided p-value; 0 otherwise */
+  uint32_t check;   /* canary_check */
+  uint32_t pad;
+};
+
+/* A judged window: both sides' figures and every gate. */
+struct canary_judge_result {
+  uint32_t verdict;     /* canary_gate_result */
+  uint32_t rollback;    /* 1: an immediate-rollback limit was breached */
+  uint32_t analysis;    /* canary_analysis */
+  uint32_t failed_gate; /* the gate the reason names, CANARY_GATES when
+                           none failed */
+  uint64_t canary_requests;
+  uint64_t canary_errors;
+  uint64_t stable_requests;
+  uint64_t stable_errors;
+  double canary_error_rate;
+  double stable_error_rate;
+  double canary_p50_us;
+  double canary_p95_us;
+  double canary_p99_us;
+  double stable_p50_us;
+  double stable_p95_us;
+  double stable_p99_us;
+  struct canary_gate_check gates[CANARY_GATES];
+  char reason[CANARY_REASON_MAX]; /* the verdict and why, for humans */
+};
+
+/* A progression as configured.  With no gate set in `judge`, the
+ * progression is purely time-based (every window passes). */
 struct canary_prog_params {
   uint32_t canary;         /* upstream index, 1..n-1 (0 is stable) */
   uint32_t nsteps;         /* 1..CANARY_MAX_STEPS */
   uint32_t steps[CANARY_MAX_STEPS]; /* canary weight per step, 1..10000,
                                        strictly increasing */
   uint32_t interval_ms;    /* window length, >= 100 */
-  uint32_t min_requests;   /* fewer in a window: inconclusive */
   uint32_t failure_limit;  /* consecutive failed windows before rollback */
   uint32_t on_success;     /* canary_prog_on_success */
-  double max_error_rate;   /* fraction 0..1 of 5xx */
-  double max_p95_us;
-  double max_p99_us;
-  double rollback_error_rate; /* checked on every tick: immediate rollback */
+  uint32_t dry_run;        /* 1: judge and record every window, never
+                              change weights or state */
+  struct canary_judge_params judge;
+};
+
+/* Where a decision came from. */
+enum canary_decision_origin {
+  CANARY_ORIGIN_WINDOW = 0,    /* the end of a window */
+  CANARY_ORIGIN_IMMEDIATE = 1, /* an immediate-rollback limit, mid-window */
+  CANARY_ORIGIN_OPERATOR = 2   /* an operator action */
+};
+
+/* What a decision did (or, in a dry run, would have done). */
+enum canary_decision_action {
+  CANARY_DO_NOTHING = 0, /* window judged, step held */
+  CANARY_DO_STEP_UP = 1,
+  CANARY_DO_PROMOTE = 2,
+  CANARY_DO_PAUSE = 3,    /* operator pause, or the last step held */
+  CANARY_DO_ROLLBACK = 4, /* by the gates */
+  CANARY_DO_ABORT = 5,    /* operator rollback */
+  CANARY_DO_RESUME = 6,
+  CANARY_DO_ACTIONS = 7
+};
+
+/* One entry of a route's decision log. */
+struct canary_decision {
+  uint64_t seq;         /* 1, 2, ... per route; never 0 */
+  uint64_t unix_ms;     /* wall-clock time of the decision */
+  double window_ms;     /* length of the judged window; 0: operator */
+  uint32_t origin;      /* canary_decision_origin */
+  uint32_t action;      /* canary_decision_action */
+  uint32_t dry_run;     /* 1: the action was not applied */
+  uint32_t step;        /* 0-based step the window was judged at */
+  uint32_t step_weight; /* canary weight during the window */
+  uint32_t weight;      /* canary weight the action set (in a dry run:
+                           would have set) */
+  uint32_t state;       /* canary_prog_state after the decision */
+  uint32_t failures;    /* consecutive failed windows after it */
+  struct canary_judge_result judge; /* origin OPERATOR: verdict is
+                                       CANARY_GATE_RESULTS, nothing judged */
 };
 
 /* Where a route's progression stands. */
@@ -159,8 +291,16 @@ struct canary_prog_status {
   uint32_t failures;       /* consecutive failed windows */
   uint32_t last_result;    /* canary_gate_result of the last window */
   uint32_t interval_ms;
+  uint32_t dry_run;
+  uint32_t analysis;                         /* canary_analysis */
   uint64_t evaluations[CANARY_GATE_RESULTS]; /* windows judged, by result */
+  uint64_t dry_evaluations[CANARY_GATE_RESULTS]; /* same, in dry runs */
   uint64_t window_requests; /* requests in the last judged window */
+  uint64_t decisions;       /* seq of the newest decision, 0: none yet */
+  uint64_t decided;         /* the decision the canary_prog_tick() or
+                               canary_prog_action() call that filled this
+                               recorded, 0: none (always 0 from
+                               canary_prog_status()) */
   double window_age_ms;    /* age of the window now open */
   double error_rate;       /* of the last judged window */
   double p95_us;
@@ -304,20 +444,37 @@ CANARY_API int canary_prog_check(const struct canary_prog_params *prog,
  * (a few times a second).  Cheap when nothing is due.  When the open
  * window is older than the interval, exactly one caller claims it (a CAS
  * on the window start, so no lock can be left behind), judges the
- * canary's window (difference of cumulative snapshots) and steps up,
- * rolls back or waits.  The immediate rollback limit is checked on every
- * call against the window so far.  Effective weights change through the
+ * canary's window against stable's over the same time (canary_judge())
+ * and steps up, rolls back or waits.  The immediate-rollback limits are
+ * checked on every call against the window so far.  Each judgement goes
+ * into the decision log (canary_prog_decisions()); a dry run records
+ * and changes nothing else.  Effective weights change through the
  * normal publish, so all workers switch at their next pick.  now_us is
- * canary_clock_us().  Fills `out` (may be NULL).  Returns 0 (nothing
- * judged), 1 (a window judged, weights unchanged), 2 (weights or state
+ * canary_clock_us().  Fills `out` (may be NULL; out->decided names the
+ * decision this call recorded).  Returns 0 (nothing judged), 1 (a
+ * window judged, weights and state unchanged), 2 (weights or state
  * changed), or a negative error. */
 CANARY_API int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
                                 struct canary_prog_status *out);
 
-/* Applies an operator action (canary_prog_action).  CANARY_ESTATE when
- * the action makes no sense in the current state (err says why). */
+/* Applies an operator action (canary_prog_action) and records it in the
+ * route's decision log.  CANARY_ESTATE when the action makes no sense in
+ * the current state (err says why).  Fills `out` (may be NULL) with the
+ * status after the action; out->decided is the decision recorded. */
 CANARY_API int canary_prog_action(canary_seg_t *seg, int route, int action,
-                                  double now_us, char *err, size_t err_len);
+                                  double now_us,
+                                  struct canary_prog_status *out, char *err,
+                                  size_t err_len);
+
+/* Copies up to `max` entries of the route's decision log into `out`,
+ * newest first, starting at decision `from_seq` (0: the newest).  Only
+ * the last CANARY_DECISIONS decisions are kept.  Lock-free, never
+ * blocks; read-only safe.  Returns the number copied (0..max) or a
+ * negative error. */
+CANARY_API int canary_prog_decisions(const canary_seg_t *seg, int route,
+                                     uint64_t from_seq,
+                                     struct canary_decision *out,
+                                     uint32_t max);
 
 /* Reads the route's progression status.  Lock-free; read-only safe. */
 CANARY_API int canary_prog_status(const canary_seg_t *seg, int route,
@@ -335,16 +492,18 @@ CANARY_API int canary_prog_status(const canary_seg_t *seg, int route,
 CANARY_API int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
                                   struct canary_prog_status *out);
 
-/* Judges one window given as a snapshot of the canary's counts in that
- * window (e.g. the sum of every node's), for a progression in state `cur`
- * (state RUNNING, step, failures, evaluations), with the same verdict and
- * the same step, promotion and rollback rules as canary_prog_tick().
+/* Judges one window given as snapshots of the canary's and stable's
+ * counts in that window (e.g. the sums of every node's; stable may be
+ * NULL: no baseline), for a progression in state `cur` (state RUNNING,
+ * step, failures, evaluations), with canary_judge() and the same step,
+ * promotion and rollback rules (and dry run) as canary_prog_tick().
  * Writes the resulting state to `next` (state, step, step_weight,
  * failures, last_result, evaluations, window figures, reason).  Returns
  * the canary_gate_result, CANARY_EINVAL or CANARY_ESTATE (not running).
  * Pure. */
 CANARY_API int canary_prog_judge(const struct canary_prog_params *p,
-                                 const struct canary_hist_snapshot *window,
+                                 const struct canary_hist_snapshot *canary,
+                                 const struct canary_hist_snapshot *stable,
                                  const struct canary_prog_status *cur,
                                  struct canary_prog_status *next);
 
@@ -401,6 +560,56 @@ CANARY_API int canary_route_pick(canary_seg_t *seg, int route,
 
 /* The sticky bucket (0..CANARY_WEIGHT_SCALE-1) of a key.  Pure. */
 CANARY_API uint32_t canary_sticky_bucket(const char *key, size_t key_len);
+
+/* ---- judging a window ---------------------------------------------- */
+
+/* Validates judging parameters: analysis is a canary_analysis; each limit
+ * is either negative (not set) or: rates and deltas in 0..1, latencies
+ * above 0, ratios in 1..1000; ratio limits only with threshold analysis
+ * (statistical analysis judges latency with allowed_increase); with
+ * statistical analysis, 0.5 <= confidence < 1 and allowed_increase >= 0.
+ * NaN is never valid.  Returns 0 or CANARY_EINVAL with `err` naming the
+ * rule.  Pure. */
+CANARY_API int canary_judge_check(const struct canary_judge_params *p,
+                                  char *err, size_t err_len);
+
+/* Judges the canary's window (canary_now - canary_before) against the
+ * limits of `p` and against stable's window over the same time
+ * (stable_now - stable_before).  A `before` may be NULL (the cumulative
+ * figures are judged); stable_now may be NULL only with
+ * CANARY_JUDGE_NO_BASELINE.  `flags` is a set of canary_judge_flags.
+ *
+ * A window with fewer than max(min_requests, 1) canary requests is
+ * inconclusive; gates relative to stable need as many stable requests,
+ * and are inconclusive without them unless another gate failed.
+ * Threshold analysis compares the ratios and the error-rate delta
+ * plainly.  Statistical analysis fails latency when a one-sided
+ * Mann-Whitney U test (ties by bucket, normal approximation with tie
+ * correction) finds the canary slower with `confidence` AND the
+ * Hodges-Lehmann estimate of its relative increase exceeds
+ * allowed_increase; it fails errors when a one-sided two-proportion test
+ * finds the canary's 5xx rate above stable's by more than
+ * max_error_rate_delta (0 when not set) with `confidence`.  Absolute
+ * limits are plain comparisons in both.  The same function judges for
+ * the gateway's progression and for `canarystat gate`.
+ *
+ * Fills `out` completely.  Returns 0, or CANARY_EINVAL (bad parameters,
+ * flags or pointers; `out` untouched).  Pure, allocation-free. */
+CANARY_API int canary_judge(const struct canary_judge_params *p,
+                            uint32_t flags,
+                            const struct canary_hist_snapshot *canary_now,
+                            const struct canary_hist_snapshot *canary_before,
+                            const struct canary_hist_snapshot *stable_now,
+                            const struct canary_hist_snapshot *stable_before,
+                            struct canary_judge_result *out);
+
+/* The name of a canary_gate ("error_rate", "p99_ratio", ...) as metrics
+ * and the status API spell it, or "unknown".  Never NULL. */
+CANARY_API const char *canary_gate_name(int gate);
+
+/* The name of a canary_decision_action ("none", "step_up", "promote",
+ * "pause", "rollback", "abort", "resume"), or "unknown".  Never NULL. */
+CANARY_API const char *canary_action_name(int action);
 
 /* ---- statistics ---------------------------------------------------- */
 

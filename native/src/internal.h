@@ -18,8 +18,9 @@
  *     struct up_stats[max_upstreams]
  *                           one per upstream: per-stripe sum and status
  *                           classes, then the shared latency buckets
- *     struct prog_area      progression parameters and state, and the
- *                           canary's snapshot at the open window's start
+ *     struct prog_area      progression parameters and state, the
+ *                           canary's and stable's snapshots at the open
+ *                           window's start, and the decision log
  *
  * Every field that more than one process touches is read and written with
  * ck_pr_* only.  See table.c for the publish protocol.
@@ -49,7 +50,7 @@
 #include <stdint.h>
 
 #define CANARY_MAGIC 0x4745535952414e43ULL /* "CNRYSEG" little-endian */
-#define CANARY_LAYOUT_VERSION 1u
+#define CANARY_LAYOUT_VERSION 2u
 #define CANARY_HEADER_BYTES 4096u
 #define CANARY_CACHELINE 64u
 #define CANARY_STRIPES 64u /* last one shared */
@@ -121,6 +122,14 @@ struct up_stats {
   uint64_t buckets[CANARY_HIST_BUCKETS];
 };
 
+/* One entry of a route's decision log, with its own sequence word:
+ * readers copy it lock-free and retry while it is odd or moves. */
+struct decision_slot {
+  uint64_t lock; /* even when stable, odd while being written */
+  uint64_t pad;
+  struct canary_decision d;
+};
+
 /* Progression of one route (prog.c).  Written by the holder of the
  * route's writer word, except window_start_us, which any process may CAS
  * to claim a due window.  Read lock-free by status readers. */
@@ -131,14 +140,21 @@ struct prog_area {
   uint32_t last_result;
   uint64_t window_start_us;
   uint64_t evaluations[CANARY_GATE_RESULTS];
+  uint64_t dry_evaluations[CANARY_GATE_RESULTS];
   uint64_t window_requests;
   uint64_t error_rate_bits; /* doubles as their bit patterns */
   uint64_t p95_bits;
   uint64_t p99_bits;
-  uint64_t base_seq; /* odd while `base` is being rewritten */
+  uint64_t base_seq;     /* odd while the bases are being rewritten */
+  uint64_t decisions;    /* seq of the newest decision, 0: none */
+  uint64_t last_judged;  /* seq of the newest conclusive judgement */
+  uint64_t immediate_ws; /* dry run: window whose immediate breach is
+                            already recorded */
   char reason[CANARY_REASON_MAX];
   struct canary_prog_params params;
-  struct canary_hist_snapshot base;
+  struct canary_hist_snapshot base;        /* canary at window start */
+  struct canary_hist_snapshot stable_base; /* upstream 0 at window start */
+  struct decision_slot ring[CANARY_DECISIONS];
 };
 
 /* A weights table as the engine handles it (table.c). */
@@ -154,8 +170,14 @@ struct table_data {
 
 static_assert(sizeof(struct canary_prog_params) % 8 == 0 &&
                   offsetof(struct prog_area, params) % 8 == 0 &&
-                  offsetof(struct prog_area, reason) % 8 == 0,
+                  offsetof(struct prog_area, reason) % 8 == 0 &&
+                  offsetof(struct prog_area, base) % 8 == 0 &&
+                  offsetof(struct prog_area, stable_base) % 8 == 0,
               "progression fields are copied in 64-bit atomic words");
+static_assert(sizeof(struct canary_decision) % 8 == 0 &&
+                  sizeof(struct decision_slot) % 8 == 0 &&
+                  offsetof(struct prog_area, ring) % 8 == 0,
+              "decisions are copied in 64-bit atomic words");
 static_assert(offsetof(struct table_buf, names) % 8 == 0,
               "names are copied in 64-bit atomic words");
 static_assert(offsetof(struct route_hdr, key) % 8 == 0 &&
@@ -291,6 +313,12 @@ void canary__store_words(void *dst, const void *src, size_t words);
 void canary__prog_start(const canary_seg_t *seg, uint32_t route,
                         const struct canary_prog_params *p,
                         struct table_data *d, double now_us);
+
+/* The newest decision of the route that judged a window conclusively
+ * (pass or fail; not an operator action), if the log still holds it: 0,
+ * or -1 (prog.c). */
+int canary__prog_last_judged(const canary_seg_t *seg, int route,
+                             struct canary_decision *out);
 
 /* Writer words (owner.c).  A word holds the owner's pid or 0.  Acquire
  * takes a free word, or one whose owner process no longer exists (or is

@@ -3,13 +3,15 @@
  *
  * A progression walks the canary's weight through steps (10, 25, 50, 75,
  * 100 %), one window per step.  At the end of each window the canary's
- * own traffic in that window — the difference between its cumulative
- * histogram now and a copy taken when the window opened, as Prometheus'
- * rate() does — is judged against the limits: too few requests is
- * inconclusive (nothing moves), a breach is a failure (rollback after
- * failure_limit in a row), otherwise the canary steps up.  An error rate
- * above rollback_error_rate rolls back at once, without waiting for the
- * window to end.
+ * traffic in that window and stable's over the same window — each the
+ * difference between an upstream's cumulative histogram now and a copy
+ * taken when the window opened, as Prometheus' rate() does — go to
+ * canary_judge() (judge.c): too few requests is inconclusive (nothing
+ * moves), a breach is a failure (rollback after failure_limit in a row),
+ * otherwise the canary steps up.  The immediate-rollback limits are
+ * judged on every tick against the window so far, and roll back at once.
+ * In a dry run the same judgements are made and recorded, and nothing
+ * else changes.
  *
  * Every worker calls canary_prog_tick() a few times a second; no process
  * is special, so a worker that dies changes nothing.  A due window is
@@ -20,10 +22,16 @@
  * weights travel through the normal double-buffered publish, so every
  * worker switches at its next pick.
  *
- * The window's base snapshot is rewritten by the judge while other
- * workers may read its status counters for the immediate check, so it
- * carries a sequence word: readers skip the check (until the next tick)
- * rather than judge a half-written base.
+ * The window's base snapshots are rewritten by the judge while other
+ * workers may read them for the immediate check, so they carry a
+ * sequence word: readers skip the check (until the next tick) rather
+ * than judge a half-written base.
+ *
+ * Every decision — a judged window, an immediate rollback, an operator
+ * action — goes into the route's decision log: a ring of the last
+ * CANARY_DECISIONS entries in the segment, so every worker and
+ * canarystat read the same list.  Only the holder of the writer word
+ * appends; each slot has its own sequence word for lock-free readers.
  */
 #include "internal.h"
 
@@ -32,6 +40,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define WRITER_TIMEOUT_MS CANARY_WRITER_TIMEOUT_MS
 #define MIN_INTERVAL_MS 100u
@@ -79,13 +88,10 @@ int canary_prog_check(const struct canary_prog_params *p, uint32_t n,
                         "failure_limit must be at least 1");
   if (p->on_success > CANARY_PROG_HOLD)
     return canary__fail(err, err_len, CANARY_EINVAL, "unknown on_success");
-  if (!(p->max_error_rate <= 1.0) || !(p->rollback_error_rate <= 1.0) ||
-      isnan(p->max_p95_us) || isnan(p->max_p99_us) ||
-      p->max_p95_us == 0.0 || p->max_p99_us == 0.0)
+  if (p->dry_run > 1)
     return canary__fail(err, err_len, CANARY_EINVAL,
-                        "limits must be rates in 0..1 or positive latencies "
-                        "(negative: not set)");
-  return 0;
+                        "dry_run must be 0 or 1, not %u", p->dry_run);
+  return canary_judge_check(&p->judge, err, err_len);
 }
 
 /* Effective weights with the canary at w: the others share the rest in
@@ -128,23 +134,88 @@ static void set_reason(struct prog_area *pa, const char *fmt, ...) {
   canary__store_words(pa->reason, buf, sizeof buf / 8);
 }
 
-/* Caller holds the writer word.  Rewrites the window base from the
- * canary's current counters, guarded by base_seq. */
+/* The four snapshots of a window: canary and stable, now and at the
+ * window's start.  45 KiB, so one per thread rather than on the stack. */
+struct window_snaps {
+  struct canary_hist_snapshot canary_now, canary_base;
+  struct canary_hist_snapshot stable_now, stable_base;
+};
+static _Thread_local struct window_snaps snaps;
+
+/* Caller holds the writer word.  Rewrites the window bases from the
+ * canary's and stable's current counters, guarded by base_seq. */
 static void rebase(const canary_seg_t *seg, uint32_t route,
                    struct prog_area *pa, uint32_t canary, double now_us) {
-  struct canary_hist_snapshot snap;
   uint64_t s = ck_pr_load_64(&pa->base_seq);
   uint64_t start = (s & 1) ? s + 2 : s + 1;
 
-  canary_hist_snapshot(seg, (int)route, (int)canary, &snap);
+  canary_hist_snapshot(seg, (int)route, (int)canary, &snaps.canary_now);
+  canary_hist_snapshot(seg, (int)route, 0, &snaps.stable_now);
   ck_pr_store_64(&pa->base_seq, start);
   /* The odd sequence is visible before any base word changes. */
   ck_pr_fence_store();
-  canary__store_words(&pa->base, &snap, sizeof snap / 8);
-  /* The base is complete before the sequence turns even. */
+  canary__store_words(&pa->base, &snaps.canary_now,
+                      sizeof snaps.canary_now / 8);
+  canary__store_words(&pa->stable_base, &snaps.stable_now,
+                      sizeof snaps.stable_now / 8);
+  /* The bases are complete before the sequence turns even. */
   ck_pr_fence_store();
   ck_pr_store_64(&pa->base_seq, start + 1);
   ck_pr_store_64(&pa->window_start_us, (uint64_t)now_us);
+}
+
+static uint64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Caller holds the writer word: appends `d` to the decision log and
+ * returns its sequence number. */
+static uint64_t record(struct prog_area *pa, struct canary_decision *d) {
+  uint64_t seq = ck_pr_load_64(&pa->decisions) + 1;
+  struct decision_slot *slot = &pa->ring[seq % CANARY_DECISIONS];
+  uint64_t v = ck_pr_load_64(&slot->lock);
+  /* A writer that died mid-record left the word odd: skip past it. */
+  uint64_t start = (v & 1) ? v + 2 : v + 1;
+
+  d->seq = seq;
+  d->unix_ms = wall_ms();
+  ck_pr_store_64(&slot->lock, start);
+  /* The odd word is visible before any word of the entry changes. */
+  ck_pr_fence_store();
+  canary__store_words(&slot->d, d, sizeof *d / 8);
+  /* The entry is complete before its word turns even... */
+  ck_pr_fence_store();
+  ck_pr_store_64(&slot->lock, start + 1);
+  /* ...and before the count that tells readers it exists. */
+  ck_pr_fence_store();
+  ck_pr_store_64(&pa->decisions, seq);
+  if (d->origin != CANARY_ORIGIN_OPERATOR &&
+      d->judge.verdict != CANARY_GATE_INCONCLUSIVE)
+    ck_pr_store_64(&pa->last_judged, seq);
+  return seq;
+}
+
+/* Copies decision `seq` out of its slot.  0, or -1 when it has been
+ * overwritten or keeps changing under the reader. */
+static int read_decision(const struct prog_area *pa, uint64_t seq,
+                         struct canary_decision *out) {
+  const struct decision_slot *slot = &pa->ring[seq % CANARY_DECISIONS];
+  for (int tries = 0; tries < 1000; tries++) {
+    uint64_t l1 = ck_pr_load_64((uint64_t *)&slot->lock);
+    if (l1 & 1)
+      continue; /* being written (or its writer died: give up later) */
+    /* The word before the entry it guards. */
+    ck_pr_fence_load();
+    canary__load_words(out, &slot->d, sizeof *out / 8);
+    /* The entry before the word's re-check. */
+    ck_pr_fence_load();
+    if (ck_pr_load_64((uint64_t *)&slot->lock) != l1)
+      continue;
+    return out->seq == seq ? 0 : -1;
+  }
+  return -1;
 }
 
 void canary__prog_start(const canary_seg_t *seg, uint32_t route,
@@ -164,9 +235,15 @@ void canary__prog_start(const canary_seg_t *seg, uint32_t route,
   ck_pr_store_32(&pa->step, 0);
   ck_pr_store_32(&pa->failures, 0);
   ck_pr_store_64(&pa->window_requests, 0);
-  step_weights(d, p->canary, p->steps[0]);
+  ck_pr_store_64(&pa->immediate_ws, 0);
   rebase(seg, route, pa, p->canary, now_us);
-  set_reason(pa, "started at %.2f %%", p->steps[0] / 100.0);
+  if (p->dry_run) {
+    /* A dry run judges the configured weights and never changes them. */
+    set_reason(pa, "dry run started at the configured weights");
+  } else {
+    step_weights(d, p->canary, p->steps[0]);
+    set_reason(pa, "started at %.2f %%", p->steps[0] / 100.0);
+  }
   /* Parameters and base before the state that makes ticks use them. */
   ck_pr_fence_store();
   ck_pr_store_32(&pa->state, CANARY_PROG_RUNNING);
@@ -195,24 +272,61 @@ static void rollback(const canary_seg_t *seg, struct route_hdr *r,
   ck_pr_store_32(&pa->state, CANARY_PROG_ROLLED_BACK);
 }
 
-/* Window figures: now minus base.  Returns 0, or -1 when the base was
- * being rewritten (try again next tick). */
+/* Fills `snaps` with the window so far: both sides now and their
+ * bases.  Returns 0, or -1 when the bases were being rewritten (try
+ * again next tick). */
 static int window(const canary_seg_t *seg, uint32_t route,
-                  struct prog_area *pa, uint32_t canary,
-                  struct canary_hist_summary *out) {
-  static _Thread_local struct canary_hist_snapshot now, base;
+                  struct prog_area *pa, uint32_t canary) {
   uint64_t s1 = ck_pr_load_64(&pa->base_seq);
   if (s1 & 1)
     return -1;
   /* Sequence before the base words it guards. */
   ck_pr_fence_load();
-  canary__load_words(&base, &pa->base, sizeof base / 8);
+  canary__load_words(&snaps.canary_base, &pa->base,
+                     sizeof snaps.canary_base / 8);
+  canary__load_words(&snaps.stable_base, &pa->stable_base,
+                     sizeof snaps.stable_base / 8);
   /* Base words before the sequence re-check. */
   ck_pr_fence_load();
   if (ck_pr_load_64(&pa->base_seq) != s1)
     return -1;
-  canary_hist_snapshot(seg, (int)route, (int)canary, &now);
-  return canary_hist_summarize(&now, &base, out) == 0 ? 0 : -1;
+  canary_hist_snapshot(seg, (int)route, (int)canary, &snaps.canary_now);
+  canary_hist_snapshot(seg, (int)route, 0, &snaps.stable_now);
+  return 0;
+}
+
+/* Judges the window in `snaps`.  Stable is judged as the baseline unless
+ * the published table gives it no traffic (the canary at 100 %). */
+static int judge_snaps(const canary_seg_t *seg, struct route_hdr *r,
+                       const struct canary_prog_params *p, uint32_t flags,
+                       struct canary_judge_result *out) {
+  struct table_data d;
+  if (canary__read_table(seg, r, &d, NULL, 0) == 0 && d.effective[0] == 0)
+    flags |= CANARY_JUDGE_NO_BASELINE;
+  return canary_judge(&p->judge, flags, &snaps.canary_now, &snaps.canary_base,
+                      &snaps.stable_now, &snaps.stable_base, out);
+}
+
+/* The canary's weight in the published table (what it serves now). */
+static uint32_t canary_weight(const canary_seg_t *seg, struct route_hdr *r,
+                              uint32_t canary) {
+  struct table_data d;
+  if (canary__read_table(seg, r, &d, NULL, 0) != 0 || canary >= d.n)
+    return 0;
+  return d.effective[canary];
+}
+
+/* Caller holds the writer word: the figures of a judged window into the
+ * status fields. */
+static void store_figures(struct prog_area *pa, uint32_t dry_run,
+                          const struct canary_judge_result *j) {
+  ck_pr_inc_64(dry_run ? &pa->dry_evaluations[j->verdict]
+                       : &pa->evaluations[j->verdict]);
+  ck_pr_store_32(&pa->last_result, j->verdict);
+  ck_pr_store_64(&pa->window_requests, j->canary_requests);
+  ck_pr_store_64(&pa->error_rate_bits, dbits(j->canary_error_rate));
+  ck_pr_store_64(&pa->p95_bits, dbits(j->canary_p95_us));
+  ck_pr_store_64(&pa->p99_bits, dbits(j->canary_p99_us));
 }
 
 static struct route_hdr *route_of(const canary_seg_t *seg, int route) {
@@ -247,9 +361,14 @@ int canary_prog_status(const canary_seg_t *seg, int route, double now_us,
   out->failures = ck_pr_load_32(&pa->failures);
   out->last_result = ck_pr_load_32(&pa->last_result);
   out->interval_ms = p.interval_ms;
-  for (int i = 0; i < CANARY_GATE_RESULTS; i++)
+  out->dry_run = p.dry_run;
+  out->analysis = p.judge.analysis;
+  for (int i = 0; i < CANARY_GATE_RESULTS; i++) {
     out->evaluations[i] = ck_pr_load_64(&pa->evaluations[i]);
+    out->dry_evaluations[i] = ck_pr_load_64(&pa->dry_evaluations[i]);
+  }
   out->window_requests = ck_pr_load_64(&pa->window_requests);
+  out->decisions = ck_pr_load_64(&pa->decisions);
   ws = ck_pr_load_64(&pa->window_start_us);
   out->window_age_ms = now_us > (double)ws ? (now_us - (double)ws) / 1e3 : 0;
   out->error_rate = bitsd(ck_pr_load_64(&pa->error_rate_bits));
@@ -260,139 +379,187 @@ int canary_prog_status(const canary_seg_t *seg, int route, double now_us,
   return 0;
 }
 
-/* Judges a window: result and, on failure, which limit. */
-static int judge(const struct canary_prog_params *p,
-                 const struct canary_hist_summary *w, char *why,
-                 size_t why_len) {
-  int limited = p->max_error_rate >= 0 || p->max_p95_us > 0 ||
-                p->max_p99_us > 0 || p->rollback_error_rate >= 0;
-  if (!limited) {
-    snprintf(why, why_len, "time-based step (%llu requests)",
-             (unsigned long long)w->count);
-    return CANARY_GATE_PASS;
+int canary_prog_decisions(const canary_seg_t *seg, int route,
+                          uint64_t from_seq, struct canary_decision *out,
+                          uint32_t max) {
+  struct prog_area *pa;
+  uint64_t newest, seq;
+  uint32_t n = 0;
+
+  if (out == NULL || route_of(seg, route) == NULL)
+    return CANARY_EINVAL;
+  pa = canary__prog(seg, (uint32_t)route);
+  newest = ck_pr_load_64(&pa->decisions);
+  /* The count before the entries it announces. */
+  ck_pr_fence_load();
+  seq = from_seq == 0 || from_seq > newest ? newest : from_seq;
+  if (from_seq > newest)
+    return 0;
+  if (max > CANARY_DECISIONS)
+    max = CANARY_DECISIONS;
+  for (; n < max && seq > 0 && newest - seq < CANARY_DECISIONS; seq--) {
+    if (read_decision(pa, seq, &out[n]) != 0)
+      break; /* overwritten since: everything older is gone too */
+    out[n].judge.reason[CANARY_REASON_MAX - 1] = '\0';
+    n++;
   }
-  if (w->count < p->min_requests || w->count == 0) {
-    snprintf(why, why_len, "inconclusive: %llu requests < min_requests %u",
-             (unsigned long long)w->count, p->min_requests);
-    return CANARY_GATE_INCONCLUSIVE;
-  }
-  if (p->max_error_rate >= 0 && w->error_rate > p->max_error_rate) {
-    snprintf(why, why_len,
-             "error rate %.2f %% > max_error_rate %.2f %% over %llu requests",
-             w->error_rate * 100, p->max_error_rate * 100,
-             (unsigned long long)w->count);
-    return CANARY_GATE_FAIL;
-  }
-  if (p->max_p95_us > 0 && w->p95_us > p->max_p95_us) {
-    snprintf(why, why_len, "p95 %.1f ms > max_p95_ms %.1f over %llu requests",
-             w->p95_us / 1e3, p->max_p95_us / 1e3,
-             (unsigned long long)w->count);
-    return CANARY_GATE_FAIL;
-  }
-  if (p->max_p99_us > 0 && w->p99_us > p->max_p99_us) {
-    snprintf(why, why_len, "p99 %.1f ms > max_p99_ms %.1f over %llu requests",
-             w->p99_us / 1e3, p->max_p99_us / 1e3,
-             (unsigned long long)w->count);
-    return CANARY_GATE_FAIL;
-  }
-  snprintf(why, why_len,
-           "passed: error rate %.2f %%, p95 %.1f ms, p99 %.1f ms, %llu "
-           "requests",
-           w->error_rate * 100, w->p95_us / 1e3, w->p99_us / 1e3,
-           (unsigned long long)w->count);
-  return CANARY_GATE_PASS;
+  return (int)n;
+}
+
+int canary__prog_last_judged(const canary_seg_t *seg, int route,
+                             struct canary_decision *out) {
+  struct prog_area *pa;
+  uint64_t seq;
+  if (out == NULL || route_of(seg, route) == NULL)
+    return -1;
+  pa = canary__prog(seg, (uint32_t)route);
+  seq = ck_pr_load_64(&pa->last_judged);
+  /* The sequence before the entry it names. */
+  ck_pr_fence_load();
+  if (seq == 0 || ck_pr_load_64(&pa->decisions) - seq >= CANARY_DECISIONS ||
+      read_decision(pa, seq, out) != 0)
+    return -1;
+  out->judge.reason[CANARY_REASON_MAX - 1] = '\0';
+  return 0;
 }
 
 /* Caller holds the writer word and has claimed the window. */
 static int judge_window(const canary_seg_t *seg, uint32_t route,
                         struct route_hdr *r, struct prog_area *pa,
                         const struct canary_prog_params *p, double now_us,
-                        double window_ms) {
-  struct canary_hist_summary w;
-  char why[CANARY_REASON_MAX - 48];
+                        double window_ms, uint64_t *decided) {
+  struct canary_decision d;
+  const char *why = d.judge.reason;
+  const char *dry = p->dry_run ? "dry run: would " : "";
   uint32_t step = ck_pr_load_32(&pa->step);
-  int result, changed = 0;
+  int changed = 0;
 
   if (step >= p->nsteps)
     return CANARY_ECORRUPT; /* only a damaged segment says so */
-  if (window(seg, route, pa, p->canary, &w) != 0)
-    memset(&w, 0, sizeof w);
-  result = judge(p, &w, why, sizeof why);
-  ck_pr_inc_64(&pa->evaluations[result]);
-  ck_pr_store_32(&pa->last_result, (uint32_t)result);
-  ck_pr_store_64(&pa->window_requests, w.count);
-  ck_pr_store_64(&pa->error_rate_bits, dbits(w.error_rate));
-  ck_pr_store_64(&pa->p95_bits, dbits(w.p95_us));
-  ck_pr_store_64(&pa->p99_bits, dbits(w.p99_us));
+  memset(&d, 0, sizeof d);
+  if (window(seg, route, pa, p->canary) != 0)
+    memset(&snaps, 0, sizeof snaps); /* judged as empty: inconclusive */
+  if (judge_snaps(seg, r, p, 0, &d.judge) != 0)
+    return CANARY_ECORRUPT; /* parameters were checked by the caller */
+  store_figures(pa, p->dry_run, &d.judge);
+  d.origin = CANARY_ORIGIN_WINDOW;
+  d.window_ms = window_ms;
+  d.dry_run = p->dry_run;
+  d.step = step;
+  d.step_weight = canary_weight(seg, r, p->canary);
+  d.weight = d.step_weight;
 
-  if (result == CANARY_GATE_PASS) {
+  if (d.judge.verdict == CANARY_GATE_PASS) {
     ck_pr_store_32(&pa->failures, 0);
     if (step + 1 < p->nsteps) {
-      ck_pr_store_32(&pa->step, step + 1);
-      publish_step(seg, r, p->canary, p->steps[step + 1]);
-      set_reason(pa, "step %u -> %.2f %%: %s (%.0f s window)", step + 2,
+      d.action = CANARY_DO_STEP_UP;
+      d.weight = p->steps[step + 1];
+      set_reason(pa, "%sstep %u -> %.2f %%: %s (%.0f s window)",
+                 p->dry_run ? "dry run: would " : "", step + 2,
                  p->steps[step + 1] / 100.0, why, window_ms / 1e3);
+      if (!p->dry_run) {
+        ck_pr_store_32(&pa->step, step + 1);
+        publish_step(seg, r, p->canary, p->steps[step + 1]);
+      }
     } else if (p->on_success == CANARY_PROG_PROMOTE) {
-      ck_pr_store_32(&pa->state, CANARY_PROG_PROMOTED);
-      set_reason(pa, "promoted at %.2f %%: %s", p->steps[step] / 100.0, why);
+      d.action = CANARY_DO_PROMOTE;
+      set_reason(pa, "%s%s at %.2f %%: %s", dry,
+                 p->dry_run ? "promote" : "promoted", p->steps[step] / 100.0,
+                 why);
+      if (!p->dry_run)
+        ck_pr_store_32(&pa->state, CANARY_PROG_PROMOTED);
     } else {
-      ck_pr_store_32(&pa->state, CANARY_PROG_PAUSED);
-      set_reason(pa, "all steps passed; holding at %.2f %% until promoted",
-                 p->steps[step] / 100.0);
+      d.action = CANARY_DO_PAUSE;
+      set_reason(pa, "%sall steps passed; %s at %.2f %% until promoted", dry,
+                 p->dry_run ? "hold" : "holding", p->steps[step] / 100.0);
+      if (!p->dry_run)
+        ck_pr_store_32(&pa->state, CANARY_PROG_PAUSED);
     }
-    changed = 1;
-  } else if (result == CANARY_GATE_FAIL) {
+    changed = !p->dry_run;
+  } else if (d.judge.verdict == CANARY_GATE_FAIL) {
     uint32_t f = ck_pr_load_32(&pa->failures) + 1;
     ck_pr_store_32(&pa->failures, f);
-    if (f >= p->failure_limit) {
-      rollback(seg, r, pa, p->canary);
-      set_reason(pa, "rolled back after %u failed windows: %s", f, why);
-      changed = 1;
+    if (d.judge.rollback) {
+      d.action = CANARY_DO_ROLLBACK;
+      set_reason(pa, "%s%s at once: %s", dry,
+                 p->dry_run ? "roll back" : "rolled back", why);
+    } else if (f >= p->failure_limit) {
+      d.action = CANARY_DO_ROLLBACK;
+      set_reason(pa, "%s%s after %u failed windows: %s", dry,
+                 p->dry_run ? "roll back" : "rolled back", f, why);
     } else {
-      set_reason(pa, "window failed (%u of %u): %s", f, p->failure_limit,
-                 why);
+      set_reason(pa, "%swindow failed (%u of %u): %s",
+                 p->dry_run ? "dry run: " : "", f, p->failure_limit, why);
+    }
+    if (d.action == CANARY_DO_ROLLBACK)
+      d.weight = 0;
+    if (d.action == CANARY_DO_ROLLBACK && !p->dry_run) {
+      rollback(seg, r, pa, p->canary);
+      changed = 1;
     }
   } else {
-    set_reason(pa, "%s", why);
+    set_reason(pa, "%s%s", p->dry_run ? "dry run: " : "", why);
   }
+  d.state = ck_pr_load_32(&pa->state);
+  d.failures = ck_pr_load_32(&pa->failures);
+  *decided = record(pa, &d);
   rebase(seg, route, pa, p->canary, now_us);
   return changed ? 2 : 1;
 }
 
-/* The immediate rollback limit, checked on every tick against the window
- * so far (the same window on every node in cluster scope, where the
- * judging happens elsewhere).  Returns 2 when it rolled the canary back,
- * 0 otherwise.  The caller has loaded `p` from a RUNNING progression. */
+/* Whether any immediate-rollback limit is set. */
+static int immediate_limits(const struct canary_prog_params *p) {
+  return p->judge.rollback_error_rate >= 0 || p->judge.rollback_p99_ratio >= 0;
+}
+
+/* The immediate-rollback limits, checked on every tick against the
+ * window so far (in cluster scope too, where the windows are judged
+ * elsewhere).  Returns 2 (rolled back), 1 (a dry run's breach recorded)
+ * or 0; *decided names the decision recorded.  `p` was loaded from a
+ * RUNNING progression whose window opened at `ws`. */
 static int immediate_check(const canary_seg_t *seg, uint32_t route,
                            struct route_hdr *r, struct prog_area *pa,
-                           const struct canary_prog_params *p) {
+                           const struct canary_prog_params *p, uint64_t ws,
+                           uint64_t now, uint64_t *decided) {
   int rc = 0;
 
-  if (p->rollback_error_rate >= 0) {
-    struct canary_hist_summary w;
-    uint64_t floor = p->min_requests > 0 ? p->min_requests : 1;
-    if (window(seg, route, pa, p->canary, &w) == 0 &&
-        w.count >= floor && w.error_rate > p->rollback_error_rate &&
+  /* In a dry run, an immediate breach is recorded once per window. */
+  if (immediate_limits(p) &&
+      !(p->dry_run && ck_pr_load_64(&pa->immediate_ws) == ws)) {
+    static _Thread_local struct canary_decision d;
+    memset(&d, 0, sizeof d);
+    if (window(seg, route, pa, p->canary) == 0 &&
+        judge_snaps(seg, r, p, CANARY_JUDGE_IMMEDIATE, &d.judge) == 0 &&
+        d.judge.rollback &&
         canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) == 0) {
       struct canary_prog_params now_p;
       /* Under the writer word: the progression may have been restarted
        * (other parameters, another canary) since we looked. */
       load_params(pa, &now_p);
       if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
-          memcmp(&now_p, p, sizeof *p) == 0) {
-        rollback(seg, r, pa, p->canary);
-        ck_pr_inc_64(&pa->evaluations[CANARY_GATE_FAIL]);
-        ck_pr_store_32(&pa->last_result, CANARY_GATE_FAIL);
-        ck_pr_store_64(&pa->window_requests, w.count);
-        ck_pr_store_64(&pa->error_rate_bits, dbits(w.error_rate));
-        ck_pr_store_64(&pa->p95_bits, dbits(w.p95_us));
-        ck_pr_store_64(&pa->p99_bits, dbits(w.p99_us));
-        set_reason(pa,
-                   "rolled back at once: error rate %.2f %% > "
-                   "rollback_error_rate %.2f %% over %llu requests",
-                   w.error_rate * 100, p->rollback_error_rate * 100,
-                   (unsigned long long)w.count);
-        rc = 2;
+          memcmp(&now_p, p, sizeof *p) == 0 &&
+          !(p->dry_run && ck_pr_load_64(&pa->immediate_ws) == ws)) {
+        d.origin = CANARY_ORIGIN_IMMEDIATE;
+        d.action = CANARY_DO_ROLLBACK;
+        d.dry_run = p->dry_run;
+        d.window_ms = now > ws ? (double)(now - ws) / 1e3 : 0;
+        d.step = ck_pr_load_32(&pa->step);
+        d.step_weight = canary_weight(seg, r, p->canary);
+        d.weight = 0;
+        store_figures(pa, p->dry_run, &d.judge);
+        if (p->dry_run) {
+          ck_pr_store_64(&pa->immediate_ws, ws);
+          set_reason(pa, "dry run: would roll back at once: %s",
+                     d.judge.reason);
+          rc = 1;
+        } else {
+          rollback(seg, r, pa, p->canary);
+          set_reason(pa, "rolled back at once: %s", d.judge.reason);
+          rc = 2;
+        }
+        d.state = ck_pr_load_32(&pa->state);
+        d.failures = ck_pr_load_32(&pa->failures);
+        *decided = record(pa, &d);
       }
       canary__owner_release(&r->writer);
     }
@@ -405,7 +572,7 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
   struct canary_prog_params p;
   struct route_hdr *r = route_of(seg, route);
   struct prog_area *pa;
-  uint64_t ws, now = (uint64_t)now_us;
+  uint64_t ws, now = (uint64_t)now_us, decided = 0;
   int rc = 0;
 
   if (r == NULL)
@@ -430,7 +597,7 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
     goto done;
   }
 
-  rc = immediate_check(seg, (uint32_t)route, r, pa, &p);
+  rc = immediate_check(seg, (uint32_t)route, r, pa, &p, ws, now, &decided);
   if (rc != 0)
     goto done;
 
@@ -451,20 +618,25 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
       canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) == 0 &&
       p.canary < seg->max_upstreams)
     rc = judge_window(seg, (uint32_t)route, r, pa, &p, now_us,
-                      (double)(now - ws) / 1e3);
+                      (double)(now - ws) / 1e3, &decided);
   canary__owner_release(&r->writer);
 done:
-  if (out != NULL)
+  if (out != NULL) {
     canary_prog_status(seg, route, now_us, out);
+    out->decided = decided;
+  }
   return rc;
 }
 
-int canary_prog_action(canary_seg_t *seg, int route, int action,
-                       double now_us, char *err, size_t err_len) {
+int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
+                       struct canary_prog_status *out, char *err,
+                       size_t err_len) {
+  static _Thread_local struct canary_decision d;
   struct canary_prog_params p;
   struct route_hdr *r = route_of(seg, route);
   struct prog_area *pa;
   uint32_t state, step;
+  uint64_t decided = 0;
   int rc = 0;
 
   if (r == NULL)
@@ -495,6 +667,12 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
                       "no progression configured on this route");
     goto out;
   }
+  memset(&d, 0, sizeof d);
+  d.origin = CANARY_ORIGIN_OPERATOR;
+  d.judge.verdict = CANARY_GATE_RESULTS; /* nothing judged */
+  d.judge.failed_gate = CANARY_GATES;
+  d.step = step;
+  d.step_weight = canary_weight(seg, r, p.canary);
   switch (action) {
   case CANARY_ACT_PAUSE:
     if (state != CANARY_PROG_RUNNING) {
@@ -504,6 +682,7 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
     }
     ck_pr_store_32(&pa->state, CANARY_PROG_PAUSED);
     set_reason(pa, "paused by operator at %.2f %%", p.steps[step] / 100.0);
+    d.action = CANARY_DO_PAUSE;
     break;
   case CANARY_ACT_RESUME:
     if (state != CANARY_PROG_PAUSED) {
@@ -520,6 +699,7 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
     rebase(seg, (uint32_t)route, pa, p.canary, now_us);
     ck_pr_store_32(&pa->state, CANARY_PROG_RUNNING);
     set_reason(pa, "resumed by operator at %.2f %%", p.steps[step] / 100.0);
+    d.action = CANARY_DO_RESUME;
     break;
   case CANARY_ACT_PROMOTE:
   case CANARY_ACT_PROMOTE_FULL:
@@ -539,10 +719,12 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
       ck_pr_store_32(&pa->state, CANARY_PROG_PROMOTED);
       set_reason(pa, "promoted by operator to %.2f %%",
                  p.steps[step] / 100.0);
+      d.action = CANARY_DO_PROMOTE;
     } else {
       ck_pr_store_32(&pa->state, CANARY_PROG_RUNNING);
       set_reason(pa, "stepped by operator to %.2f %%",
                  p.steps[step] / 100.0);
+      d.action = CANARY_DO_STEP_UP;
     }
     break;
   case CANARY_ACT_ABORT:
@@ -553,13 +735,24 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
     }
     rollback(seg, r, pa, p.canary);
     set_reason(pa, "aborted by operator: canary at 0 %%");
+    d.action = CANARY_DO_ABORT;
     break;
+  }
+  if (rc == 0) {
+    d.weight = canary_weight(seg, r, p.canary);
+    d.state = ck_pr_load_32(&pa->state);
+    d.failures = ck_pr_load_32(&pa->failures);
+    canary__load_words(d.judge.reason, pa->reason, CANARY_REASON_MAX / 8);
+    decided = record(pa, &d);
   }
 out:
   canary__owner_release(&r->writer);
+  if (out != NULL) {
+    canary_prog_status(seg, route, now_us, out);
+    out->decided = decided;
+  }
   return rc;
 }
-
 /* ---- cluster scope ------------------------------------------------------
  *
  * With progression.scope = cluster the nodes of a Kong cluster share one
@@ -577,6 +770,7 @@ int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
   struct canary_prog_params p;
   struct route_hdr *r = route_of(seg, route);
   struct prog_area *pa;
+  uint64_t ws, decided = 0;
   int rc = 0;
 
   if (r == NULL)
@@ -591,73 +785,108 @@ int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
     if (canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
         p.canary >= seg->max_upstreams)
       return CANARY_ECORRUPT;
-    rc = immediate_check(seg, (uint32_t)route, r, pa, &p);
+    ws = ck_pr_load_64(&pa->window_start_us);
+    rc = immediate_check(seg, (uint32_t)route, r, pa, &p, ws,
+                         (uint64_t)now_us, &decided);
   }
-  if (out != NULL)
+  if (out != NULL) {
     canary_prog_status(seg, route, now_us, out);
+    out->decided = decided;
+  }
   return rc;
 }
 
+/* The reason text of a cluster-judged state (truncated like the
+ * segment's own reasons). */
+static void reason_into(char *buf, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void reason_into(char *buf, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, CANARY_REASON_MAX, fmt, ap);
+  va_end(ap);
+}
+
 int canary_prog_judge(const struct canary_prog_params *p,
-                      const struct canary_hist_snapshot *window,
+                      const struct canary_hist_snapshot *canary,
+                      const struct canary_hist_snapshot *stable,
                       const struct canary_prog_status *cur,
                       struct canary_prog_status *next) {
-  struct canary_hist_summary w;
-  char why[CANARY_REASON_MAX - 48];
-  uint32_t step;
-  int result;
+  static _Thread_local struct canary_judge_result j;
+  const char *dry = "", *why = j.reason;
+  uint32_t step, flags = 0;
 
-  if (p == NULL || window == NULL || cur == NULL || next == NULL ||
+  if (p == NULL || canary == NULL || cur == NULL || next == NULL ||
       canary_prog_check(p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0)
     return CANARY_EINVAL;
   if (cur->state != CANARY_PROG_RUNNING || cur->step >= p->nsteps)
     return CANARY_ESTATE;
-  if (canary_hist_summarize(window, NULL, &w) != 0)
-    return CANARY_EINVAL;
   step = cur->step;
+  /* Stable serves nothing with the canary at 100 %: no baseline. */
+  if (stable == NULL || p->steps[step] == CANARY_WEIGHT_SCALE)
+    flags |= CANARY_JUDGE_NO_BASELINE;
+  if (canary_judge(&p->judge, flags, canary, NULL, stable, NULL, &j) != 0)
+    return CANARY_EINVAL;
+  if (p->dry_run)
+    dry = "dry run: would ";
   *next = *cur;
-  result = judge(p, &w, why, sizeof why);
-  next->last_result = (uint32_t)result;
-  next->evaluations[result]++;
-  next->window_requests = w.count;
-  next->error_rate = w.error_rate;
-  next->p95_us = w.p95_us;
-  next->p99_us = w.p99_us;
-  if (result == CANARY_GATE_PASS) {
+  next->last_result = j.verdict;
+  if (p->dry_run)
+    next->dry_evaluations[j.verdict]++;
+  else
+    next->evaluations[j.verdict]++;
+  next->window_requests = j.canary_requests;
+  next->error_rate = j.canary_error_rate;
+  next->p95_us = j.canary_p95_us;
+  next->p99_us = j.canary_p99_us;
+  if (j.verdict == CANARY_GATE_PASS) {
     next->failures = 0;
     if (step + 1 < p->nsteps) {
-      next->step = step + 1;
-      snprintf(next->reason, sizeof next->reason,
-               "step %u -> %.2f %%: %s (cluster window)", step + 2,
+      reason_into(next->reason,
+               "%sstep %u -> %.2f %%: %s (cluster window)", dry, step + 2,
                p->steps[step + 1] / 100.0, why);
+      if (!p->dry_run)
+        next->step = step + 1;
     } else if (p->on_success == CANARY_PROG_PROMOTE) {
-      next->state = CANARY_PROG_PROMOTED;
-      snprintf(next->reason, sizeof next->reason, "promoted at %.2f %%: %s",
-               p->steps[step] / 100.0, why);
+      reason_into(next->reason, "%s%s at %.2f %%: %s", dry,
+               p->dry_run ? "promote" : "promoted", p->steps[step] / 100.0,
+               why);
+      if (!p->dry_run)
+        next->state = CANARY_PROG_PROMOTED;
     } else {
-      next->state = CANARY_PROG_PAUSED;
-      snprintf(next->reason, sizeof next->reason,
-               "all steps passed; holding at %.2f %% until promoted",
-               p->steps[step] / 100.0);
+      reason_into(next->reason,
+               "%sall steps passed; %s at %.2f %% until promoted", dry,
+               p->dry_run ? "hold" : "holding", p->steps[step] / 100.0);
+      if (!p->dry_run)
+        next->state = CANARY_PROG_PAUSED;
     }
-  } else if (result == CANARY_GATE_FAIL) {
+  } else if (j.verdict == CANARY_GATE_FAIL) {
     next->failures = cur->failures + 1;
-    if (next->failures >= p->failure_limit) {
-      next->state = CANARY_PROG_ROLLED_BACK;
-      snprintf(next->reason, sizeof next->reason,
-               "rolled back after %u failed windows: %s", next->failures, why);
+    if (j.rollback || next->failures >= p->failure_limit) {
+      if (j.rollback)
+        reason_into(next->reason, "%s%s at once: %s", dry,
+                 p->dry_run ? "roll back" : "rolled back", why);
+      else
+        reason_into(next->reason,
+                 "%s%s after %u failed windows: %s", dry,
+                 p->dry_run ? "roll back" : "rolled back", next->failures,
+                 why);
+      if (!p->dry_run)
+        next->state = CANARY_PROG_ROLLED_BACK;
     } else {
-      snprintf(next->reason, sizeof next->reason,
-               "window failed (%u of %u): %s", next->failures,
-               p->failure_limit, why);
+      reason_into(next->reason,
+               "%swindow failed (%u of %u): %s", p->dry_run ? "dry run: " : "",
+               next->failures, p->failure_limit, why);
     }
   } else {
-    snprintf(next->reason, sizeof next->reason, "%s", why);
+    reason_into(next->reason, "%s%s",
+             p->dry_run ? "dry run: " : "", why);
   }
   next->step_weight = next->state == CANARY_PROG_ROLLED_BACK
                           ? 0
                           : p->steps[next->step];
-  return result;
+  return (int)j.verdict;
 }
 
 int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,

@@ -237,11 +237,79 @@ static void fill_row(const canary_seg_t *seg, int slot,
     row->le[k++] = count;
 }
 
+/* The progression's judging, per route: windows judged by verdict, and
+ * every gate judged in the last conclusive window (a pass or a fail; an
+ * inconclusive window measures nothing), its measured value next to its
+ * limit, in base units (seconds for latencies, fractions for rates and
+ * deltas, plain multiples for ratios).  Judgements of a dry run, which
+ * applied nothing, carry dry_run="true".  slots[i] is views[i]'s route
+ * slot.  Returns 0 or CANARY_ENOMEM. */
+static int gate_families(struct out *o, const canary_seg_t *seg,
+                         const struct canary_route_view *views,
+                         const struct canary_prog_status *progs,
+                         const int *slots, size_t nviews) {
+  struct canary_decision *last = calloc(nviews ? nviews : 1, sizeof *last);
+  static const char *const family_name[2] = {"canary_gate_value",
+                                             "canary_gate_limit"};
+  static const char *const family_help[2] = {
+      "Measured value of each gate in the last conclusive window "
+      "(seconds, fractions or ratios).",
+      "Configured limit of each gate judged in the last conclusive window."};
+
+  if (last == NULL)
+    return CANARY_ENOMEM;
+  family(o, "canary_gate_evaluations_total", "counter",
+         "Progression windows judged, by verdict; dry_run=\"true\": "
+         "judged in a dry run, nothing applied.");
+  for (size_t i = 0; i < nviews; i++) {
+    int dry = progs[i].dry_run;
+    for (int g = 0; g < CANARY_GATE_RESULTS; g++) {
+      route_line(o, "canary_gate_evaluations_total", &views[i], "result",
+                 gate_text[g], progs[i].evaluations[g]);
+      dry |= progs[i].dry_evaluations[g] != 0;
+    }
+    for (int g = 0; dry && g < CANARY_GATE_RESULTS; g++) {
+      series(o, "canary_gate_evaluations_total", &views[i], -1);
+      puts_(o, ",result=\"");
+      puts_(o, gate_text[g]);
+      puts_(o, "\",dry_run=\"true\"} ");
+      put_u64(o, progs[i].dry_evaluations[g]);
+      put(o, "\n", 1);
+    }
+    if (progs[i].state == CANARY_PROG_NONE ||
+        canary__prog_last_judged(seg, slots[i], &last[i]) != 0)
+      last[i].seq = 0; /* nothing judged (or no longer in the log) */
+  }
+  for (int f = 0; f < 2; f++) {
+    family(o, family_name[f], "gauge", family_help[f]);
+    for (size_t i = 0; i < nviews; i++) {
+      if (last[i].seq == 0)
+        continue;
+      for (int g = 0; g < CANARY_GATES; g++) {
+        const struct canary_gate_check *k = &last[i].judge.gates[g];
+        double v = f == 0 ? k->value : k->limit;
+        if (k->check != CANARY_CHECK_PASS && k->check != CANARY_CHECK_FAIL)
+          continue;
+        if (g == CANARY_GATE_P95 || g == CANARY_GATE_P99)
+          v /= 1e6; /* microseconds -> seconds */
+        series(o, family_name[f], &views[i], -1);
+        puts_(o, ",gate=\"");
+        puts_(o, canary_gate_name(g));
+        puts_(o, last[i].dry_run ? "\",dry_run=\"true\"} " : "\"} ");
+        putf(o, "%.9g\n", v);
+      }
+    }
+  }
+  free(last);
+  return 0;
+}
+
 int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
                        size_t *len_out) {
   struct canary_route_view *views = NULL;
   struct canary_prog_status *progs = NULL;
   struct canary_hist_snapshot *snap = NULL;
+  int *slots = NULL;
   struct row *rows = NULL;
   size_t nviews = 0, nrows = 0;
   struct out o = {buf, buf ? cap : 0, 0};
@@ -254,9 +322,10 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
     le_last[k] = canary__bucket_of(le_bounds[k].us);
   views = calloc(seg->max_routes, sizeof *views);
   progs = calloc(seg->max_routes, sizeof *progs);
+  slots = calloc(seg->max_routes, sizeof *slots);
   rows = calloc((size_t)seg->max_routes * seg->max_upstreams, sizeof *rows);
   snap = malloc(sizeof *snap);
-  if (!views || !progs || !rows || !snap) {
+  if (!views || !progs || !slots || !rows || !snap) {
     rc = CANARY_ENOMEM;
     goto done;
   }
@@ -266,6 +335,7 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
       continue; /* free, unpublished, or unreadable: nothing to say */
     if (canary_prog_status(seg, (int)i, 0, &progs[nviews]) != 0)
       progs[nviews].state = CANARY_PROG_NONE;
+    slots[nviews] = (int)i;
     for (uint32_t u = 0; u < v->n; u++) {
       rows[nrows].route = (int)nviews;
       rows[nrows].upstream = (int)u;
@@ -355,12 +425,9 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
       route_line(&o, "canary_progression_state", &views[i], "state",
                  prog_state_text[st], progs[i].state == st);
 
-  family(&o, "canary_gate_evaluations_total", "counter",
-         "Progression windows judged, by verdict.");
-  for (size_t i = 0; i < nviews; i++)
-    for (int g = 0; g < CANARY_GATE_RESULTS; g++)
-      route_line(&o, "canary_gate_evaluations_total", &views[i], "result",
-                 gate_text[g], progs[i].evaluations[g]);
+  rc = gate_families(&o, seg, views, progs, slots, nviews);
+  if (rc != 0)
+    goto done;
 
   family(&o, "canary_trace_ids_total", "counter",
          "Requests by where their trace ID came from.");
@@ -383,6 +450,7 @@ int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
 done:
   free(views);
   free(progs);
+  free(slots);
   free(rows);
   free(snap);
   return rc;

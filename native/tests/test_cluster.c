@@ -1,8 +1,8 @@
 /*
  * test_cluster.c - the engine's side of a cluster-scoped progression:
  * canary_prog_judge() (a window given as a snapshot, e.g. the sum of every
- * node's), canary_prog_apply() (a state decided elsewhere, applied without
- * judging) and canary_prog_breach() (the immediate limit alone).
+ * node's), NULL, canary_prog_apply() (a state decided elsewhere, applied
+ * without judging) and canary_prog_breach() (the immediate limit alone).
  */
 #include "test_util.h"
 
@@ -29,13 +29,13 @@ static void runbook(struct canary_prog_params *p) {
   p->nsteps = 3;
   memcpy(p->steps, steps, sizeof steps);
   p->interval_ms = 1000;
-  p->min_requests = 50;
   p->failure_limit = 2;
   p->on_success = CANARY_PROG_PROMOTE;
-  p->max_error_rate = 0.01;
-  p->max_p95_us = 1000 * 1000.0;
-  p->max_p99_us = 2000 * 1000.0;
-  p->rollback_error_rate = -1;
+  test_judge_unset(&p->judge);
+  p->judge.min_requests = 50;
+  p->judge.max_error_rate = 0.01;
+  p->judge.max_p95_us = 1000 * 1000.0;
+  p->judge.max_p99_us = 2000 * 1000.0;
 }
 
 /* A window of n requests at latency_us, `errors` of them 503. */
@@ -72,16 +72,21 @@ static void test_judge_rejects_what_it_cannot_judge(void **state) {
   runbook(&p);
   window_of(&w, 100, 0, 1000);
   running_at(&cur, 0);
-  assert_int_equal(canary_prog_judge(NULL, &w, &cur, &next), CANARY_EINVAL);
-  assert_int_equal(canary_prog_judge(&p, NULL, &cur, &next), CANARY_EINVAL);
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, NULL), CANARY_EINVAL);
+  assert_int_equal(canary_prog_judge(NULL, &w, NULL, &cur, &next),
+                   CANARY_EINVAL);
+  assert_int_equal(canary_prog_judge(&p, NULL, NULL, &cur, &next),
+                   CANARY_EINVAL);
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, NULL), CANARY_EINVAL);
   p.interval_ms = 1;
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, &next), CANARY_EINVAL);
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next),
+                   CANARY_EINVAL);
   runbook(&p);
   cur.state = CANARY_PROG_PAUSED;
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, &next), CANARY_ESTATE);
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next),
+                   CANARY_ESTATE);
   running_at(&cur, 3);
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, &next), CANARY_ESTATE);
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next),
+                   CANARY_ESTATE);
 }
 
 static void test_judge_steps_fails_and_promotes_like_a_node(void **state) {
@@ -94,14 +99,15 @@ static void test_judge_steps_fails_and_promotes_like_a_node(void **state) {
   running_at(&cur, 0);
   /* Too few requests: inconclusive, nothing moves. */
   window_of(&w, 49, 0, 1000);
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, &next),
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next),
                    CANARY_GATE_INCONCLUSIVE);
   assert_int_equal(next.step, 0);
   assert_int_equal(next.state, CANARY_PROG_RUNNING);
   assert_int_equal(next.evaluations[CANARY_GATE_INCONCLUSIVE], 1);
   /* A passing window steps up. */
   window_of(&w, 100, 0, 1000);
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, &next), CANARY_GATE_PASS);
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next),
+                   CANARY_GATE_PASS);
   assert_int_equal(next.step, 1);
   assert_int_equal(next.step_weight, 5000);
   assert_int_equal(next.window_requests, 100);
@@ -109,22 +115,26 @@ static void test_judge_steps_fails_and_promotes_like_a_node(void **state) {
   /* A failing window counts; failure_limit of them roll back. */
   cur = next;
   window_of(&w, 100, 5, 1000);
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, &next), CANARY_GATE_FAIL);
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next),
+                   CANARY_GATE_FAIL);
   assert_int_equal(next.state, CANARY_PROG_RUNNING);
   assert_int_equal(next.failures, 1);
   assert_int_equal(next.step, 1);
   cur = next;
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, &next), CANARY_GATE_FAIL);
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next),
+                   CANARY_GATE_FAIL);
   assert_int_equal(next.state, CANARY_PROG_ROLLED_BACK);
   assert_int_equal(next.step_weight, 0);
   assert_non_null(strstr(next.reason, "rolled back after 2 failed windows"));
   /* The last step passing promotes (or holds). */
   running_at(&cur, 2);
   window_of(&w, 100, 0, 1000);
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, &next), CANARY_GATE_PASS);
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next),
+                   CANARY_GATE_PASS);
   assert_int_equal(next.state, CANARY_PROG_PROMOTED);
   p.on_success = CANARY_PROG_HOLD;
-  assert_int_equal(canary_prog_judge(&p, &w, &cur, &next), CANARY_GATE_PASS);
+  assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next),
+                   CANARY_GATE_PASS);
   assert_int_equal(next.state, CANARY_PROG_PAUSED);
   assert_int_equal(next.step, 2);
 }
@@ -139,35 +149,35 @@ static void test_apply_rejects_bad_states(void **state) {
   int bare = canary_route_claim(fx->seg, "bare", 4, "", 0), route;
 
   test_table(&t, "up", 2, w);
-  assert_int_equal(canary_route_publish(fx->seg, bare, &t, 1, NULL, err,
-                                        sizeof err),
-                   0);
+  assert_int_equal(
+      canary_route_publish(fx->seg, bare, &t, 1, NULL, err, sizeof err), 0);
   running_at(&st, 1);
-  assert_int_equal(canary_prog_apply(fx->seg, bare, 1, &st, 0, 0, err,
-                                     sizeof err),
-                   CANARY_ESTATE);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, bare, 1, &st, 0, 0, err, sizeof err),
+      CANARY_ESTATE);
   assert_non_null(strstr(err, "no progression"));
-  assert_int_equal(canary_prog_apply(fx->seg, 99, 7, &st, 0, 0, err, sizeof err),
-                   CANARY_EINVAL);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, 99, 7, &st, 0, 0, err, sizeof err),
+      CANARY_EINVAL);
   runbook(&p);
   route = route_with(fx, &p);
-  assert_int_equal(canary_prog_apply(fx->seg, route, 7, NULL, 0, 0, err,
-                                     sizeof err),
-                   CANARY_EINVAL);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, route, 7, NULL, 0, 0, err, sizeof err),
+      CANARY_EINVAL);
   st.state = CANARY_PROG_NONE;
-  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &st, 0, 0, err,
-                                     sizeof err),
-                   CANARY_EINVAL);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, route, 7, &st, 0, 0, err, sizeof err),
+      CANARY_EINVAL);
   running_at(&st, 3); /* a 3-step progression has steps 0..2 */
-  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &st, 0, 0, err,
-                                     sizeof err),
-                   CANARY_EINVAL);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, route, 7, &st, 0, 0, err, sizeof err),
+      CANARY_EINVAL);
   assert_non_null(strstr(err, "step 4 of a 3-step"));
   /* A state decided for another configuration of the route. */
   running_at(&st, 1);
-  assert_int_equal(canary_prog_apply(fx->seg, route, 8, &st, 0, 0, err,
-                                     sizeof err),
-                   CANARY_ESTATE);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, route, 8, &st, 0, 0, err, sizeof err),
+      CANARY_ESTATE);
   assert_non_null(strstr(err, "another configuration"));
   assert_int_equal(canary_effective(fx, route, NULL), 1000);
 }
@@ -186,36 +196,32 @@ static void test_apply_sets_weights_without_judging(void **state) {
   running_at(&st, 1);
   st.last_result = CANARY_GATE_PASS;
   snprintf(st.reason, sizeof st.reason, "cluster says 50");
-  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &st, 1, now, err,
-                                     sizeof err),
-                   2);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, route, 7, &st, 1, now, err, sizeof err), 2);
   assert_int_equal(canary_effective(fx, route, &gen1), 5000);
   assert_int_equal(canary_prog_status(fx->seg, route, now, &got), 0);
   assert_int_equal(got.step, 1);
   assert_int_equal(got.evaluations[CANARY_GATE_PASS], 1);
   assert_string_equal(got.reason, "cluster says 50");
   /* The same state again publishes nothing. */
-  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &st, 0, now, err,
-                                     sizeof err),
-                   1);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, route, 7, &st, 0, now, err, sizeof err), 1);
   assert_int_equal(canary_effective(fx, route, &gen2), 5000);
   assert_int_equal(gen1, gen2);
   /* Paused keeps the step's weight. */
   st.state = CANARY_PROG_PAUSED;
-  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &st, 0, now, err,
-                                     sizeof err),
-                   2);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, route, 7, &st, 0, now, err, sizeof err), 2);
   assert_int_equal(canary_effective(fx, route, NULL), 5000);
   /* Rolled back: canary at 0, and no later state brings it back. */
   st.state = CANARY_PROG_ROLLED_BACK;
-  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &st, 0, now, err,
-                                     sizeof err),
-                   2);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, route, 7, &st, 0, now, err, sizeof err), 2);
   assert_int_equal(canary_effective(fx, route, NULL), 0);
   running_at(&st, 2);
-  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &st, 0, now, err,
-                                     sizeof err),
-                   CANARY_ESTATE);
+  assert_int_equal(
+      canary_prog_apply(fx->seg, route, 7, &st, 0, now, err, sizeof err),
+      CANARY_ESTATE);
   assert_non_null(strstr(err, "rolled back on this node"));
   assert_int_equal(canary_effective(fx, route, NULL), 0);
 }
@@ -264,11 +270,10 @@ static void test_breach_rolls_back_but_never_judges_a_window(void **state) {
   int route;
 
   runbook(&p);
-  p.rollback_error_rate = 0.10;
+  p.judge.rollback_error_rate = 0.10;
   route = route_with(fx, &p);
   for (int i = 0; i < 100; i++)
-    assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 200, -1),
-                     0);
+    assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 200, -1), 0);
   /* Windows long past their end: a node-scoped tick would step up. */
   assert_int_equal(canary_prog_breach(fx->seg, route, now + 5 * SEC, &st), 0);
   assert_int_equal(st.state, CANARY_PROG_RUNNING);
@@ -279,8 +284,7 @@ static void test_breach_rolls_back_but_never_judges_a_window(void **state) {
                    0);
   /* An error burst (30 of 130 > 10 %) rolls back at once. */
   for (int i = 0; i < 30; i++)
-    assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 503, -1),
-                     0);
+    assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 503, -1), 0);
   assert_int_equal(canary_prog_breach(fx->seg, route, now + 6 * SEC, &st), 2);
   assert_int_equal(st.state, CANARY_PROG_ROLLED_BACK);
   assert_non_null(strstr(st.reason, "rolled back at once"));
@@ -298,17 +302,16 @@ static void test_apply_restarts_the_local_window(void **state) {
   int route;
 
   runbook(&p);
-  p.rollback_error_rate = 0.10;
-  p.min_requests = 10;
+  p.judge.rollback_error_rate = 0.10;
+  p.judge.min_requests = 10;
   route = route_with(fx, &p);
   for (int i = 0; i < 5; i++)
-    assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 503, -1),
-                     0);
+    assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 503, -1), 0);
   running_at(&st, 1);
-  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &st, 0, now, NULL, 0), 2);
+  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &st, 0, now, NULL, 0),
+                   2);
   for (int i = 0; i < 10; i++)
-    assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 200, -1),
-                     0);
+    assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 200, -1), 0);
   /* 5 errors in 15 would breach; 0 in 10 does not. */
   assert_int_equal(canary_prog_breach(fx->seg, route, now + SEC, &st), 0);
   assert_int_equal(st.state, CANARY_PROG_RUNNING);
@@ -316,7 +319,7 @@ static void test_apply_restarts_the_local_window(void **state) {
 
 /* Differential: the same windows judged by a node's own tick and by
  * canary_prog_judge() (given the snapshot difference) end in the same
- * step, state, failures and verdict, window after window. */
+ * step, state, NULL, failures and verdict, window after window. */
 static void test_judge_agrees_with_a_node_tick(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
@@ -346,7 +349,7 @@ static void test_judge_agrees_with_a_node_tick(void **state) {
       win.buckets[b] = after.buckets[b] - before.buckets[b];
     now += 1.1 * SEC;
     assert_true(canary_prog_tick(fx->seg, route, now, &tick) >= 1);
-    assert_true(canary_prog_judge(&p, &win, &cur, &next) >= 0);
+    assert_true(canary_prog_judge(&p, &win, NULL, &cur, &next) >= 0);
     assert_int_equal(next.state, tick.state);
     assert_int_equal(next.step, tick.step);
     assert_int_equal(next.failures, tick.failures);
@@ -359,7 +362,9 @@ static void test_judge_agrees_with_a_node_tick(void **state) {
   assert_int_equal(next.state, CANARY_PROG_ROLLED_BACK);
 }
 
-static int setup(void **state) { return test_fx_setup(state, 8, 2); }
+static int setup(void **state) {
+  return test_fx_setup(state, 8, 2);
+}
 
 int main(void) {
   const struct CMUnitTest tests[] = {
@@ -380,6 +385,5 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_apply_restarts_the_local_window,
                                       setup, test_fx_teardown),
   };
-  return cmocka_run_group_tests_name("cluster progression", tests, NULL,
-                                     NULL);
+  return cmocka_run_group_tests_name("cluster progression", tests, NULL, NULL);
 }

@@ -479,4 +479,17 @@ static inline void test_table(struct canary_table *t, const char *prefix,
   }
 }
 
+/* Judging parameters with no gate set: threshold analysis, the
+ * statistical defaults of the plugin config (confidence 0.98, allowed
+ * increase 0.25), min_requests 0. */
+static inline void test_judge_unset(struct canary_judge_params *j) {
+  memset(j, 0, sizeof *j);
+  j->analysis = CANARY_ANALYSIS_THRESHOLD;
+  j->max_error_rate = j->max_p95_us = j->max_p99_us = -1;
+  j->max_p95_ratio = j->max_p99_ratio = j->max_error_rate_delta = -1;
+  j->rollback_error_rate = j->rollback_p99_ratio = -1;
+  j->confidence = 0.98;
+  j->allowed_increase = 0.25;
+}
+
 #endif /* CANARY_TEST_UTIL_H */

@@ -250,7 +250,10 @@ function _M.header_filter()
     local status = ngx.status
     if not header_time and UPSTREAM_ERRORS[status] then
       -- nginx made this response (the upstream never answered): send
-      -- Kong's JSON error instead of nginx's HTML page.
+      -- Kong's JSON error instead of nginx's HTML page.  Kong serves it
+      -- from its error handler, which marks the request unexpected
+      -- (kong/init.lua, Kong.handle_error), so get_source() says "error".
+      ctx.KONG_UNEXPECTED = true
       local body = util.json_encode { message = UPSTREAM_ERRORS[status] }
       ctx.KONG_ERROR_BODY = body
       ngx.header["Content-Type"] = "application/json; charset=utf-8"
