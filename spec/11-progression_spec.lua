@@ -30,9 +30,9 @@ local function start_progression(p)
     max_error_rate = 1, max_p95_ms = 1000, max_p99_ms = 2000,
   }
   for k, v in pairs(p or {}) do prog[k] = v end
-  local status, body = host.admin("PATCH", "/plugins/" .. PLUGIN_ID,
-                                  { config = { progression = prog } })
-  assert.equal(200, status, cjson.encode(body))
+  -- DB-less: POST /config of the changed declarative config
+  local status, body = host.set_plugin_config(PLUGIN_ID, { progression = prog })
+  assert.equal(201, status, cjson.encode(body))
 end
 
 local function instance()

@@ -25,7 +25,8 @@ local function declarative()
 end
 
 -- A fresh progression (every config change restarts it); 1 s windows.
--- PATCH merges records field by field, so every field is given: the
+-- A change merges records field by field (PATCH, or its DB-less
+-- equivalent through POST /config), so every field is given: the
 -- optional ones as null unless `p` sets them (false: unset).
 local OPTIONAL = { "max_error_rate", "max_p95_ms", "max_p99_ms", "rollback_error_rate",
                    "max_p95_ratio", "max_p99_ratio", "rollback_p99_ratio",
@@ -42,9 +43,8 @@ local function start_progression(p)
     if v == false and k ~= "dry_run" then v = cjson.null end
     prog[k] = v
   end
-  local status, body = host.admin("PATCH", "/plugins/" .. PLUGIN_ID,
-                                  { config = { progression = prog } })
-  assert.equal(200, status, cjson.encode(body))
+  local status, body = host.set_plugin_config(PLUGIN_ID, { progression = prog })
+  assert.is_true(status == 200 or status == 201, cjson.encode(body))
 end
 
 local function instance()

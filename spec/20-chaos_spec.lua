@@ -1,7 +1,7 @@
 -- Chaos under load, on the local Kong host (real nginx, 2 workers, real
 -- demo upstreams, wrk from a second process on loopback):
 --
---   * kill -9 of random workers while wrk runs and weights are PATCHed;
+--   * kill -9 of random workers while wrk runs and weights change;
 --   * 50 reloads under load;
 --   * the segment's directory unwritable or full, or its path impossible,
 --     at start: the gateway fails open to the stable upstream;
@@ -128,7 +128,7 @@ describe("chaos", function()
   end)
 
   describe("under load", function()
-    it("survives kill -9 of random workers while wrk runs and weights are PATCHed", function()
+    it("survives kill -9 of random workers while wrk runs and weights change", function()
       local seed = os.time()
       math.randomseed(seed)
       local before_text = metrics()
@@ -146,20 +146,19 @@ describe("chaos", function()
         local pid = live[math.random(#live)]
         assert(sh("kill -9 " .. pid))
         killed[#killed + 1] = pid
-        -- a weight change right behind it; the PATCH itself may land on the
-        -- dying worker, so a failed call is retried (PATCHing the same
-        -- weights twice is harmless)
+        -- a weight change right behind it (POST /config, DB-less); the
+        -- call itself may land on the dying worker, so a failed one is
+        -- retried (writing the same weights twice is harmless)
         local ok = false
         for _ = 1, 30 do
-          local status, body = host.admin("PATCH", "/plugins/" .. PLUGIN_ID,
-                                          { config = { upstreams = weights(canary) } })
-          if status == 200 then ok = true break end
+          local status, body = host.set_plugin_config(PLUGIN_ID, { upstreams = weights(canary) })
+          if status == 201 then ok = true break end
           patch_errors[#patch_errors + 1] = tostring(status) .. " " ..
                                             (type(body) == "table" and cjson.encode(body) or
                                              tostring(body))
           socket.sleep(0.05)
         end
-        assert.is_true(ok, "PATCH never succeeded: " .. table.concat(patch_errors, "; "))
+        assert.is_true(ok, "weight change never succeeded: " .. table.concat(patch_errors, "; "))
         patched = canary
         -- the segment stays readable and its counters never go back
         local text = metrics()
@@ -178,7 +177,7 @@ describe("chaos", function()
                                 + r.errors.timeout
       figures.kill_socket_errors = figures.kill_socket_errors + r.errors.read + r.errors.write
       print(("\n  kill -9 chaos (seed %d): %d workers killed, %d requests, %d non-2xx, " ..
-             "socket errors connect %d read %d write %d timeout %d, PATCH retries %d")
+             "socket errors connect %d read %d write %d timeout %d, config write retries %d")
             :format(seed, #killed, r.requests, r.non2xx, r.errors.connect, r.errors.read,
                     r.errors.write, r.errors.timeout, #patch_errors))
 
@@ -234,7 +233,7 @@ describe("chaos", function()
         assert.equal(prom.sum(after, "canary_requests_total", { upstream = u.name }), u.requests)
       end
 
-      -- the split is the last PATCHed one, on every (new) worker
+      -- the split is the last one written, on every (new) worker
       assert.equal(patched / 100, prom.value(after, "canary_upstream_weight",
                                              { route = ROUTE, upstream = CANARY }))
       local canary, failed = send(1000)

@@ -12,6 +12,14 @@
 #   --workers N           worker processes (default 2)
 #   --segment PATH        the plugin's segment (CANARY_ROUTER_SEGMENT;
 #                         default PREFIX/canary-router.seg)
+#   --kong-version V      the Kong release to behave as: 3.9.1 (default) or
+#                         3.4.2 (no `configure` phase)
+#   --database MODE       off (DB-less, default) or postgres (DB mode, the
+#                         host's shm document standing in for PostgreSQL)
+#   --worker-consistency eventual|strict   DB mode (Kong's default eventual)
+#   --worker-state-update-frequency SECONDS  DB mode rebuild timer (default 5)
+#
+# Options given to start are kept for reload and restart (PREFIX/.kong_host).
 #
 # start   generates PREFIX/conf/nginx.conf, starts nginx and returns once
 #         the proxy, Admin API and status ports answer.
@@ -50,6 +58,10 @@ while [ $# -gt 0 ]; do
     --workers)       OPT[workers]=$2; shift 2 ;;
     --log-level)     OPT[log_level]=$2; shift 2 ;;
     --segment)       OPT[segment]=$2; shift 2 ;;
+    --kong-version)  OPT[kong_version]=$2; shift 2 ;;
+    --database)      OPT[database]=$2; shift 2 ;;
+    --worker-consistency) OPT[worker_consistency]=$2; shift 2 ;;
+    --worker-state-update-frequency) OPT[worker_state_update_frequency]=$2; shift 2 ;;
     *) die "unknown option '$1'" ;;
   esac
 done
@@ -90,6 +102,25 @@ load_settings() {
   : "${OPT[status_listen]:=127.0.0.1:8007}"
   : "${OPT[workers]:=2}"
   : "${OPT[log_level]:=notice}"
+  : "${OPT[kong_version]:=3.9.1}"
+  : "${OPT[database]:=off}"
+  : "${OPT[worker_consistency]:=eventual}"
+  : "${OPT[worker_state_update_frequency]:=5}"
+  case "${OPT[kong_version]}" in
+    3.4.2|3.9.1) ;;
+    *) die "--kong-version must be 3.4.2 or 3.9.1, got '${OPT[kong_version]}'" ;;
+  esac
+  case "${OPT[database]}" in
+    off|postgres) ;;
+    *) die "--database must be off or postgres, got '${OPT[database]}'" ;;
+  esac
+  case "${OPT[worker_consistency]}" in
+    eventual|strict) ;;
+    *) die "--worker-consistency must be eventual or strict, got '${OPT[worker_consistency]}'" ;;
+  esac
+  [[ "${OPT[worker_state_update_frequency]}" =~ ^[0-9]+(\.[0-9]+)?$ ]] &&
+    [[ ! "${OPT[worker_state_update_frequency]}" =~ ^0+(\.0+)?$ ]] ||
+    die "--worker-state-update-frequency must be a number of seconds > 0, got '${OPT[worker_state_update_frequency]}'"
   [ -f "${OPT[config]}" ] || die "declarative config '${OPT[config]}' not found"
   OPT[config]=$(cd "$(dirname "${OPT[config]}")" && pwd)/$(basename "${OPT[config]}")
   local user_path=${LUA_PATH:-}
@@ -110,7 +141,8 @@ load_settings() {
 
 save_settings() {
   : > "$SETTINGS"
-  for k in config plugins proxy_listen admin_listen status_listen workers log_level segment; do
+  for k in config plugins proxy_listen admin_listen status_listen workers log_level segment \
+           kong_version database worker_consistency worker_state_update_frequency; do
     echo "$k=${OPT[$k]}" >> "$SETTINGS"
   done
 }
@@ -119,7 +151,8 @@ render_conf() {
   mkdir -p "$PREFIX/conf" "$PREFIX/logs" "$PREFIX/tmp"
   local args=(prefix="$PREFIX")
   for k in config plugins proxy_listen admin_listen status_listen workers log_level lua_path \
-           lua_cpath segment user; do
+           lua_cpath segment user kong_version database worker_consistency \
+           worker_state_update_frequency; do
     args+=("$k=${OPT[$k]}")
   done
   luajit "$ROOT/kong/host/lib/kong_host/nginx_conf.lua" "${args[@]}" > "$PREFIX/conf/nginx.conf.new"

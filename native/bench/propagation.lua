@@ -1,13 +1,15 @@
--- native/bench/propagation.lua - how long after an Admin API PATCH
--- returns until every worker routes with the new weights.
+-- native/bench/propagation.lua - how long after an Admin API write of new
+-- weights (POST /config, DB-less: the host's default mode, where Kong
+-- answers PATCH with 405) returns until every worker routes with them.
 --
 --   luajit propagation.lua PROXY_PORT ADMIN_PORT PLUGIN_ID TRIALS
 --
 -- Opens keep-alive connections to the proxy until each of the gateway's
 -- workers serves two of them (the owner of each server-side socket is
--- read with `ss -p`).  A trial PATCHes the canary-router instance from
--- stable 100 / canary 0 to 0 / 100 (or back) over a keep-alive Admin API
--- connection, takes t0 when the PATCH's 200 response has been read, then
+-- read with `ss -p`).  A trial changes the canary-router instance from
+-- stable 100 / canary 0 to 0 / 100 (or back) with GET /config and POST
+-- /config (plugin_config.lua) over a keep-alive Admin API connection,
+-- takes t0 when the POST's 201 response has been read, then
 -- sends requests round-robin over the proxy connections, each connection
 -- until it answers with X-Canary-Upstream naming the new target.  The
 -- trial's figure is the time from t0 until the last connection has seen
@@ -18,8 +20,10 @@
 -- Prints "name value unit" lines: max, median and min over all trials
 -- (both directions), stale responses, and Kong's polling reference.
 
+package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local socket = require "socket"
 local ffi = require "ffi"
+local plugin_config = require "plugin_config"
 
 ffi.cdef [[
 struct prop_timespec { long tv_sec; long tv_nsec; };
@@ -50,10 +54,10 @@ local function connect(port)
   return c
 end
 
--- One HTTP/1.1 exchange on a keep-alive connection; returns status and
--- the lower-cased headers.  Bodies (Content-Length or chunked) are read
--- and dropped.
-local function exchange(c, req)
+-- One HTTP/1.1 exchange on a keep-alive connection; returns status, the
+-- lower-cased headers and, with `keep`, the body.  Bodies (Content-Length
+-- or chunked) are read, and dropped without `keep`.
+local function exchange(c, req, keep)
   assert(c:send(req))
   local line, err = c:receive("*l")
   if not line then fail("read status: " .. tostring(err)) end
@@ -65,9 +69,10 @@ local function exchange(c, req)
     local k, v = l:match("^([^:]+):%s*(.-)%s*$")
     if k then h[k:lower()] = v end
   end
+  local body = {}
   if h["content-length"] then
     local n = tonumber(h["content-length"])
-    if n > 0 then assert(c:receive(n)) end
+    if n > 0 then body[1] = assert(c:receive(n)) end
   elseif (h["transfer-encoding"] or ""):lower():find("chunked") then
     while true do
       local size = tonumber(assert(c:receive("*l")):match("^%x+"), 16)
@@ -75,11 +80,11 @@ local function exchange(c, req)
         repeat local l = assert(c:receive("*l")) until l == ""
         break
       end
-      assert(c:receive(size))
+      body[#body + 1] = assert(c:receive(size))
       assert(c:receive("*l"))
     end
   end
-  return status, h
+  return status, h, keep and table.concat(body) or nil
 end
 
 local GET = "GET /ai/propagation HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -118,18 +123,28 @@ end
 
 local admin = connect(ADMIN)
 
-local function patch(target)
-  local w_stable = target == STABLE and 100 or 0
-  local body = ('{"config":{"upstreams":[{"name":"%s","weight":%d},' ..
-                '{"name":"%s","weight":%d}]}}'):format(STABLE, w_stable, CANARY,
-                                                      100 - w_stable)
-  local status = exchange(admin, ("PATCH /plugins/%s HTTP/1.1\r\nHost: bench\r\n" ..
-    "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s")
-    :format(PLUGIN_ID, #body, body))
-  if status ~= 200 then fail("PATCH answered " .. tostring(status)) end
+-- plugin_config's HTTP client: the keep-alive Admin API connection.
+local function admin_request(method, url, body)
+  local path = url:match("^https?://[^/]+(/.*)$")
+  local req = ("%s %s HTTP/1.1\r\nHost: bench\r\n"):format(method, path)
+  if body then
+    req = req .. ("Content-Type: application/json\r\nContent-Length: %d\r\n"):format(#body)
+  end
+  local status, _, resp = exchange(admin, req .. "\r\n" .. (body or ""), true)
+  return status, resp
 end
 
--- Time from the PATCH's response until every connection sees `target`.
+local function patch(target)
+  local w_stable = target == STABLE and 100 or 0
+  local status, body = plugin_config.set(admin_request, "http://127.0.0.1:" .. ADMIN, PLUGIN_ID,
+    { upstreams = { { name = STABLE, weight = w_stable },
+                    { name = CANARY, weight = 100 - w_stable } } })
+  if status ~= 201 then
+    fail("POST /config answered " .. tostring(status) .. " " .. tostring(body))
+  end
+end
+
+-- Time from the write's response until every connection sees `target`.
 local function trial(target)
   patch(target)
   local t0 = now_ms()

@@ -1,6 +1,6 @@
 -- rollback.lua PROXY ADMIN PLUGIN_ID CANARY_PORT TRIALS
 --
--- Per trial: start a fresh progression (steps 10/50/100 %, interval 1 s,
+-- Per trial: start a fresh progression (POST /config, plugin_config.lua) (steps 10/50/100 %, interval 1 s,
 -- min_requests 20, rollback_error_rate 10 %), let wrk load run, then make
 -- the canary answer 30 % of requests with 503 (t0).  The canary's own
 -- request counter (demo upstream GET /__stats) is polled every 2 ms; the
@@ -8,7 +8,9 @@
 -- Figure: that time minus t0, i.e. from the first failing answer to the
 -- last canary-bound request; the goal is one interval plus 100 ms.
 
+package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local socket = require "socket"
+local plugin_config = require "plugin_config"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"
@@ -46,13 +48,13 @@ end
 local results = {}
 for t = 1, trials do
   control({ error_rate = 0 })
-  local status, body = request("PATCH",
-    "http://127.0.0.1:" .. admin .. "/plugins/" .. plugin,
-    cjson.encode({ config = { progression = {
+  -- DB-less, like the host's default: POST /config (a PATCH is 405).
+  local status, body = plugin_config.set(request, "http://127.0.0.1:" .. admin, plugin,
+    { progression = {
       canary = "automation-service-canary", steps = { 10, 50, 100 },
       interval = INTERVAL_MS / 1000, min_requests = 20 + t,
-      max_error_rate = 1, rollback_error_rate = 10 } } }))
-  assert(status == 200, body)
+      max_error_rate = 1, rollback_error_rate = 10 } })
+  assert(status == 201, body)
   os.execute(("wrk -t1 -c4 -d4s http://127.0.0.1:%s/ai/r > /dev/null 2>&1 &"):format(proxy))
   socket.sleep(1.2)
   control({ error_rate = 0.3, status = 503 })

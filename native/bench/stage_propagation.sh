@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# stage_propagation.sh - time from an Admin API `PATCH /plugins/{id}`
-# returning until every worker routes with the new weights (see
-# propagation.lua for the method), on the local host with 2 workers:
+# stage_propagation.sh - time from an Admin API weight change (POST /config,
+# DB-less, the host's default) returning until every worker routes with the
+# new weights (see propagation.lua for the method), on the local host with 2 workers:
 # proxy 127.0.0.1:28300, Admin API :28301, status :28302, benchmark
 # upstreams :29021 (stable) and :29022 (canary).  PROP_TRIALS (default 20)
 # round trips, i.e. 2 x PROP_TRIALS switches, 100/0 -> 0/100 and back.

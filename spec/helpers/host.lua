@@ -9,7 +9,12 @@
 --     plugins = "canary-router",    -- optional, comma-separated
 --     proxy_port = 8000, admin_port = 8001, status_port = 8007, workers = 2,
 --     segment = "/path/x.seg",      -- optional; PREFIX/canary-router.seg by default
+--     kong_version = "3.9.1",       -- or "3.4.2" (no configure phase)
+--     database = "off",             -- or "postgres" (DB mode: PATCH, no POST /config)
+--     worker_consistency = "eventual", worker_state_update_frequency = 5,  -- DB mode
+--     lua_path = "/dir/?.lua",      -- optional, searched first (extra plugins)
 --   }
+--   local status, body = host.set_plugin_config(id, { upstreams = {...} })
 --   local status, body, headers = host.request("GET", "/ai/x", { headers = {...} })
 --   local status, json = host.admin("PATCH", "/plugins/" .. id, { config = {...} })
 --   host.control("automation-service-canary", { latency_ms = 50, error_rate = 0.2 })
@@ -26,6 +31,8 @@
 -- $LUA_PATH (the Makefile's LUA_ENV puts build/lua and kong/host/lib on it).
 
 local cjson = require "cjson.safe"
+local dkjson = require "dkjson"
+local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 
@@ -123,7 +130,9 @@ function _M.start(opts)
     status = opts.status_port or 8007,
   }
   state = { prefix = prefix, ports = ports, upstreams = {},
-            segment = opts.segment or (prefix .. "/canary-router.seg") }
+            segment = opts.segment or (prefix .. "/canary-router.seg"),
+            workers = opts.workers or 2, database = opts.database or "off",
+            worker_state_update_frequency = opts.worker_state_update_frequency or 5 }
 
   if #upstreams > 0 then
     local list = {}
@@ -142,7 +151,18 @@ function _M.start(opts)
     end
   end
 
-  local ok, out = run(table.concat({
+  local mode_args = {}
+  for _, k in ipairs { "kong_version", "database", "worker_consistency",
+                       "worker_state_update_frequency" } do
+    if opts[k] ~= nil then
+      mode_args[#mode_args + 1] = "--" .. k:gsub("_", "-") .. " " .. sh_quote(opts[k])
+    end
+  end
+  local env = ""
+  if opts.lua_path then
+    env = "LUA_PATH=" .. sh_quote(opts.lua_path .. ";" .. (os.getenv("LUA_PATH") or ";;")) .. " "
+  end
+  local ok, out = run(env .. table.concat({
     "bash", sh_quote(ROOT .. "/kong/host/ctl.sh"), "start",
     "--prefix", sh_quote(prefix),
     "--config", sh_quote(config),
@@ -153,6 +173,7 @@ function _M.start(opts)
     "--workers", tostring(opts.workers or 2),
     "--log-level", opts.log_level or "info",
     "--segment", sh_quote(state.segment),
+    table.concat(mode_args, " "),
   }, " "))
   if not ok then
     local log = read_file(prefix .. "/logs/error.log") or ""
@@ -261,6 +282,143 @@ function _M.admin(method, path, body_table)
     return status, body
   end
   return status, json
+end
+
+
+-- Kong's PATCH merge of a plugin config (Schema:merge_values): records
+-- are merged field by field, anything else (arrays included) replaces.
+-- cjson's null as dkjson's, at any depth (dkjson encodes the document).
+local function dk_nulls(v)
+  if v == cjson.null then return dkjson.null end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = dk_nulls(x) end
+  return setmetatable(out, getmetatable(v))
+end
+
+local function merge(top, bottom)
+  if type(bottom) ~= "table" then
+    return dk_nulls(top)
+  end
+  local out = {}
+  for k, v in pairs(bottom) do
+    out[k] = v
+  end
+  for k, v in pairs(top) do
+    local b = bottom[k]
+    if type(v) ~= "table" or v == cjson.null then
+      -- JSON null unsets the field, as in a PATCH
+      out[k] = dk_nulls(v)
+    elseif type(v) == "table" and type(b) == "table" and #v == 0 and next(v) ~= nil
+       and #b == 0 and next(b) ~= nil then
+      out[k] = merge(v, b)
+    else
+      out[k] = dk_nulls(v)
+    end
+  end
+  return out
+end
+
+
+-- GET /config's `config` string: Kong writes YAML, the local host JSON.
+-- Decoded with dkjson (arrays stay arrays, even empty ones), or lyaml
+-- with its nulls turned into JSON nulls.
+local function decode_export(text)
+  if text:match("^%s*{") then
+    local doc, _, err = dkjson.decode(text, 1, dkjson.null)
+    return doc, err
+  end
+  local lyaml = require "lyaml"
+  local ok, docs = pcall(lyaml.load, text, { all = false })
+  if not ok then
+    return nil, tostring(docs)
+  end
+  local function nulls(v)
+    if v == lyaml.null then
+      return dkjson.null
+    elseif type(v) == "table" then
+      for k, x in pairs(v) do
+        v[k] = nulls(x)
+      end
+    end
+    return v
+  end
+  return nulls(docs)
+end
+
+
+-- After a write: wait until every worker runs the new document.  The
+-- local host says which version each worker runs (GET /, `kong_host`);
+-- Kong does not, so there the wait is what its propagation takes: the
+-- reconfigure event DB-less (milliseconds), the rebuild timer in DB mode.
+local function wait_applied()
+  local deadline = socket.gettime() + 10 + state.worker_state_update_frequency
+  repeat
+    local status, info = _M.admin("GET", "/")
+    if status == 200 and type(info) == "table" then
+      local kh = info.kong_host
+      if type(kh) ~= "table" then
+        socket.sleep(state.database == "off" and 0.2
+                     or state.worker_state_update_frequency + 0.2)
+        return true
+      end
+      local n = 0
+      for _, v in ipairs(kh.applied) do
+        if v == kh.config_version then n = n + 1 end
+      end
+      if n >= state.workers then
+        return true
+      end
+    end
+    socket.sleep(0.005)
+  until socket.gettime() > deadline
+  return false
+end
+
+
+--- Changes a plugin's config the way an operator does in the gateway's
+-- mode: with a database `PATCH /plugins/{id}`; DB-less (Kong refuses that
+-- PATCH with 405) `POST /config` of the current declarative config (GET
+-- /config) with this plugin's config merged as a PATCH would (what decK
+-- or an edited kong.yml does).  `config` holds the fields to change.
+-- Returns the status and decoded body of the write; after a success, once
+-- every worker routes with the new config.
+function _M.set_plugin_config(plugin_id, config)
+  assert(state, "host not started")
+  local status, body
+  if state.database ~= "off" then
+    status, body = _M.admin("PATCH", "/plugins/" .. plugin_id, { config = config })
+  else
+    local exported
+    status, exported = _M.admin("GET", "/config")
+    if status ~= 200 or type(exported) ~= "table" or type(exported.config) ~= "string" then
+      return status, exported
+    end
+    local doc, err = decode_export(exported.config)
+    if type(doc) ~= "table" then
+      error("cannot decode GET /config: " .. tostring(err), 2)
+    end
+    local found
+    for _, p in ipairs(doc.plugins or {}) do
+      if p.id == plugin_id then
+        p.config = merge(config, p.config)
+        found = true
+      end
+    end
+    if not found then
+      return 404, { message = "no plugin " .. plugin_id .. " in GET /config" }
+    end
+    local raw
+    status, raw = _M.request("POST", "/config", {
+      body = dkjson.encode(doc),
+      headers = { ["Content-Type"] = "application/json" },
+    }, state.ports.admin)
+    body = status and cjson.decode(raw) or raw
+  end
+  if (status == 200 or status == 201) and not wait_applied() then
+    error("the new config of plugin " .. plugin_id .. " is not in force in every worker", 2)
+  end
+  return status, body
 end
 
 

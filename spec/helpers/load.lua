@@ -1,5 +1,5 @@
 -- spec/helpers/load.lua: background HTTP load with wrk, for specs that
--- change the gateway (PATCH, reload, kill) while requests flow.
+-- change the gateway (weight changes, reload, kill) while requests flow.
 --
 --   local job = load.start{ url = "http://127.0.0.1:8000/ai/x", seconds = 5,
 --                           connections = 8, close = true }

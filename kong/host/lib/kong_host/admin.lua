@@ -2,21 +2,31 @@
 -- (127.0.0.1:8007), with Kong's response shapes.
 --
 -- Admin API:  GET /, GET /status, GET /plugins, GET|PATCH /plugins/{id},
---             POST /config, and the routes of every plugin's api.lua.
+--             GET|POST /config, and the routes of every plugin's api.lua.
 -- Status:     GET /status, and the routes of every plugin's status_api.lua.
 --
--- PATCH /plugins/{id} follows Kong's database-mode semantics (merge the
--- patch into the stored config, then validate the result); Kong itself
--- refuses PATCH in DB-less mode, where POST /config or decK is the way.
+-- As Kong in the mode the host claims (kong_host.mode):
+--   PATCH /plugins/{id}  merges the patch into the stored config and
+--                        validates the result (404, 400 as Kong).  With a
+--                        database it is stored, and the serving worker
+--                        posts Kong's local `crud` events; DB-less a valid
+--                        PATCH is answered 405 (the "off" strategy's
+--                        update is unsupported, kong/db/strategies/off).
+--   GET|POST /config     DB-less only; with a database 400 and Kong's
+--                        message (kong/api/routes/config.lua).  A POST
+--                        posts `declarative`/`reconfigure` to every worker.
 -- Every write validates first and then publishes a whole new document
--- (kong_host.store), so a bad request leaves the running config untouched
--- and a good one reaches every worker at its next request.
+-- (kong_host.store), so a bad request leaves the running config untouched;
+-- the workers switch to it as kong_host.runtime describes, never on the
+-- Admin API request itself.
 
 local util = require "kong_host.util"
 local store = require "kong_host.store"
 local runtime = require "kong_host.runtime"
 local declarative = require "kong_host.declarative"
 local pdk = require "kong_host.pdk"
+local mode = require "kong_host.mode"
+local events = require "kong_host.events"
 
 local ngx = ngx
 local var = ngx.var
@@ -32,6 +42,14 @@ local _M = {}
 
 local NOT_FOUND = { message = "Not found" }
 local BAD_JSON = { message = "Cannot parse JSON body" }
+-- kong/api/routes/config.lua, GET and POST with a database.
+local DB_ONLY = { message = "this endpoint is only available when Kong is "
+                            .. "configured to not use a database" }
+-- The "off" strategy's update (kong/db/strategies/off/init.lua,
+-- unsupported("update")) as endpoints.lua handle_error answers it: 405,
+-- the error table without its `strategy`.
+local DBLESS_PATCH = { code = 12, name = "operation unsupported",
+                       message = "cannot update 'plugins' entities when not using a database" }
 
 
 local function content_type()
@@ -127,7 +145,6 @@ local function update(fn)
   if not version then
     return nil, 500, { message = perr }
   end
-  runtime.check()
   return doc
 end
 
@@ -154,7 +171,7 @@ local function patch_plugin(key)
     return status, err_body
   end
 
-  local result
+  local result, old
   local doc, ustatus, ubody = update(function(doc)
     local p, index = find_plugin(doc, key)
     if not p then
@@ -217,13 +234,32 @@ local function patch_plugin(key)
       end
       new.config = processed
     end
+    if mode.dbless() then
+      -- Kong validates (check_update) before the strategy refuses.
+      return nil, 405, DBLESS_PATCH
+    end
     new.updated_at = ngx.time()
     doc.plugins[index] = new
-    result = new
+    result, old = new, p
     return doc
   end)
   if not doc then
     return ustatus, ubody
+  end
+  -- DAO:post_crud_event posts "dao:crud" in this worker only; its handler
+  -- (kong/runloop/events.lua dao_crud_handler) posts "crud"/"plugins" and
+  -- "crud"/"plugins:update" with post_local, entities without nulls.
+  local data = {
+    operation = "update",
+    entity = util.strip_nulls(util.deep_copy(result)),
+    old_entity = util.strip_nulls(util.deep_copy(old)),
+    schema = { name = "plugins", table = "plugins" },
+  }
+  for _, channel in ipairs { "plugins", "plugins:update" } do
+    local ok, err = events.post_local("crud", channel, data)
+    if not ok then
+      ngx.log(ngx.ERR, "[events] could not broadcast crud event: ", err)
+    end
   end
   return 200, result
 end
@@ -265,7 +301,61 @@ local function parse_error(msg)
 end
 
 
+-- Kong's reconfigure data (kong/db/declarative/import.lua,
+-- load_into_cache_with_events_no_lock): default workspace, router hash,
+-- plugins hash, balancer hash.
+local function reconfigure_data(doc)
+  local function hash(...)
+    local parts = {}
+    for i, k in ipairs { ... } do
+      parts[i] = util.json_encode(doc[k]) or ""
+    end
+    return ngx.md5(concat(parts, "\0"))
+  end
+  return { runtime.DEFAULT_WORKSPACE_ID, hash("services", "routes"), hash("plugins"),
+           hash("upstreams", "targets") }
+end
+
+
+-- GET /config (DB-less): the current document, as Kong's export
+-- (kong/db/declarative/export.lua): flat entity lists, foreign keys as
+-- plain ids, `_transform: false`, in the `config` string.  Kong writes
+-- YAML there; the host writes JSON, which a YAML parser reads too.  POST
+-- it back to /config and nothing changes.
+local function get_config()
+  if not mode.dbless() then
+    return 400, DB_ONLY
+  end
+  local doc = runtime.document()
+  local out = { _format_version = "3.0", _transform = false }
+  for _, kind in ipairs { "services", "routes", "upstreams", "targets", "plugins" } do
+    local list = {}
+    for i, e in ipairs(doc and doc[kind] or {}) do
+      local x = util.strip_nulls(util.deep_copy(e))
+      x.created_at, x.updated_at = nil, nil
+      for _, k in ipairs { "service", "route", "upstream" } do
+        if type(x[k]) == "table" then
+          x[k] = x[k].id
+        end
+      end
+      list[i] = x
+    end
+    if #list > 0 then
+      out[kind] = util.array(list)
+    end
+  end
+  local json, err = util.json_encode(out)
+  if not json then
+    return 500, { message = "cannot encode config: " .. tostring(err) }
+  end
+  return 200, { config = json }
+end
+
+
 local function post_config()
+  if not mode.dbless() then
+    return 400, DB_ONLY
+  end
   local ct = content_type()
   local raw = read_body()
   local input, err
@@ -311,13 +401,21 @@ local function post_config()
   if not published then
     return status, body
   end
+  -- To every worker, after the document is stored (Kong:
+  -- declarative_reconfigure_notify after loading LMDB); each switches and
+  -- then runs the plugins' handlers (kong_host.runtime).
+  local posted, perr = events.post("declarative", "reconfigure", reconfigure_data(published))
+  if not posted then
+    kong.log.err("failed to broadcast reconfigure event: ", perr)
+    return 500, { message = "An unexpected error occurred" }
+  end
   return 201, published
 end
 
 
 local function plugin_list()
-  local st = runtime.check()
-  return st and st.doc.plugins or {}
+  local doc = runtime.document()
+  return doc and doc.plugins or {}
 end
 
 
@@ -333,9 +431,10 @@ local function root()
       in_use[#in_use + 1] = p.name
     end
   end
-  local workers = {}
+  local workers, applied = {}, {}
   for i = 0, ngx.worker.count() - 1 do
     workers[#workers + 1] = ngx.shared.kong_host:get("worker:" .. i)
+    applied[#applied + 1] = ngx.shared.kong_host:get("applied:" .. i) or null
   end
   local master
   local f = io.open(kong.configuration.prefix .. "/logs/nginx.pid")
@@ -356,6 +455,10 @@ local function root()
     },
     configuration = kong.configuration,
     pids = { master = master or null, workers = util.array(workers) },
+    -- Host only (Kong has no such field): the stored document's version
+    -- and the one each worker runs, so a test can wait for a change to
+    -- be in force everywhere.
+    kong_host = { config_version = store.version() or null, applied = util.array(applied) },
   }
 end
 
@@ -383,12 +486,20 @@ local function status()
     local capacity = dict:capacity()
     dicts[name] = { capacity = capacity, allocated_slabs = capacity - dict:free_space() }
   end
-  local st = runtime.check()
+  -- kong/api/routes/health.lua: DB-less answers the configuration hash
+  -- instead of the database entry.
+  if mode.dbless() then
+    local _, hash = runtime.document()
+    return {
+      server = server,
+      memory = { lua_shared_dicts = dicts },
+      configuration_hash = hash or null,
+    }
+  end
   return {
     database = { reachable = true },
     server = server,
     memory = { lua_shared_dicts = dicts },
-    configuration_hash = st and st.hash or null,
   }
 end
 
@@ -410,8 +521,7 @@ local function core_admin_routes()
     },
     ["/plugins/:plugins"] = {
       GET = function(params)
-        local st = runtime.check()
-        local p = find_plugin(st and st.doc, params.plugins)
+        local p = find_plugin(runtime.document(), params.plugins)
         if not p then
           return 404, NOT_FOUND
         end
@@ -421,7 +531,7 @@ local function core_admin_routes()
         return patch_plugin(params.plugins)
       end,
     },
-    ["/config"] = { POST = post_config },
+    ["/config"] = { GET = get_config, POST = post_config },
   }
 end
 
@@ -582,14 +692,12 @@ end
 
 
 function _M.serve_admin()
-  runtime.check()
   compiled_admin = compiled_admin or compile(core_admin_routes(), "api")
   return serve(compiled_admin)
 end
 
 
 function _M.serve_status()
-  runtime.check()
   compiled_status = compiled_status or compile(core_status_routes(), "status_api")
   return serve(compiled_status)
 end

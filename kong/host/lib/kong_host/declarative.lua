@@ -362,10 +362,30 @@ local function read_plugin(ctx, input, path, scope)
 end
 
 
+-- Kong's route fields whose defaults the host implements (and GET /config
+-- exports): accepted with those values, as Kong accepts its own export.
+local function check_path_handling(v)
+  if v ~= "v0" then
+    return nil, "the local host implements path_handling v0 only"
+  end
+  return v
+end
+
+
+local function check_redirect_code(v)
+  if v ~= 426 and v ~= 301 and v ~= 302 and v ~= 307 and v ~= 308 then
+    return nil, "expected one of: 426, 301, 302, 307, 308"
+  end
+  return v
+end
+
+
 local ROUTE_FIELDS = {
   id = check_uuid, name = check_string, paths = true, strip_path = check_bool,
   preserve_host = check_bool, protocols = check_protocols(HTTP_PROTOCOLS),
   tags = check_tags, service = true, plugins = true,
+  path_handling = check_path_handling, regex_priority = check_int(-2147483648, 2147483647),
+  https_redirect_status_code = check_redirect_code,
 }
 
 

@@ -7,7 +7,9 @@
 -- see kong/host/README.md for what it does not do.
 --
 -- nginx.conf (kong_host.nginx_conf) calls:
---   init_by_lua          require("kong_host").init{ prefix, config, plugins }
+--   init_by_lua          require("kong_host").init{ prefix, config, plugins,
+--                          kong_version, database, worker_consistency,
+--                          worker_state_update_frequency }
 --   init_worker_by_lua   require("kong_host").init_worker()
 
 local util = require "kong_host.util"
@@ -15,6 +17,7 @@ local store = require "kong_host.store"
 local runtime = require "kong_host.runtime"
 local declarative = require "kong_host.declarative"
 local pdk = require "kong_host.pdk"
+local mode = require "kong_host.mode"
 
 local _M = {}
 
@@ -32,6 +35,9 @@ end
 -- makes `nginx -t`, a start or a reload fail with the message.
 function _M.init(opts)
   local prefix = strip_slash(opts.prefix or ngx.config.prefix())
+  -- The Kong release and database mode to behave as (raises on a value
+  -- the host does not model, which fails the start).
+  mode.set(opts)
   runtime.DEFAULT_WORKSPACE_ID = util.uuid_for("workspaces:default")
 
   -- The global exists before any plugin module is loaded, as in Kong.

@@ -5,7 +5,8 @@
 --
 -- Keys: prefix, config, plugins (comma-separated), lua_path, lua_cpath,
 -- segment, proxy_listen, admin_listen, status_listen, workers, log_level,
--- user ("name group", only when started as root).
+-- user ("name group", only when started as root), kong_version, database,
+-- worker_consistency, worker_state_update_frequency (kong_host.mode).
 -- The layout follows Kong's nginx-kong.conf where it matters to plugins:
 -- the same phases, a `kong_upstream` upstream driven by balancer_by_lua
 -- with keepalive, $upstream_* variables for the proxied request.
@@ -61,6 +62,10 @@ http {
             prefix = ngx.config.prefix(),
             config = "${config}",
             plugins = { ${plugins} },
+            kong_version = "${kong_version}",
+            database = "${database}",
+            worker_consistency = "${worker_consistency}",
+            worker_state_update_frequency = ${worker_state_update_frequency},
         }
     }
 
@@ -152,6 +157,10 @@ local DEFAULTS = {
   plugins = "canary-router",
   lua_cpath = ";;",
   user = "",
+  kong_version = "3.9.1",
+  database = "off",
+  worker_consistency = "eventual",
+  worker_state_update_frequency = "5",
 }
 
 
@@ -167,6 +176,17 @@ function _M.render(opts)
     if not values[required] or values[required] == "" then
       error("nginx_conf: missing " .. required, 2)
     end
+  end
+  -- These land inside Lua code: accept only what kong_host.mode can
+  -- check, so nothing else can be injected into the template.
+  for _, k in ipairs { "kong_version", "database", "worker_consistency" } do
+    if not tostring(values[k]):match("^[%w._-]+$") then
+      error("nginx_conf: invalid " .. k .. " '" .. tostring(values[k]) .. "'", 0)
+    end
+  end
+  if not tostring(values.worker_state_update_frequency):match("^%d+%.?%d*$") then
+    error("nginx_conf: worker_state_update_frequency must be a number of seconds, got '"
+          .. tostring(values.worker_state_update_frequency) .. "'", 0)
   end
   local names = {}
   for name in tostring(values.plugins):gmatch("[^,%s]+") do

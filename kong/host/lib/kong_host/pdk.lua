@@ -3,7 +3,10 @@
 -- kong/pdk/*.lua.  Per-request state lives in ngx.ctx, as in Kong.
 --
 -- Implemented:
---   kong.version, kong.version_num, kong.configuration.{prefix,database,...}
+--   kong.version, kong.version_num (the release kong_host.mode claims),
+--   kong.configuration.{prefix, database, worker_consistency,
+--     worker_state_update_frequency, ...}
+--   kong.worker_events.register/unregister/post/post_local (kong_host.events)
 --   kong.node.get_id, get_hostname
 --   kong.request.get_header, get_headers, get_path, get_raw_path,
 --     get_path_with_query, get_method, get_scheme, get_host, get_port,
@@ -20,6 +23,8 @@
 -- Everything else is absent on purpose: a call to it fails loudly.
 
 local util = require "kong_host.util"
+local mode = require "kong_host.mode"
+local events = require "kong_host.events"
 local errlog = require "ngx.errlog"
 
 local ngx = ngx
@@ -36,9 +41,6 @@ local fmt = string.format
 local raw_log = errlog.raw_log
 
 local _M = {}
-
-local KONG_VERSION = "3.4.2"
-local KONG_VERSION_NUM = 3004002
 
 -- The plugin namespace outside requests (init_worker, configure, timers).
 local worker_namespace
@@ -218,7 +220,7 @@ local function send(status, body, headers)
   if not has_clen then
     ngx.header["Content-Length"] = body and #body or 0
   end
-  ngx.header["Server"] = "kong/" .. KONG_VERSION
+  ngx.header["Server"] = mode.server_token()
   if body then
     ngx.print(body)
   end
@@ -263,16 +265,30 @@ end
 
 
 -------------------------------------------------------------------------
--- kong.db.plugins: read-only views of the current document, enough for a
--- plugin's api.lua to enumerate and select its instances.
+-- kong.db.plugins: read-only views of the current document (the latest
+-- write, as Kong's DAO reads the database or LMDB), enough for a plugin to
+-- enumerate and select its instances.  Entities have Kong's shape: id,
+-- name, instance_name, config, enabled, protocols, tags, created_at,
+-- updated_at, and route/service/consumer as { id = ... }.  As in Kong's
+-- DAO (row_to_entity), unset fields are left out (nil) unless the call
+-- passes options.nulls, which keeps them as ngx.null, as the Admin API
+-- shows them.
 -------------------------------------------------------------------------
 
 local function plugins_dao(runtime)
   local dao = {}
 
   local function list()
-    local st = runtime.check()
-    return st and st.doc.plugins or {}
+    local doc = runtime.document()
+    return doc and doc.plugins or {}
+  end
+
+  local function entity(p, options)
+    local e = util.deep_copy(p)
+    if not (type(options) == "table" and options.nulls) then
+      util.strip_nulls(e)
+    end
+    return e
   end
 
   function dao:each(page_size, options) -- luacheck: ignore 212
@@ -282,7 +298,7 @@ local function plugins_dao(runtime)
       i = i + 1
       local p = items[i]
       if p then
-        return util.deep_copy(p)
+        return entity(p, options)
       end
     end
   end
@@ -293,7 +309,7 @@ local function plugins_dao(runtime)
     end
     for _, p in ipairs(list()) do
       if p.id == pk.id then
-        return util.deep_copy(p)
+        return entity(p, options)
       end
     end
     return nil
@@ -308,18 +324,22 @@ end
 function _M.new(opts)
   local runtime = opts.runtime
   local kong = {
-    version = KONG_VERSION,
-    version_num = KONG_VERSION_NUM,
+    version = mode.version,
+    version_num = mode.version_num,
     configuration = {
       prefix = opts.prefix,
-      database = "off",
+      database = mode.database,
+      worker_consistency = mode.worker_consistency,
+      worker_state_update_frequency = mode.worker_state_update_frequency,
       role = "traditional",
       plugins = util.array(opts.plugins),
       loaded_plugins = {},
       proxy_listen = util.array { "127.0.0.1:8000" },
       admin_listen = util.array { "127.0.0.1:8001" },
       status_listen = util.array { "127.0.0.1:8007" },
-      declarative_config = opts.config,
+      -- Kong sets it only DB-less; in DB mode the file is the stand-in
+      -- database's initial content.
+      declarative_config = mode.dbless() and opts.config or nil,
     },
     log = new_log(),
     table = { new = require "table.new", clear = require "table.clear" },
@@ -560,7 +580,14 @@ function _M.new(opts)
     end,
   })
 
-  kong.db = { plugins = plugins_dao(runtime) }
+  kong.db = { strategy = mode.database, plugins = plugins_dao(runtime) }
+  kong.worker_events = {
+    register = events.register,
+    register_weak = events.register_weak,
+    unregister = events.unregister,
+    post = events.post,
+    post_local = events.post_local,
+  }
 
   return kong
 end

@@ -16,6 +16,7 @@
 -- global plugins there.
 
 local runtime = require "kong_host.runtime"
+local mode = require "kong_host.mode"
 local pdk = require "kong_host.pdk"
 local util = require "kong_host.util"
 local balancer = require "ngx.balancer"
@@ -33,7 +34,6 @@ local co_status = coroutine.status
 
 local _M = {}
 
-local KONG_VIA = "kong/3.4.2"
 
 -- Kong's messages for responses the gateway itself makes when the
 -- upstream fails (kong/pdk/response.lua get_http_error_message).
@@ -116,7 +116,7 @@ end
 function _M.access()
   local ctx = ngx.ctx
   ctx.KONG_PROCESSING_START = ngx.req.start_time() * 1000
-  local st = runtime.check()
+  local st = runtime.for_request()
   ctx.KONG_STATE = st
 
   local path = pdk.normalize_path((var.request_uri or "/"):match("^[^?]*"))
@@ -258,9 +258,9 @@ function _M.header_filter()
       ctx.KONG_ERROR_BODY = body
       ngx.header["Content-Type"] = "application/json; charset=utf-8"
       ngx.header["Content-Length"] = #body
-      ngx.header["Server"] = KONG_VIA
+      ngx.header["Server"] = mode.server_token()
     else
-      ngx.header["Via"] = KONG_VIA
+      ngx.header["Via"] = mode.server_token()
       if header_time then
         ngx.header["X-Kong-Upstream-Latency"] = math.floor(header_time * 1000 + 0.5)
       end

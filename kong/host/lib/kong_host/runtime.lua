@@ -2,12 +2,28 @@
 -- document — the router, the upstream balancers, the plugin configs per
 -- route — and the plugin lifecycle calls (init_worker, configure).
 --
+-- When a worker switches to a new document follows the mode the host
+-- claims (kong_host.mode), as Kong's kong/runloop/handler.lua does:
+--   DB-less           on the reconfigure event, i.e. off the request path
+--                     (reconfigure_handler); the host polls the shm
+--                     version every events.POLL seconds instead, then
+--                     delivers `declarative`/`reconfigure` to the plugins.
+--   DB, eventual      only from the rebuild timers that run every
+--                     worker_state_update_frequency seconds
+--                     (rebuild_router_timer, rebuild_plugins_iterator_timer).
+--   DB, strict        those timers, and before each request
+--                     (get_updated_router, get_updated_plugins_iterator).
+-- configure() is called with the new configs before requests use them
+-- (reconfigure_handler, build_plugins_iterator), from Kong 3.5 on only.
+--
 -- Plugin modules are loaded once, in the master's init phase, the way Kong
 -- loads them: kong.plugins.<name>.handler and .schema, and the optional
 -- .api (Admin API) and .status_api (status listener) route tables.
 
 local util = require "kong_host.util"
 local store = require "kong_host.store"
+local mode = require "kong_host.mode"
+local events = require "kong_host.events"
 
 local type = type
 local pairs = pairs
@@ -239,7 +255,13 @@ function _M.match(st, path)
 end
 
 
+-- Kong 3.5+ (plugins_iterator.lua, configure()): each plugin with a
+-- configure handler gets the list of its enabled instances' configs, or
+-- nil when there is none.  Kong 3.4 has no configure phase at all.
 local function call_configure(st)
+  if not mode.has_configure then
+    return
+  end
   local log = require "kong_host.pdk"
   for _, plugin in ipairs(ordered) do
     local handler = plugin.handler
@@ -279,6 +301,9 @@ function _M.check()
     -- what configure() reads from kong.db is that same new document.
     current = st
     call_configure(st)
+    -- Which version each worker runs, for GET / (the spec helper waits
+    -- on it after a change; Kong has no such field).
+    ngx.shared.kong_host:set("applied:" .. ngx.worker.id(), version)
   end)
   building = false
   if not ok then
@@ -294,9 +319,57 @@ function _M.current()
 end
 
 
--- init_worker: each plugin's init_worker(), then configure() with the
--- current configs, then a 1 s timer that picks up changes made elsewhere.
+-- The state a request uses: the current one, rebuilt first only in DB
+-- mode with worker_consistency = strict (Kong's get_updated_router /
+-- get_updated_plugins_iterator); elsewhere the request path never
+-- rebuilds.
+function _M.for_request()
+  if current == nil or (not mode.dbless() and mode.worker_consistency == "strict") then
+    return _M.check()
+  end
+  return current
+end
+
+
+-- The current document as the Admin API and kong.db read it (Kong reads
+-- the database, or LMDB when DB-less: the latest write, whatever the
+-- workers run).  Decoded once per version; callers must not modify it.
+local doc_cache = { version = nil, doc = nil, hash = nil }
+
+function _M.document()
+  local v, json = store.read()
+  if not json then
+    return doc_cache.doc, doc_cache.hash
+  end
+  if doc_cache.version ~= v then
+    doc_cache.doc = assert(util.json_decode(json))
+    doc_cache.hash = ngx.md5(json)
+    doc_cache.version = v
+  end
+  return doc_cache.doc, doc_cache.hash
+end
+
+
+local function every(seconds, fn, what)
+  local ok, err = ngx.timer.every(seconds, function(premature)
+    if not premature then
+      fn()
+    end
+  end)
+  if not ok then
+    ngx.log(ngx.ERR, "cannot start the ", what, " timer: ", err)
+  end
+end
+
+
+-- init_worker: each plugin's init_worker(), then the first build and
+-- configure() (kong/init.lua init_worker calls plugins_iterator:configure
+-- after the plugins' init_worker), then the timers that apply later
+-- changes and deliver worker events.
 function _M.init_worker()
+  -- Events posted from here on are this worker's, its plugins' own
+  -- init_worker posts included.
+  events.init_worker()
   local log = require "kong_host.pdk"
   for _, plugin in ipairs(ordered) do
     local handler = plugin.handler
@@ -310,13 +383,19 @@ function _M.init_worker()
     end
   end
   _M.check()
-  local ok, err = ngx.timer.every(1, function(premature)
-    if not premature then
+  local dbless = mode.dbless()
+  every(events.POLL, function()
+    -- The event count is read before the switch: a reconfigure event
+    -- is posted after its document, so when it is delivered below the
+    -- worker already runs that document (or a newer one).
+    local upto = events.seq()
+    if dbless then
       _M.check()
     end
-  end)
-  if not ok then
-    ngx.log(ngx.ERR, "cannot start the config timer: ", err)
+    events.deliver(upto)
+  end, "worker events")
+  if not dbless then
+    every(mode.worker_state_update_frequency, _M.check, "rebuild")
   end
 end
 
