@@ -64,9 +64,8 @@ local function start_progression(p)
   local before = {}
   for i = 1, N do
     before[i] = instance(i).generation
-    local status, body = nodes[i].admin("PATCH", "/plugins/" .. PLUGIN_ID,
-                                        { config = { progression = prog } })
-    assert.equal(200, status, cjson.encode(body))
+    local status, body = nodes[i].set_plugin_config(PLUGIN_ID, { progression = prog })
+    assert.is_true(status == 200 or status == 201, cjson.encode(body))
   end
   local deadline = socket.gettime() + 15
   for i = 1, N do
@@ -120,9 +119,11 @@ local function load_all(seconds, extra)
   return jobs
 end
 
+-- Ends the loads (wrk still reports what it did) once a test has seen
+-- what it waited for.
 local function wait_all(jobs)
   local res = {}
-  for i, j in ipairs(jobs) do res[i] = load.wait(j) end
+  for i, j in ipairs(jobs) do res[i] = load.stop(j) end
   return res
 end
 
