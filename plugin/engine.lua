@@ -51,7 +51,9 @@ enum canary_limits {
   CANARY_TRACE_HEADER_MAX = 128,
   CANARY_MAX_STEPS = 20,
   CANARY_REASON_MAX = 192,
-  CANARY_DECISIONS = 50
+  CANARY_DECISIONS = 50,
+  CANARY_RETIRE_GRACE_S = 300,
+  CANARY_PROM_CHUNK_MIN = 16384
 };
 enum canary_trace_source {
   CANARY_TRACE_CLIENT = 0,
@@ -69,6 +71,9 @@ enum canary_event {
 };
 enum canary_seg_flags {
   CANARY_SEG_READONLY = 1
+};
+enum canary_record_flags {
+  CANARY_RECORD_FORCED = 1
 };
 enum canary_seg_opened {
   CANARY_SEG_ATTACHED = 0,
@@ -229,6 +234,13 @@ struct canary_prog_status {
   char reason[CANARY_REASON_MAX];
 };
 typedef struct canary_seg canary_seg_t;
+struct canary_seg_params {
+  uint32_t max_routes;
+  uint32_t max_upstreams;
+  uint32_t max_stat_slots;
+  uint32_t flags;
+  uint32_t retire_grace_s;
+};
 struct canary_seg_info {
   uint64_t size;
   uint64_t route_bytes;
@@ -237,6 +249,15 @@ struct canary_seg_info {
   uint32_t max_upstreams;
   uint32_t routes_used;
   uint32_t layout_version;
+  uint64_t stat_bytes;
+  uint32_t max_stat_slots;
+  uint32_t stat_slots_used;
+  uint32_t routes_retired;
+  uint32_t stat_slots_retired;
+  uint64_t routes_exhausted;
+  uint64_t stat_slots_exhausted;
+  uint32_t retire_grace_s;
+  uint32_t pad;
 };
 struct canary_table {
   uint32_t n;
@@ -249,11 +270,13 @@ struct canary_route_view {
   uint32_t n;
   uint32_t weights[CANARY_MAX_UPSTREAMS];
   uint32_t effective[CANARY_MAX_UPSTREAMS];
+  uint32_t stats[CANARY_MAX_UPSTREAMS];
   char names[CANARY_MAX_UPSTREAMS][CANARY_NAME_MAX];
   char key[CANARY_KEY_MAX];
   char label[CANARY_LABEL_MAX];
   uint64_t trace[CANARY_TRACE_SOURCES];
   uint64_t events[CANARY_EVENTS];
+  uint64_t forced[CANARY_MAX_UPSTREAMS][6];
 };
 struct canary_hist_snapshot {
   uint64_t sum_us;
@@ -275,6 +298,9 @@ struct canary_hist_summary {
  int canary_seg_open(canary_seg_t **out, const char *path,
                                uint32_t max_routes, uint32_t max_upstreams,
                                int flags, char *why, size_t why_len);
+ int canary_seg_open_params(canary_seg_t **out, const char *path,
+                                      const struct canary_seg_params *p,
+                                      char *why, size_t why_len);
  void canary_seg_close(canary_seg_t *seg);
  int canary_seg_info(const canary_seg_t *seg,
                                struct canary_seg_info *out);
@@ -283,6 +309,10 @@ struct canary_hist_summary {
                                   size_t label_len);
  int canary_route_find(const canary_seg_t *seg, const char *key,
                                  size_t key_len);
+ int canary_route_retire(canary_seg_t *seg, int route,
+                                   double now_us);
+ int canary_route_retire_except(canary_seg_t *seg, const char *keys,
+                                          size_t keys_len, double now_us);
  int canary_route_publish(canary_seg_t *seg, int route,
                                     const struct canary_table *t,
                                     uint64_t config_hash, uint64_t *gen_out,
@@ -327,6 +357,8 @@ struct canary_hist_summary {
  int canary_table_check(const struct canary_table *t,
                                   uint32_t max_upstreams, char *err,
                                   size_t err_len);
+ int canary_name_check(const char *name, size_t name_len,
+                                 char *err, size_t err_len);
  int canary_route_read(const canary_seg_t *seg, int route,
                                  struct canary_route_view *out);
  int canary_route_pick(canary_seg_t *seg, int route,
@@ -344,6 +376,9 @@ struct canary_hist_summary {
                             struct canary_judge_result *out);
  const char *canary_gate_name(int gate);
  const char *canary_action_name(int action);
+ int canary_stat_record(canary_seg_t *seg, int route, uint32_t stat,
+                                  uint64_t latency_us, int status,
+                                  int trace_source, int flags);
  int canary_route_record(canary_seg_t *seg, int route,
                                    int upstream, uint64_t latency_us,
                                    int status, int trace_source);
@@ -369,6 +404,12 @@ struct canary_hist_summary {
  double canary_clock_us(void);
  int canary_prom_render(const canary_seg_t *seg, char *buf,
                                   size_t cap, size_t *len_out);
+typedef struct canary_prom canary_prom_t;
+ int canary_prom_begin(const canary_seg_t *seg,
+                                 canary_prom_t **out);
+ int canary_prom_next(canary_prom_t *p, char *buf, size_t cap,
+                                size_t *len_out);
+ void canary_prom_end(canary_prom_t *p);
 ]] -- end of canary.h declarations
 
 -- The few libc calls a root master needs to hand the segment to the
@@ -398,16 +439,21 @@ local tp_buf = ffi_new("char[56]")
 local parent_buf = ffi_new("char[17]")
 local msg_buf = ffi_new("char[512]")
 local seg_out = ffi_new("canary_seg_t *[1]")
+local seg_params = ffi_new("struct canary_seg_params")
 local table_buf = ffi_new("struct canary_table")
-local eff_buf = ffi_new("uint32_t[16]")
 local view_buf = ffi_new("struct canary_route_view")
 local snap_now = ffi_new("struct canary_hist_snapshot")
 local prog_buf = ffi_new("struct canary_prog_params")
 local prog_status_buf = ffi_new("struct canary_prog_status")
 local decisions_buf = ffi_new("struct canary_decision[50]")
 local summary_buf = ffi_new("struct canary_hist_summary")
+local prom_out = ffi_new("canary_prom_t *[1]")
+-- One piece of a scrape; each canary_prom_next() writes at most this,
+-- a fraction of a millisecond of work.
+local CHUNK_CAP = 64 * 1024
+local chunk_buf = ffi_new("char[?]", CHUNK_CAP)
 local render_cap = 256 * 1024
-local render_buf = ffi_new("char[?]", render_cap)
+local render_buf
 
 -- Named codes, so callers never compare with bare numbers.
 _M.E = {
@@ -431,6 +477,8 @@ _M.ACTION = { promote = 0, pause = 1, resume = 2, abort = 3,
               promote_full = 4 }
 _M.MAX_UPSTREAMS = 16
 _M.WEIGHT_SCALE = 10000
+_M.RECORD_FORCED = 1
+_M.RETIRE_GRACE_S = 300
 local OPENED = { [0] = "attached", [1] = "created", [2] = "recreated" }
 
 local function strerror(rc)
@@ -478,10 +526,6 @@ function _M.load(path)
   return nil, load_err
 end
 
-function _M.loaded()
-  return C ~= nil, load_err
-end
-
 local function need_lib()
   if not C then
     local ok, err = _M.load()
@@ -522,9 +566,13 @@ local Seg = {}
 Seg.__index = Seg
 
 -- Opens (creates, attaches or recreates) the segment at `path`.
--- Returns a segment object, or nil and an error.  seg.opened tells
--- "attached" / "created" / "recreated"; seg.why says why a bad file was
--- set aside.
+-- opts: max_routes (default 64), max_upstreams per route (16),
+-- max_stat_slots (statistics slots, one per configured upstream; default
+-- max_routes * max_upstreams), retire_grace_s (how long a retired slot
+-- waits before reuse; default 300), readonly.  Sizes and grace apply to a
+-- new segment only.  Returns a segment object, or nil and an error.  seg.opened
+-- tells "attached" / "created" / "recreated"; seg.why says why a bad file
+-- was set aside.
 function _M.open(path, opts)
   if type(path) ~= "string" or path == "" then
     error("open: path must be a non-empty string", 2)
@@ -532,10 +580,12 @@ function _M.open(path, opts)
   opts = opts or {}
   local ok, err = need_lib()
   if not ok then return nil, err end
-  local flags = opts.readonly and 1 or 0
-  local rc = C.canary_seg_open(seg_out, path, opts.max_routes or 64,
-                               opts.max_upstreams or 16, flags,
-                               msg_buf, 512)
+  seg_params.max_routes = opts.max_routes or 64
+  seg_params.max_upstreams = opts.max_upstreams or 16
+  seg_params.max_stat_slots = opts.max_stat_slots or 0
+  seg_params.flags = opts.readonly and 1 or 0
+  seg_params.retire_grace_s = opts.retire_grace_s or 0
+  local rc = C.canary_seg_open_params(seg_out, path, seg_params, msg_buf, 512)
   if rc < 0 then
     return nil, strerror(rc) .. ": " .. ffi_string(msg_buf)
   end
@@ -544,7 +594,9 @@ function _M.open(path, opts)
     path = path,
     opened = OPENED[rc],
     why = rc == 2 and ffi_string(msg_buf) or nil,
-    cache = {},   -- route index -> { gen = n, names = {...} }
+    -- route index -> the table of one generation: { gen = low 32 bits,
+    -- names = {...}, stats = {...} (handles), stat_of = { name = handle } }
+    cache = {},
   }, Seg)
   return self
 end
@@ -556,26 +608,43 @@ function Seg:close()
   end
 end
 
+-- Geometry and occupancy: sizes, slots used and retired per pool, and
+-- how often a pool was found exhausted.
 function Seg:info()
   local info = ffi_new("struct canary_seg_info")
   C.canary_seg_info(self.h, info)
   return {
     size = tonumber(info.size), route_bytes = tonumber(info.route_bytes),
+    stat_bytes = tonumber(info.stat_bytes),
     max_routes = info.max_routes, max_upstreams = info.max_upstreams,
-    routes_used = info.routes_used, created_unix = tonumber(info.created_unix),
+    max_stat_slots = info.max_stat_slots,
+    routes_used = info.routes_used, routes_retired = info.routes_retired,
+    stat_slots_used = info.stat_slots_used,
+    stat_slots_retired = info.stat_slots_retired,
+    routes_exhausted = tonumber(info.routes_exhausted),
+    stat_slots_exhausted = tonumber(info.stat_slots_exhausted),
+    created_unix = tonumber(info.created_unix),
     layout_version = info.layout_version,
+    retire_grace_s = info.retire_grace_s,
   }
 end
 
--- Claims (or finds) the route slot for `key`; returns its index.
+-- Claims (or finds, or brings back) the route slot for `key`; returns
+-- its index, or nil, the reason and the code (_M.E.FULL: no free slot).
+-- The slot may have served another key before: what this process
+-- remembers of it is dropped.
 function Seg:claim(key, label)
   if type(key) ~= "string" then error("claim: key must be a string", 2) end
   label = label or ""
   local rc = C.canary_route_claim(self.h, key, #key, label, #label)
-  if rc < 0 then return nil, strerror(rc) end
+  if rc < 0 then return nil, strerror(rc), rc end
+  self.cache[rc] = nil
   return rc
 end
 
+-- The route slot claimed under `key`, found without any lock or write
+-- (the request path of an instance this worker did not publish), or nil
+-- and an error.
 function Seg:find(key)
   if type(key) ~= "string" then error("find: key must be a string", 2) end
   local rc = C.canary_route_find(self.h, key, #key)
@@ -583,32 +652,48 @@ function Seg:find(key)
   return rc
 end
 
+-- Retires every route whose key is not in `keys` (an array of instance
+-- keys: the complete set still configured), as of now_us (default: the
+-- engine's clock; a time further back shortens what is left of the grace
+-- period, which tests use).  Returns the number retired, or nil and an
+-- error.
+function Seg:retire_except(keys, now_us)
+  if type(keys) ~= "table" then
+    error("retire_except: keys must be an array of strings", 2)
+  end
+  local list = concat(keys, "\0")
+  local rc = C.canary_route_retire_except(self.h, list,
+                                          #keys > 0 and #list + 1 or 0,
+                                          now_us or C.canary_clock_us())
+  if rc < 0 then return nil, strerror(rc) end
+  return rc
+end
+
+-- Copies names and weights (0..10000) into the C table.  Only what C
+-- cannot represent is handled here; every rule is the engine's
+-- (canary_table_check), so its message is the one the caller sees.
+local UINT32_MAX = 4294967295
 local function fill_table(names, weights)
   local n = #names
   if n ~= #weights then
-    return nil, ("%d names but %d weights"):format(n, #weights)
-  end
-  if n > _M.MAX_UPSTREAMS then
-    return nil, ("%d upstreams; at most %d"):format(n, _M.MAX_UPSTREAMS)
+    error(("%d names but %d weights"):format(n, #weights), 3)
   end
   ffi_fill(table_buf, ffi.sizeof(table_buf))
+  -- More than the table holds: the engine reports the count.
   table_buf.n = n
-  for i = 1, n do
+  for i = 1, n < _M.MAX_UPSTREAMS and n or _M.MAX_UPSTREAMS do
     local name, w = names[i], weights[i]
     if type(name) ~= "string" or type(w) ~= "number" then
-      return nil, "names must be strings and weights numbers"
+      error("names must be strings and weights numbers", 3)
     end
-    if #name >= 64 then
-      return nil, ("name of upstream %d is longer than 63 bytes"):format(i)
-    end
-    if w < 0 or w > _M.WEIGHT_SCALE or w % 1 ~= 0 then
-      return nil, ("weight of upstream %d must be an integer 0..%d")
-                  :format(i, _M.WEIGHT_SCALE)
-    end
-    ffi.copy(table_buf.names[i - 1], name, #name)
+    -- A name longer than its 64-byte field is cut without a NUL, which
+    -- the engine reports as too long.
+    ffi.copy(table_buf.names[i - 1], name, #name < 64 and #name or 64)
+    -- Not a uint32 (negative, fractional, NaN, huge): a value the engine
+    -- rejects as out of range.
+    if not (w >= 0 and w <= UINT32_MAX) or w % 1 ~= 0 then w = UINT32_MAX end
     table_buf.weights[i - 1] = w
   end
-  return true
 end
 
 -- Progression parameters in engine units: canary (1-based upstream),
@@ -652,10 +737,10 @@ end
 -- optional progression (see fill_prog).  Returns the generation in
 -- effect, or nil and the reason.
 function Seg:publish(route, names, weights, config_hash, prog)
-  local ok, err = fill_table(names, weights)
-  if not ok then return nil, err end
+  fill_table(names, weights)
   local pp = C_NULL
   if prog then
+    local err
     pp, err = fill_prog(prog)
     if not pp then return nil, err end
   end
@@ -941,26 +1026,29 @@ function Seg:prog_apply(route, config_hash, st, judged)
 end
 
 -- Validates a table without publishing; returns true or nil, reason.
+-- The engine's rules for a weights table (names, weights on 0..10000):
+-- true, or nil and the engine's message.  The plugin schema validates
+-- with this, so a config is judged the same from kong.yml, the Admin API
+-- and tests.
 function _M.check_table(names, weights, max_upstreams)
   local ok, err = need_lib()
   if not ok then return nil, err end
-  ok, err = fill_table(names, weights)
-  if not ok then return nil, err end
-  local rc = C.canary_table_check(table_buf, max_upstreams or 16,
+  fill_table(names, weights)
+  local rc = C.canary_table_check(table_buf, max_upstreams or _M.MAX_UPSTREAMS,
                                   msg_buf, 512)
   if rc < 0 then return nil, ffi_string(msg_buf) end
   return true
 end
 
--- Publishes new effective weights for the route's current table.
-function Seg:set_effective(route, weights)
-  local n = #weights
-  if n > _M.MAX_UPSTREAMS then return nil, "too many weights" end
-  for i = 1, n do eff_buf[i - 1] = weights[i] end
-  local rc = C.canary_route_set_effective(self.h, route, eff_buf, n, gen64,
-                                          msg_buf, 512)
-  if rc < 0 then return nil, ffi_string(msg_buf) end
-  return tonumber(gen64[0])
+-- The engine's rule for one upstream name: true, or nil and its message.
+function _M.check_name(name)
+  if type(name) ~= "string" then error("check_name: name must be a string", 2) end
+  local ok, err = need_lib()
+  if not ok then return nil, err end
+  if C.canary_name_check(name, #name, msg_buf, 512) < 0 then
+    return nil, ffi_string(msg_buf)
+  end
+  return true
 end
 
 -- A plain-table copy of the route: names, weights (0..10000), effective
@@ -973,7 +1061,7 @@ function Seg:read(route)
     generation = tonumber(v.generation),
     config_hash = tonumber(v.config_hash),
     key = ffi_string(v.key), label = ffi_string(v.label),
-    names = {}, weights = {}, effective = {},
+    names = {}, weights = {}, effective = {}, stats = {}, forced = {},
     trace = {
       client = tonumber(v.trace[0]), traceparent = tonumber(v.trace[1]),
       generated = tonumber(v.trace[2]), rejected = tonumber(v.trace[3]),
@@ -986,45 +1074,88 @@ function Seg:read(route)
     },
   }
   for i = 0, v.n - 1 do
+    local f = v.forced[i]
     out.names[i + 1] = ffi_string(v.names[i])
     out.weights[i + 1] = v.weights[i]
     out.effective[i + 1] = v.effective[i]
+    out.stats[i + 1] = v.stats[i]
+    out.forced[i + 1] = {
+      count = tonumber(f[0] + f[1] + f[2] + f[3] + f[4] + f[5]),
+      ["1xx"] = tonumber(f[1]), ["2xx"] = tonumber(f[2]),
+      ["3xx"] = tonumber(f[3]), ["4xx"] = tonumber(f[4]),
+      ["5xx"] = tonumber(f[5]),
+    }
   end
   return out
 end
 
--- Names of the route's upstreams as of generation `gen`, cached per
--- route until the generation moves.
-function Seg:names(route, gen)
-  local c = self.cache[route]
-  if c and c.gen == gen then return c.names end
+-- The route's table as of its current generation, cached until the
+-- generation moves: { gen, names, stats, stat_of }.
+local function refresh(self, route)
   local v, err = self:read(route)
   if not v then return nil, err end
-  -- Low 32 bits, as pick reports them.
-  c = { gen = v.generation % 4294967296, names = v.names }
+  local c = { gen = v.generation % 4294967296, -- low 32 bits, as pick
+              names = v.names, stats = v.stats, stat_of = {} }
+  for i, name in ipairs(v.names) do c.stat_of[name] = v.stats[i] end
   self.cache[route] = c
+  return c
+end
+
+-- Names of the route's upstreams as of generation `gen` (as pick reports
+-- it), or of the newest generation this process has seen when gen is
+-- nil.  Cached per route until the generation moves.
+function Seg:names(route, gen)
+  local c = self.cache[route]
+  if c and (gen == nil or c.gen == gen) then return c.names end
+  local err
+  c, err = refresh(self, route)
+  if not c then return nil, err end
   return c.names
 end
 
--- Picks an upstream.  Returns its 1-based index and the generation
--- (low 32 bits) it was picked under, or nil and an error.
-function Seg:pick(route, key)
-  local rc
-  if key then
-    rc = C.canary_route_pick(self.h, route, key, #key, gen32)
-  else
-    rc = C.canary_route_pick(self.h, route, C_NULL, 0, gen32)
-  end
-  if rc < 0 then return nil, strerror(rc) end
-  return rc + 1, gen32[0]
+-- The statistics handle of upstream `name` on the route, from the same
+-- cached table as names(): after a pick, the exact handle of the
+-- generation the pick used (a name keeps its handle across publishes).
+-- nil when the name is not in the route's table.
+function Seg:stat(route, name)
+  local c = self.cache[route]
+  local h = c and c.stat_of[name]
+  if h then return h end
+  c = refresh(self, route)
+  return c and c.stat_of[name]
 end
 
--- Records one response: 1-based upstream, latency in microseconds,
--- HTTP status, trace source (one of _M.TRACE or nil).
-function Seg:record(route, upstream, latency_us, status, trace_source)
+-- Picks an upstream.  Returns its 1-based index and the generation
+-- (low 32 bits) it was picked under, or nil and an error.  Afterwards
+-- names(route, gen) and stat(route, name) describe exactly the table the
+-- pick used: when a publish lands between the pick and the read of the
+-- table, the pick is made again.
+function Seg:pick(route, key)
+  local rc, gen
+  for _ = 1, 4 do
+    if key then
+      rc = C.canary_route_pick(self.h, route, key, #key, gen32)
+    else
+      rc = C.canary_route_pick(self.h, route, C_NULL, 0, gen32)
+    end
+    if rc < 0 then return nil, strerror(rc) end
+    gen = gen32[0]
+    local c = self.cache[route]
+    if c and c.gen == gen then return rc + 1, gen end
+    c = refresh(self, route)
+    if c and c.gen == gen then return rc + 1, gen end
+  end
+  return nil, "route table keeps changing"
+end
+
+-- Records one response: statistics handle (stat()), latency in
+-- microseconds, HTTP status, trace source (one of _M.TRACE or nil), and
+-- whether an override forced the upstream (counted apart, never judged).
+function Seg:record(route, stat, latency_us, status, trace_source, forced)
   if latency_us < 0 then latency_us = 0 end
-  local rc = C.canary_route_record(self.h, route, upstream - 1, latency_us,
-                                   status, trace_source or -1)
+  local rc = C.canary_stat_record(self.h, route, stat, latency_us, status,
+                                  trace_source or -1,
+                                  forced and _M.RECORD_FORCED or 0)
   if rc < 0 then return nil, strerror(rc) end
   return true
 end
@@ -1066,16 +1197,53 @@ function Seg:snapshot(route, upstream, out)
   return out
 end
 
--- Prometheus text for every route.  Grows its buffer when needed.
+-- Prometheus text for every route, in one string.  Grows its buffer
+-- when needed.  For tests and tools: a scrape of many routes should use
+-- scrape(), which never holds the event loop for long.
 function Seg:render()
   for _ = 1, 8 do
+    if not render_buf then render_buf = ffi_new("char[?]", render_cap) end
     local rc = C.canary_prom_render(self.h, render_buf, render_cap, len_out)
     if rc == 0 then return ffi_string(render_buf, len_out[0]) end
     if rc ~= _M.E.NOSPC then return nil, strerror(rc) end
     render_cap = tonumber(len_out[0]) * 2
-    render_buf = ffi_new("char[?]", render_cap)
+    render_buf = nil
   end
   return nil, "metrics keep growing faster than the buffer"
+end
+
+local Scrape = {}
+Scrape.__index = Scrape
+
+-- A scrape in pieces: scrape:next() returns the next piece of the
+-- exposition (possibly ""), and true while more follows; nil and an
+-- error on failure.  Each call does a bounded amount of work (a few
+-- dozen routes read, or at most 64 KiB written), so the caller can
+-- yield to its event loop between pieces.  The pieces concatenated are
+-- one valid exposition.
+function Seg:scrape()
+  local rc = C.canary_prom_begin(self.h, prom_out)
+  if rc < 0 then return nil, strerror(rc) end
+  return setmetatable({ p = ffi_gc(prom_out[0], C.canary_prom_end) }, Scrape)
+end
+
+function Scrape:next()
+  if self.p == nil then return nil, "scrape already finished" end
+  local rc = C.canary_prom_next(self.p, chunk_buf, CHUNK_CAP, len_out)
+  if rc < 0 then
+    self:close()
+    return nil, strerror(rc)
+  end
+  local piece = ffi_string(chunk_buf, len_out[0])
+  if rc == 0 then self:close() end
+  return piece, rc == 1
+end
+
+function Scrape:close()
+  if self.p ~= nil then
+    C.canary_prom_end(ffi_gc(self.p, nil))
+    self.p = nil
+  end
 end
 
 -- ---- trace ids ------------------------------------------------------
@@ -1112,15 +1280,6 @@ end
 
 function _M.now_us()
   return C.canary_clock_us()
-end
-
-function _M.sticky_bucket(key)
-  return tonumber(C.canary_sticky_bucket(key, #key))
-end
-
-_M.strerror = function(rc)
-  if not C then return "libcanary not loaded" end
-  return strerror(rc)
 end
 
 return _M

@@ -258,6 +258,8 @@ function CanaryRouter:access(conf)
 
   local seg = state.seg
   local idx, gen = override(c), nil
+  -- A client chose the upstream: counted apart, never judged by a gate.
+  ctx.forced = idx ~= nil
   if not idx then
     local key = c.sticky_sources[1] and sticky_key(c)
     idx, gen = seg:pick(c.route, key)
@@ -271,6 +273,7 @@ function CanaryRouter:access(conf)
                     c.stable)
     ctx.up = set_stable(c)
     ctx.name = c.stable
+    ctx.stat = runtime.stat(c, c.stable)
     ctx.t_sent = now_us()
     return
   end
@@ -285,6 +288,10 @@ function CanaryRouter:access(conf)
   end
   ctx.up = idx
   ctx.name = name
+  -- The statistics of the upstream that serves, by the handle of the
+  -- table the pick used: a publish before the log phase cannot move
+  -- this request's count to another name.
+  ctx.stat = runtime.stat(c, name)
   ctx.t_sent = now_us()
 end
 
@@ -307,9 +314,10 @@ function CanaryRouter:header_filter(conf)
     set_response_header(c.response_header, ctx.name, c.response_raw)
   end
   local t_sent = ctx.t_sent
-  if not (t_sent and c.route) then return end
+  if not (t_sent and c.route and ctx.stat) then return end
   if get_source() == "exit" then return end
-  state.seg:record(c.route, ctx.up, now_us() - t_sent, get_status(), ctx.source)
+  state.seg:record(c.route, ctx.stat, now_us() - t_sent, get_status(), ctx.source,
+                   ctx.forced)
 end
 
 return CanaryRouter

@@ -31,6 +31,10 @@ end
 local _M = {}
 
 local DEFAULT_MAX_ROUTES = 64
+-- Statistics slots, one per configured upstream: two per route (stable
+-- and canary) and room for routes with more upstreams and for renamed
+-- upstreams during their grace period.  1000 routes: 55 MB.
+local function default_stat_slots(max_routes) return 2 * max_routes + 64 end
 
 local state = {
   seg = nil,        -- engine segment, nil when unavailable
@@ -132,9 +136,14 @@ function _M.attach()
   end
   state.lib_ok = true
   local path = _M.segment_path()
+  local max_routes = env_number("CANARY_ROUTER_MAX_ROUTES", DEFAULT_MAX_ROUTES)
   local seg, serr = engine.open(path, {
-    max_routes = env_number("CANARY_ROUTER_MAX_ROUTES", DEFAULT_MAX_ROUTES),
+    max_routes = max_routes,
     max_upstreams = engine.MAX_UPSTREAMS,
+    max_stat_slots = env_number("CANARY_ROUTER_MAX_UPSTREAM_SLOTS",
+                                default_stat_slots(max_routes)),
+    retire_grace_s = env_number("CANARY_ROUTER_RETIRE_GRACE_S",
+                                engine.RETIRE_GRACE_S),
   })
   if not seg then
     engine_down("canary-router cannot attach its segment " .. path ..
@@ -319,8 +328,13 @@ end
 local function publish(c)
   local seg = state.seg
   if not seg then return nil, state.seg_err end
-  local route, err = seg:claim(c.key, "")
+  local route, err, code = seg:claim(c.key, "")
   if not route then
+    if code == engine.E.FULL then
+      err = err .. ": every one of the " .. seg:info().max_routes ..
+            " route slots (CANARY_ROUTER_MAX_ROUTES) is live or retired " ..
+            "less than " .. seg:info().retire_grace_s .. " s ago"
+    end
     log_once("err", "canary-router cannot claim a route slot for " ..
                     c.key .. ": " .. err .. "; failing open to " .. c.stable)
     return nil, err
@@ -541,11 +555,38 @@ function _M.get(conf)
   return c
 end
 
--- Retires the route slots of instances that are no longer configured.
--- `live` maps every configured instance key to true.
-local function retire_others(live)
+-- Retires the route slots of every instance whose key is not in `live`
+-- (a set), so that slots are reused and removed instances are no longer
+-- exported, and forgets their compiled forms (a config that comes back is
+-- compiled and claimed again, and gets its counters back within the grace
+-- period).  now_us (optional) is when the instances went away, for tests:
+-- the grace period runs from then.
+local function retire_others(live, now_us)
+  for conf, c in pairs(compiled) do
+    if not live[c.key] then compiled[conf] = nil end
+  end
+  for key in pairs(by_key) do
+    if not live[key] then by_key[key] = nil end
+  end
   local seg = state.seg
-  if seg and seg.retire_except then seg:retire_except(live) end
+  if not seg then return 0 end
+  local keys = {}
+  for key in pairs(live) do keys[#keys + 1] = key end
+  local n, err = seg:retire_except(keys, now_us)
+  if not n then
+    log_once("warn", "canary-router cannot retire the route slots of " ..
+                     "removed instances yet: " .. tostring(err))
+  end
+  return n
+end
+
+-- `configs` is the complete set of live instances' configs (nil or
+-- empty: none): retires every other instance's route slot (above).
+-- configure() and sync() do this with the complete set they have.
+function _M.sweep(configs, now_us)
+  local live = {}
+  for _, conf in ipairs(configs or {}) do live[instance_key(conf)] = true end
+  return retire_others(live, now_us)
 end
 
 -- configure(configs): compile and publish every instance's config.
@@ -555,12 +596,22 @@ function _M.configure(configs)
   local live, keys = {}, {}
   for _, conf in ipairs(configs or {}) do
     local c = compiled[conf]
-    if not c or c.provisional then
+    -- Compiled again: a new table, a provisional one, and one that failed
+    -- open for want of a slot (slots of removed instances come free).
+    if not c or c.provisional or (not c.route and state.seg) then
       c = compile(conf)
       compiled[conf] = c
     end
-    if not c.route and is_current(c) then publish(c) end
-    if not c.route then attach_route(c) end
+    if not c.route then
+      if is_current(c) then publish(c) end
+      if not c.route then
+        -- Not ours to publish (the database has moved on, or no slot):
+        -- route by what the segment holds until sync() or a crud event
+        -- compiles the instance, or the next configure() tries again.
+        attach_route(c)
+        c.provisional = true
+      end
+    end
     live[c.key] = c
     keys[c.key] = true
   end
@@ -635,9 +686,16 @@ function _M.on_plugin_crud(data)
   by_key[p.id] = from_entity(p)
 end
 
--- Names of the route's upstreams under generation `gen` (cached).
+-- Names of the route's upstreams under generation `gen` (cached; nil:
+-- the newest seen).
 function _M.names(c, gen)
   return state.seg:names(c.route, gen)
+end
+
+-- The statistics handle of upstream `name` of the instance's route, from
+-- the table its last names() call described.
+function _M.stat(c, name)
+  return state.seg:stat(c.route, name)
 end
 
 -- Compiled instances by key (Admin API).

@@ -65,6 +65,9 @@ function _M.instance(c)
       p50_ms = ms(s.p50_us or 0),
       p95_ms = ms(s.p95_us or 0),
       p99_ms = ms(s.p99_us or 0),
+      -- requests an override forced here: not in the figures above,
+      -- never judged by the progression's gates
+      forced = v.forced[i],
     }
   end
   return out

@@ -12,14 +12,19 @@
 --     message therefore names the field itself.
 --
 -- Weights are percentages with at most two decimals because the engine
--- works on a 0..10000 scale (0.01 %); the checks below compare
+-- works on a 0..10000 scale (0.01 %); the table rules compare
 -- floor(w * 100 + 0.5), the value the engine will receive, so 33.33 +
 -- 33.33 + 33.34 adds up to exactly 100 despite binary floating point.
--- libcanary checks the same rules again when the handler publishes a
--- table, so a config that bypassed this schema still cannot corrupt a
--- route.
+--
+-- The rules for upstream names and the weights table (characters,
+-- uniqueness, the sum) are the engine's own (canary_name_check and
+-- canary_table_check in libcanary, through engine.lua): there is one
+-- definition, and a config is rejected with the same message whether it
+-- comes from kong.yml, the Admin API or a test, and whether the schema or
+-- a publish sees it first.
 
 local typedefs = require "kong.db.schema.typedefs"
+local engine = require "kong.plugins.canary-router.engine"
 local notify = require "kong.plugins.canary-router.notify"
 
 
@@ -30,6 +35,8 @@ local abs = math.abs
 local floor = math.floor
 local fmt = string.format
 local match = string.match
+local check_name = engine.check_name
+local check_table = engine.check_table
 
 
 local MAX_UPSTREAMS = 16   -- CANARY_MAX_UPSTREAMS
@@ -48,8 +55,9 @@ local STICKY = {
   fallback = {},
 }
 
+-- Overrides are off unless a header or cookie is configured: an override
+-- lets whoever sends it choose the version that serves them.
 local OVERRIDE = {
-  header = "X-Canary",
   allow_from = {},
 }
 
@@ -70,13 +78,6 @@ local function has_two_decimals_at_most(x)
 end
 
 
--- "90", "99.99", "100.5": a sum of hundredths, for messages.
-local function format_hundredths(h)
-  local s = fmt("%d.%02d", floor(h / 100), h % 100)
-  return (s:gsub("%.?0+$", ""))
-end
-
-
 local function validate_percent(value)
   if not has_two_decimals_at_most(value) then
     return nil, fmt("at most 2 decimals allowed (got %s)", tostring(value))
@@ -85,12 +86,9 @@ local function validate_percent(value)
 end
 
 
+-- The engine's rule: the characters of a Kong upstream name.
 local function validate_upstream_name(name)
-  if not match(name, "^[A-Za-z0-9._%-]+$") then
-    return nil, fmt("invalid upstream name '%s': allowed characters are " ..
-                    "A-Z, a-z, 0-9, '.', '_', and '-'", name)
-  end
-  return true
+  return check_name(name)
 end
 
 
@@ -104,23 +102,15 @@ local function validate_cookie_name(name)
 end
 
 
--- Runs once every element is valid: names are unique and the weights,
--- each already on the 0.01 % grid, add up to exactly 100 %.
+-- Runs once every element is valid: the engine's rules for the table
+-- it will publish (names unique, weights adding up to exactly 100 %).
 local function validate_upstreams(upstreams)
-  local seen = {}
-  local total = 0
+  local names, weights = {}, {}
   for i = 1, #upstreams do
-    local u = upstreams[i]
-    if seen[u.name] then
-      return nil, fmt("duplicate upstream name '%s'", u.name)
-    end
-    seen[u.name] = true
-    total = total + floor(u.weight * 100 + 0.5)
+    names[i] = upstreams[i].name
+    weights[i] = floor(upstreams[i].weight * 100 + 0.5)
   end
-  if total ~= 10000 then
-    return nil, fmt("weights must sum to 100 (got %s)", format_hundredths(total))
-  end
-  return true
+  return check_table(names, weights)
 end
 
 
@@ -316,11 +306,13 @@ return {
           },
           {
             override = {
-              description = "Per-request overrides for testers. A value of 'always' " ..
-                            "sends the request to the canary (progression.canary, or " ..
-                            "the last upstream without a progression), 'never' to " ..
-                            "the stable upstream, and the name of a configured " ..
-                            "upstream to that upstream; other values are ignored.",
+              description = "Per-request overrides for testers, off unless a header " ..
+                            "or cookie is set. A value of 'always' sends the request " ..
+                            "to the canary (progression.canary, or the last upstream " ..
+                            "without a progression), 'never' to the stable upstream, " ..
+                            "and the name of a configured upstream to that upstream; " ..
+                            "other values are ignored. Forced requests are counted " ..
+                            "apart and never judged by the progression's gates.",
               type = "record",
               required = true,
               default = OVERRIDE,
@@ -328,9 +320,10 @@ return {
                 {
                   header = typedefs.header_name {
                     description = "Request header carrying an override: 'always', " ..
-                                  "'never' or an upstream name.",
-                    required = true,
-                    default = OVERRIDE.header,
+                                  "'never' or an upstream name. Unset: no header " ..
+                                  "override. Whoever can send it chooses their version; " ..
+                                  "restrict it with allow_from.",
+                    required = false,
                   },
                 },
                 {

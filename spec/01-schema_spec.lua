@@ -99,8 +99,8 @@ local DEFAULTS = {
     cookie = "canary_user",
     fallback = {},
   },
+  -- no override header: overrides are off unless configured
   override = {
-    header = "X-Canary",
     allow_from = {},
   },
   trace = {
@@ -556,6 +556,7 @@ describe("canary-router schema", function()
 
     it("with nulls for unset optional fields when asked (Admin API view)", function()
       local expected = deep_copy(DEFAULTS)
+      expected.override.header = null
       expected.override.cookie = null
       expected.response_header = null
       expected.progression = null
@@ -819,6 +820,7 @@ describe("canary-router schema", function()
         ["upstreams[].weight"] = "required",
         ["progression.canary"] = "required",
         -- optional: unset means "off"
+        ["override.header"] = "optional",
         ["override.cookie"] = "optional",
         ["response_header"] = "optional",
         ["progression"] = "optional",
@@ -851,7 +853,7 @@ describe("canary-router schema", function()
           assert.is_true(f.field.required, f.path .. " has a default but is optional")
         end
       end
-      assert.equal(22, seen)
+      assert.equal(23, seen)
     end)
 
     it("the records' defaults agree with their fields' defaults", function()

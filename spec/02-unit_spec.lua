@@ -282,11 +282,16 @@ describe("canary-router handler (unit)", function()
   end)
 
   it("records latency and status for the upstream that served", function()
-    local conf = config()
+    local conf = config({
+      __plugin_id = "all-on-the-canary",
+      upstreams = { { name = "automation-service", weight = 0 },
+                    { name = "automation-service-canary", weight = 100 } },
+    })
+    handler:configure({ conf })
     local route = runtime.get(conf).route
     local before = runtime.state.seg:summary(route, 2)
     for _ = 1, 10 do
-      request(conf, { ["X-Canary"] = "always" }, function(s) s.status = 503 end)
+      request(conf, nil, function(s) s.status = 503 end)
     end
     local after = runtime.state.seg:summary(route, 2)
     assert.equal(before.count + 10, after.count)
@@ -296,6 +301,7 @@ describe("canary-router handler (unit)", function()
 
   it("does not record responses another plugin produced", function()
     local conf = config()
+    handler:configure({ conf })
     local route = runtime.get(conf).route
     local before = runtime.state.seg:summary(route, 1).count +
                    runtime.state.seg:summary(route, 2).count

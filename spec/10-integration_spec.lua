@@ -74,6 +74,7 @@ describe("canary-router in the local Kong host", function()
       config = declarative({
         upstreams = weights(90, 10),
         trace = { header = "X-Trace-Id" },
+        override = { header = "X-Canary" },
         response_header = "X-Canary-Upstream",
       }),
     }
@@ -279,6 +280,7 @@ describe("canary-router in the local Kong host", function()
       assert.equal(u.errors, c.errors)
       assert.equal(u.p95_ms, c.p95_ms)
       assert.equal(u.p99_ms, c.p99_ms)
+      assert.same(u.forced, c.forced)
     end
     assert.same(inst.trace_ids, mine.trace_ids)
   end)

@@ -66,7 +66,8 @@ local function declarative()
       svc("automation-service", { { name = "ai", paths = { "/ai" } } }, {
         plugin(ID.main, {
           upstreams = weights(90, 10),
-          override = { allow_from = { "10.99.0.0/16" }, cookie = "canary" },
+          override = { header = "X-Canary", allow_from = { "10.99.0.0/16" },
+                       cookie = "canary" },
         }),
       }),
       svc("sticky-svc", { { name = "sticky", paths = { "/sticky" } } }, {
@@ -74,7 +75,7 @@ local function declarative()
           upstreams = weights(50, 50),
           sticky = { by = "header", header = "X-User", cookie = "user",
                      fallback = { "cookie", "ip" } },
-          override = { cookie = "canary" },
+          override = { header = "X-Canary", cookie = "canary" },
         }),
       }),
       svc("ghost-svc", { { name = "ghost", paths = { "/ghost" } } }, {
@@ -800,7 +801,8 @@ describe("hostile input", function()
                            "generated", "rejected", "override", "override_denied", "fallback",
                            "engine_error", "none", "running", "paused", "promoted",
                            "rolled_back", "pass", "fail", "inconclusive", "0.5", "0.95",
-                           "0.99", "+Inf" }) do
+                           "0.99", "+Inf", "routes", "upstreams", "live", "retired",
+                           "free" }) do
         allowed[v] = true
       end
       for v in pairs(prom.label_values(text)) do

@@ -125,6 +125,7 @@ static size_t make_key(char *out, const char *suffix, int bucket) {
 struct ctx {
   canary_seg_t *seg;
   int route;
+  uint32_t stat; /* statistics handle of the canary, as the plugin keeps */
   struct mutex_hist *mh;
   struct shdict *sd;
   char keys[1024][40];
@@ -156,7 +157,8 @@ static void run_op(struct ctx *c, enum op op, long iters) {
                                           &gen);
       break;
     case OP_RECORD:
-      canary_route_record(c->seg, c->route, 1, c->lat[j], 200, -1);
+      /* The plugin's path: by the handle its pick's table gave. */
+      canary_stat_record(c->seg, c->route, c->stat, c->lat[j], 200, -1, 0);
       break;
     case OP_TRACE:
       canary_trace_generate(id, tp);
@@ -237,6 +239,12 @@ int main(int argc, char **argv) {
       canary_route_publish(c->seg, c->route, &t, 1, NULL, err, sizeof err)) {
     fprintf(stderr, "bench: cannot publish: %s\n", err);
     return 1;
+  }
+  {
+    struct canary_route_view v;
+    if (canary_route_read(c->seg, c->route, &v) != 0)
+      return 1;
+    c->stat = v.stats[1];
   }
   srand(42);
   for (int i = 0; i < 1024; i++) {

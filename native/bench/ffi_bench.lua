@@ -12,7 +12,8 @@
 -- Ours (plugin/engine.lua, libcanary):
 --   pick              seg:pick(route)               non-sticky, 90/10
 --   pick_sticky       seg:pick(route, key)          1024 distinct 36-byte keys
---   record            seg:record(route, up, us, status, trace source)
+--   record            seg:record(route, stat, us, status, trace source), by
+--                     the upstream's statistics handle, as the handler does
 --   trace_id          engine.trace_generate()       32 hex chars as a Lua string
 --   trace_id_no_string canary_trace_generate(buf, NULL), no Lua string made
 --   trace_id_tp       engine.trace_generate(true)   + a W3C traceparent
@@ -82,12 +83,14 @@ local function setup()
                   i, random(0, 0x7fffffff))
     lat[i] = 200 + random(0, 199999) -- 0.2 .. 200 ms, in us
   end
+  -- The canary's statistics handle, as the handler keeps it per request.
+  local stat = assert(seg:read(route)).stats[2]
   -- A window for the quantile: snapshot, record 100k more, snapshot.
   local before = ffi.new("struct canary_hist_snapshot")
   local now = ffi.new("struct canary_hist_snapshot")
-  for i = 1, 100000 do seg:record(route, 2, lat[i % 1024 + 1], 200, 2) end
+  for i = 1, 100000 do seg:record(route, stat, lat[i % 1024 + 1], 200, 2) end
   assert(C.canary_hist_snapshot(seg.h, route, 1, before) == 0)
-  for i = 1, 100000 do seg:record(route, 2, lat[(i * 7) % 1024 + 1], 200, 2) end
+  for i = 1, 100000 do seg:record(route, stat, lat[(i * 7) % 1024 + 1], 200, 2) end
   assert(C.canary_hist_snapshot(seg.h, route, 1, now) == 0)
 
   local dict = ngx.shared.bench_prom
@@ -114,7 +117,7 @@ local function setup()
   end
 
   st = {
-    seg = seg, route = route, C = C, keys = keys, lat = lat,
+    seg = seg, route = route, stat = stat, C = C, keys = keys, lat = lat,
     before = before, now = now, qout = ffi.new("double[1]"),
     idbuf = ffi.new("char[33]"),
     dict = dict, bucket_keys = bucket_keys,
@@ -148,9 +151,9 @@ B.ffi_pick_sticky_ns = function(s, n)
 end
 
 B.ffi_record_ns = function(s, n)
-  local seg, route, lat = s.seg, s.route, s.lat
+  local seg, route, stat, lat = s.seg, s.route, s.stat, s.lat
   for i = 1, n do
-    seg:record(route, 2, lat[band(i, 1023) + 1], 200, 2)
+    seg:record(route, stat, lat[band(i, 1023) + 1], 200, 2)
   end
   return 0
 end

@@ -181,8 +181,9 @@ start_upstreams() { # prefix port...
 host_start() {
   local prefix=$1 config=$2 proxy=$3 admin=$4 status=$5 plugins=${6:-canary-router}
   need_free_ports "$proxy" "$admin" "$status"
-  # The segment is tens of MB (64 routes x 16 upstream slots): removed
-  # after the host stops (cleanups run in reverse order).
+  # The segment (a few MB for the default 64 routes; 55 MB for the
+  # scale stage's 1000) is removed after the host stops (cleanups run in
+  # reverse order).
   on_exit rm -f "$prefix/canary-router.seg"
   on_exit host_stop "$prefix"
   LUA_PATH="$BENCH_DIR/noop_plugin/?.lua;;" \

@@ -6,20 +6,31 @@
  *
  * Prints "name value unit" lines:
  *
- *   scale_route_bytes_{2,16}_upstreams
- *       canary_seg_info.route_bytes of a segment made for 2 / 16 upstreams;
- *   scale_segment_bytes_<R>_routes_16_upstreams
- *       the whole file for R routes at the local host's geometry;
+ *   scale_route_bytes, scale_stat_slot_bytes
+ *       canary_seg_info.route_bytes and .stat_bytes: a route costs a
+ *       route slot plus one statistics slot per configured upstream;
+ *   scale_segment_bytes_<R>_routes
+ *       the whole file for R routes sized as the plugin sizes it by
+ *       default (CANARY_ROUTER_MAX_ROUTES=R, statistics slots 2R + 64);
  *   scale_render_<R>x2_ms, scale_render_<R>x2_max_ms
  *       canary_prom_render() of R routes x 2 upstreams with data: median
- *       and worst of RENDERS renders, into a buffer already large enough
- *       (the Lua binding keeps its buffer between scrapes);
+ *       and worst CPU time of RENDERS renders, into a buffer already large
+ *       enough;
+ *   scale_render_chunked_<R>x2_ms
+ *       the same exposition through canary_prom_begin/next/end in 64 KiB
+ *       pieces, as the status endpoint renders it (median total);
+ *   scale_render_chunk_max_<R>x2_ms
+ *       the longest single canary_prom_next() call of all those renders:
+ *       how long a scrape holds the worker's event loop at a time;
  *   scale_render_<R>x2_bytes
  *       the size of that exposition.
  *
- * Leaves DIR/scale-<R>.seg behind (R routes x 2 upstreams with data, 16
- * upstream slots as the local host makes them), for stage_scale.sh to hand
- * to the local host, whose scrapes then render all of them.
+ * Leaves DIR/scale-<R>.seg behind (R routes x 2 upstreams with data, and
+ * room for the local host's own route), for stage_scale.sh to hand to the
+ * local host.  Route r is claimed under the plugin instance id
+ * "<r as 8 hex digits>-0000-4000-8000-000000000000", the one
+ * stage_scale.sh gives the instance of its service-<r>, so the host keeps
+ * them live (and their statistics) and its scrapes render all of them.
  */
 #include "canary.h"
 
@@ -31,9 +42,11 @@
 #include <time.h>
 #include <unistd.h>
 
+/* CPU time of this thread: what a render costs the worker that runs
+ * it, whatever else the machine is doing. */
 static double now_ms(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
@@ -51,12 +64,13 @@ static double unit(void) { /* splitmix64 -> (0, 1) */
   return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
 }
 
-static int open_seg(canary_seg_t **seg, const char *path, uint32_t routes,
-                    uint32_t ups) {
+/* Sized as the plugin sizes a segment by default for `routes` routes. */
+static int open_seg(canary_seg_t **seg, const char *path, uint32_t routes) {
+  struct canary_seg_params p = {routes, 16, 2 * routes + 64, 0, 0};
   char why[256];
   int rc;
   unlink(path);
-  rc = canary_seg_open(seg, path, routes, ups, 0, why, sizeof why);
+  rc = canary_seg_open_params(seg, path, &p, why, sizeof why);
   if (rc < 0)
     fprintf(stderr, "scale: %s: %s: %s\n", path, canary_strerror(rc), why);
   return rc;
@@ -80,25 +94,24 @@ int main(int argc, char **argv) {
   if (ms == NULL)
     return 1;
 
-  /* Geometry: bytes per route for 2 and 16 upstream slots. */
+  /* Geometry: a segment for `routes` routes as the plugin sizes it. */
   snprintf(path, sizeof path, "%s/scale-geometry.seg", dir);
-  for (uint32_t ups = 2; ups <= 16; ups += 14) {
-    if (open_seg(&seg, path, (uint32_t)routes, ups) < 0)
-      return 1;
-    canary_seg_info(seg, &info);
-    printf("scale_route_bytes_%u_upstreams %llu bytes\n", ups,
-           (unsigned long long)info.route_bytes);
-    if (ups == 16)
-      printf("scale_segment_bytes_%d_routes_16_upstreams %llu bytes\n", routes,
-             (unsigned long long)info.size);
-    canary_seg_close(seg);
-  }
+  if (open_seg(&seg, path, (uint32_t)routes) < 0)
+    return 1;
+  canary_seg_info(seg, &info);
+  printf("scale_route_bytes %llu bytes\n",
+         (unsigned long long)info.route_bytes);
+  printf("scale_stat_slot_bytes %llu bytes\n",
+         (unsigned long long)info.stat_bytes);
+  printf("scale_segment_bytes_%d_routes %llu bytes\n", routes,
+         (unsigned long long)info.size);
+  canary_seg_close(seg);
   unlink(path);
 
-  /* routes x 2 upstreams with data, at the host's geometry (+ a few free
-   * slots for the host's own routes). */
+  /* routes x 2 upstreams with data (+ a few free route slots for the
+   * host's own routes). */
   snprintf(path, sizeof path, "%s/scale-%d.seg", dir, routes);
-  if (open_seg(&seg, path, (uint32_t)routes + 8, 16) < 0)
+  if (open_seg(&seg, path, (uint32_t)routes + 8) < 0)
     return 1;
   memset(&t, 0, sizeof t);
   t.n = 2;
@@ -108,7 +121,10 @@ int main(int argc, char **argv) {
   strcpy(t.names[1], "automation-service-canary");
   for (int r = 0; r < routes; r++) {
     char key[64], label[64];
-    int k = snprintf(key, sizeof key, "route-%04d", r);
+    /* The plugin instance ids stage_scale.sh configures the host with,
+     * so the host finds these routes live and keeps them. */
+    int k = snprintf(key, sizeof key, "%08x-0000-4000-8000-000000000000",
+                     (unsigned)r);
     int l = snprintf(label, sizeof label, "service-%04d", r);
     int slot = canary_route_claim(seg, key, (size_t)k, label, (size_t)l);
     if (slot < 0 ||
@@ -143,6 +159,34 @@ int main(int argc, char **argv) {
   qsort(ms, (size_t)renders, sizeof *ms, cmp_double);
   printf("scale_render_%dx2_ms %.3f ms\n", routes, ms[renders / 2]);
   printf("scale_render_%dx2_max_ms %.3f ms\n", routes, ms[renders - 1]);
+
+  /* In pieces, as the status endpoint does it. */
+  {
+    static char chunk[65536];
+    double step_max = 0;
+    for (int i = 0; i < renders; i++) {
+      canary_prom_t *p = NULL;
+      size_t total = 0, n = 0;
+      double t0 = now_ms();
+      int more = 1;
+      if (canary_prom_begin(seg, &p) != 0)
+        return 1;
+      while (more == 1) {
+        double s0 = now_ms();
+        more = canary_prom_next(p, chunk, sizeof chunk, &n);
+        if (now_ms() - s0 > step_max)
+          step_max = now_ms() - s0;
+        total += n;
+      }
+      canary_prom_end(p);
+      ms[i] = now_ms() - t0;
+      if (more != 0 || total != len)
+        return 1;
+    }
+    qsort(ms, (size_t)renders, sizeof *ms, cmp_double);
+    printf("scale_render_chunked_%dx2_ms %.3f ms\n", routes, ms[renders / 2]);
+    printf("scale_render_chunk_max_%dx2_ms %.3f ms\n", routes, step_max);
+  }
   printf("scale_render_%dx2_bytes %zu bytes\n", routes, len);
   canary_seg_close(seg);
   free(buf);

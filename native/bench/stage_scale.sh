@@ -2,13 +2,19 @@
 # stage_scale.sh - segment bytes per route, metrics render time for many
 # routes, and proxy latency while /canary-router/metrics is scraped.
 #
-# 1. build/bench/scale (scale.c): route_bytes for 2 and 16 upstream slots,
-#    and canary_prom_render() of 1000 routes x 2 upstreams with data.
+# 1. build/bench/scale (scale.c): bytes per route and per statistics slot,
+#    the segment for 1000 routes as the plugin sizes it, and the CPU time
+#    of rendering 1000 routes x 2 upstreams with data, in one go and in
+#    the pieces the status endpoint sends (with the longest piece).
 # 2. Scrape impact on the local host (2 workers, proxy 127.0.0.1:28200,
 #    Admin API :28201, status :28202, upstreams :29011/:29012), twice:
 #      one_route      a fresh segment: only the plugin's own route;
 #      1000_routes    the segment scale.c filled (1000 routes x 2
-#                     upstreams with data), so each scrape renders them all.
+#                     upstreams with data), with a config of 1000 more
+#                     services whose plugin instances have the ids scale.c
+#                     claimed their routes under: the host keeps them live
+#                     (a route no instance claims is retired) and each
+#                     scrape renders them all.
 #    Each: `wrk --latency -t1 -c${SCALE_CONNS:-4} -d${SCALE_SECONDS:-5}s`
 #    on the proxy with no scraping (N), while a background loop starts a
 #    `curl` of /canary-router/metrics every 100 ms (S), and with a control
@@ -33,8 +39,8 @@ command -v wrk >/dev/null || die "wrk not found (apt-get install wrk)"
 need_free_ports $PROXY $ADMIN $STATUS
 rm -rf "$OUT"
 mkdir -p "$OUT"
-# The segments are large files (a 16-slot route is ~260 KB): never leave
-# them behind.
+# The segments are large files (1000 routes: 55 MB): never leave them
+# behind.
 on_exit "rm -rf '$OUT/one_route' '$OUT/${ROUTES}_routes' '$OUT'/*.seg"
 
 say "# scale (load $(machine_load))"
@@ -133,10 +139,40 @@ measure one_route "N S C"
 host_stop "$OUT/one_route"
 
 # The 1000-route segment: the host attaches it (an existing valid segment
-# keeps its geometry) and its plugin claims one more route in it.
+# keeps its geometry); its config adds a service and plugin instance per
+# route, with the id scale.c claimed the route under.
 mkdir -p "$OUT/${ROUTES}_routes"
 mv "$OUT/scale-$ROUTES.seg" "$OUT/${ROUTES}_routes/canary-router.seg"
-host_start "$OUT/${ROUTES}_routes" "$OUT/kong.yml" $PROXY $ADMIN $STATUS
+{
+  sed '/^upstreams:/,$d' "$OUT/kong.yml"
+  for r in $(seq 0 $((ROUTES - 1))); do
+    printf '  - name: service-%04d
+    url: http://automation-service
+' "$r"
+    printf '    routes:
+      - name: service-%04d
+        paths:
+          - /s%04d
+' "$r" "$r"
+    printf '    plugins:
+      - name: canary-router
+        id: %08x-0000-4000-8000-000000000000
+' "$r"
+    printf '        config:
+          upstreams:
+'
+    printf '            - name: automation-service
+              weight: 90
+'
+    printf '            - name: automation-service-canary
+              weight: 10
+'
+  done
+  sed -n '/^upstreams:/,$p' "$OUT/kong.yml"
+} >"$OUT/kong-$ROUTES.yml"
+host_start "$OUT/${ROUTES}_routes" "$OUT/kong-$ROUTES.yml" $PROXY $ADMIN $STATUS
+live=$(curl -s "http://127.0.0.1:$STATUS/canary-router/metrics" | grep -c '^canary_progression_step{' || true)
+[ "$live" -gt "$ROUTES" ] || die "the host exports $live routes, expected $ROUTES + 1"
 say "# scrape impact, $ROUTES routes: wrk -t1 -c$CONNS -d${SECS}s --latency, N S C x $ROUNDS"
 measure "${ROUTES}_routes" "N S C"
 host_stop "$OUT/${ROUTES}_routes"

@@ -14,7 +14,8 @@
  * The segment is attached read-only: canarystat can never change what
  * the gateway does.  The table shows, per route and upstream, the
  * effective weight and the traffic of the last sampling interval
- * (requests/s, error %, p50/p95/p99), and the progression's last
+ * (requests/s, error %, p50/p95/p99; requests an override forced apart),
+ * how full the segment's slot pools are, and the progression's last
  * decision and why; --json prints the cumulative figures and the
  * decision log in the shape of the Admin API's GET /canary-router/status.
  *
@@ -302,6 +303,7 @@ static void json_route(const canary_seg_t *seg, int route,
          (unsigned long long)v->generation);
   for (uint32_t u = 0; u < v->n; u++) {
     struct canary_hist_summary s;
+    const uint64_t *f = v->forced[u];
     canary_hist_snapshot(seg, route, (int)u, snap);
     canary_hist_summarize(snap, NULL, &s);
     printf("%s{\"name\":", u ? "," : "");
@@ -309,13 +311,20 @@ static void json_route(const canary_seg_t *seg, int route,
     printf(",\"weight\":%g,\"effective_weight\":%g,\"requests\":%llu,"
            "\"errors\":%llu,\"error_rate\":%.17g,\"p50_ms\":%g,"
            "\"p95_ms\":%g,\"p99_ms\":%g,\"status\":{\"1xx\":%llu,"
-           "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu}}",
+           "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu}",
            v->weights[u] / 100.0, v->effective[u] / 100.0,
            (unsigned long long)s.count, (unsigned long long)s.errors,
            s.error_rate, ms2(s.p50_us), ms2(s.p95_us), ms2(s.p99_us),
            (unsigned long long)s.status[1], (unsigned long long)s.status[2],
            (unsigned long long)s.status[3], (unsigned long long)s.status[4],
            (unsigned long long)s.status[5]);
+    /* Requests an override forced here: not in the figures above. */
+    printf(",\"forced\":{\"count\":%llu,\"1xx\":%llu,\"2xx\":%llu,"
+           "\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu}}",
+           (unsigned long long)(f[0] + f[1] + f[2] + f[3] + f[4] + f[5]),
+           (unsigned long long)f[1], (unsigned long long)f[2],
+           (unsigned long long)f[3], (unsigned long long)f[4],
+           (unsigned long long)f[5]);
   }
   printf("],\"trace_ids\":{\"client\":%llu,\"traceparent\":%llu,"
          "\"generated\":%llu,\"rejected\":%llu}",
@@ -363,6 +372,16 @@ static int print_json(const canary_seg_t *seg, const char *path) {
   canary_seg_info(seg, &info);
   printf("{\"segment\":");
   json_str(path);
+  printf(",\"slots\":{\"routes\":{\"live\":%u,\"retired\":%u,"
+         "\"free\":%u,\"exhausted\":%llu},\"upstreams\":{\"live\":%u,"
+         "\"retired\":%u,\"free\":%u,\"exhausted\":%llu},"
+         "\"retire_grace_s\":%u}",
+         info.routes_used - info.routes_retired, info.routes_retired,
+         info.max_routes - info.routes_used,
+         (unsigned long long)info.routes_exhausted,
+         info.stat_slots_used - info.stat_slots_retired,
+         info.stat_slots_retired, info.max_stat_slots - info.stat_slots_used,
+         (unsigned long long)info.stat_slots_exhausted, info.retire_grace_s);
   printf(",\"data\":[");
   for (uint32_t r = 0; r < info.max_routes; r++) {
     if (canary_route_read(seg, (int)r, &v) != 0 || v.generation == 0)
@@ -381,6 +400,8 @@ static int print_json(const canary_seg_t *seg, const char *path) {
 struct sample {
   int route;
   uint32_t upstream;
+  char key[CANARY_KEY_MAX];   /* route and upstream name: the identity of */
+  char name[CANARY_NAME_MAX]; /* the statistics, whatever the position */
   struct canary_hist_snapshot snap;
 };
 
@@ -405,6 +426,8 @@ static int take(const canary_seg_t *seg, struct sample **out, size_t *n) {
       }
       (*out)[*n].route = (int)r;
       (*out)[*n].upstream = u;
+      memcpy((*out)[*n].key, v.key, sizeof v.key);
+      memcpy((*out)[*n].name, v.names[u], sizeof v.names[u]);
       canary_hist_snapshot(seg, (int)r, (int)u, &(*out)[*n].snap);
       (*n)++;
     }
@@ -416,15 +439,28 @@ static void print_table(const canary_seg_t *seg, const struct sample *a,
                         size_t na, const struct sample *b, size_t nb,
                         double seconds) {
   struct canary_route_view v;
+  struct canary_seg_info info;
   int last_route = -1;
-  printf("%-24s %-28s %7s %9s %7s %9s %9s %9s %10s\n", "ROUTE", "UPSTREAM",
-         "WEIGHT", "REQ/S", "ERR%", "P50ms", "P95ms", "P99ms", "REQUESTS");
+  canary_seg_info(seg, &info);
+  printf("segment: %u of %u route slots live (%u retired), %u of %u upstream "
+         "slots live (%u retired)%s\n",
+         info.routes_used - info.routes_retired, info.max_routes,
+         info.routes_retired, info.stat_slots_used - info.stat_slots_retired,
+         info.max_stat_slots, info.stat_slots_retired,
+         info.routes_exhausted + info.stat_slots_exhausted > 0
+             ? "; EXHAUSTED at times: raise CANARY_ROUTER_MAX_ROUTES or "
+               "CANARY_ROUTER_MAX_UPSTREAM_SLOTS"
+             : "");
+  printf("%-24s %-28s %7s %9s %7s %9s %9s %9s %10s %8s\n", "ROUTE",
+         "UPSTREAM", "WEIGHT", "REQ/S", "ERR%", "P50ms", "P95ms", "P99ms",
+         "REQUESTS", "FORCED");
   for (size_t i = 0; i < nb; i++) {
     struct canary_hist_summary w, total;
     const struct canary_hist_snapshot *before = NULL;
     struct canary_prog_status ps;
     for (size_t j = 0; j < na; j++)
-      if (a[j].route == b[i].route && a[j].upstream == b[i].upstream)
+      if (a[j].route == b[i].route && strcmp(a[j].key, b[i].key) == 0 &&
+          strcmp(a[j].name, b[i].name) == 0)
         before = &a[j].snap;
     if (canary_route_read(seg, b[i].route, &v) != 0)
       continue;
@@ -439,7 +475,11 @@ static void print_table(const canary_seg_t *seg, const struct sample *a,
              w.p50_us / 1e3, w.p95_us / 1e3, w.p99_us / 1e3);
     else
       printf("%7s %9s %9s %9s", "-", "-", "-", "-");
-    printf(" %10llu\n", (unsigned long long)total.count);
+    {
+      const uint64_t *f = v.forced[b[i].upstream];
+      printf(" %10llu %8llu\n", (unsigned long long)total.count,
+             (unsigned long long)(f[0] + f[1] + f[2] + f[3] + f[4] + f[5]));
+    }
     if (b[i].route != last_route &&
         canary_prog_status(seg, b[i].route, canary_clock_us(), &ps) == 0 &&
         ps.state != CANARY_PROG_NONE && b[i].upstream + 1 == v.n) {

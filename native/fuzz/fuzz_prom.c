@@ -57,15 +57,32 @@
 #define UPS 3
 #define MAX_LAT 256
 
+/* What was recorded for one upstream name. */
+struct model_stats {
+  char name[CANARY_NAME_MAX];
+  uint64_t status[6];
+  uint64_t sum;
+  uint64_t lat[MAX_LAT];
+  size_t nlat;
+};
+
+/* At most 7 publishes of 3 names each, so the statistics pool of the
+ * segment (MAX_STAT_SLOTS) never runs out and a name that left always
+ * gets its slot back. */
+#define MAX_STAT_SLOTS 32
+#define RETIRED_MAX 24
+
 struct model_route {
   int claimed, published;
   char key[CANARY_KEY_MAX];
   char label[CANARY_LABEL_MAX];
   struct canary_table t;
-  uint64_t status[UPS][6];
-  uint64_t sum[UPS];
-  uint64_t lat[UPS][MAX_LAT];
-  size_t nlat[UPS];
+  /* Statistics belong to names: those of the table's upstreams, by
+   * index, and those of names that left (kept: they come back with the
+   * name). */
+  struct model_stats up[UPS];
+  struct model_stats retired[RETIRED_MAX];
+  int nretired;
   uint64_t trace[CANARY_TRACE_SOURCES];
   uint64_t events[CANARY_EVENTS];
 };
@@ -191,16 +208,16 @@ static void build_expected(const struct model *m, struct scalars *ex) {
     for (uint32_t u = 0; u < r->t.n; u++) {
       const char *up = r->t.names[u];
       for (int c = 1; c < 6; c++) {
-        if (c == 1 && r->status[u][1] == 0)
+        if (c == 1 && r->up[u].status[1] == 0)
           continue;
         snprintf(extra, sizeof extra, "status=%s", cls[c]);
         add_scalar(ex, "canary_requests_total", route, up, extra,
-                   (double)r->status[u][c]);
+                   (double)r->up[u].status[c]);
       }
       add_scalar(ex, "canary_upstream_latency_seconds_count", route, up, "",
-                 (double)r->nlat[u]);
+                 (double)r->up[u].nlat);
       add_scalar(ex, "canary_upstream_latency_seconds_sum", route, up, "",
-                 (double)r->sum[u] / 1e6);
+                 (double)r->up[u].sum / 1e6);
       add_scalar(ex, "canary_upstream_weight", route, up, "",
                  (double)r->t.weights[u] / CANARY_WEIGHT_SCALE);
     }
@@ -248,11 +265,11 @@ static int cmp_u64(const void *a, const void *b) {
 /* Exact nearest-rank quantile of the samples as recorded (clamped). */
 static double exact_quantile(const struct model_route *r, int u, double q) {
   uint64_t v[MAX_LAT], top = canary_hist_bucket_high(CANARY_HIST_BUCKETS - 1);
-  size_t n = r->nlat[u], rank;
+  size_t n = r->up[u].nlat, rank;
   if (n == 0)
     return 0;
   for (size_t i = 0; i < n; i++)
-    v[i] = r->lat[u][i] < top ? r->lat[u][i] : top;
+    v[i] = r->up[u].lat[i] < top ? r->up[u].lat[i] : top;
   qsort(v, n, sizeof v[0], cmp_u64);
   rank = (size_t)ceil(q * (double)n - 1e-9);
   if (rank < 1)
@@ -266,8 +283,8 @@ static double exact_quantile(const struct model_route *r, int u, double q) {
  * counts every histogram bucket that starts at or below it. */
 static uint64_t count_le(const struct model_route *r, int u, uint64_t le_us) {
   uint64_t c = 0;
-  for (size_t i = 0; i < r->nlat[u]; i++)
-    if (canary_hist_bucket_low(canary_hist_bucket_of(r->lat[u][i])) <= le_us)
+  for (size_t i = 0; i < r->up[u].nlat; i++)
+    if (canary_hist_bucket_low(canary_hist_bucket_of(r->up[u].lat[i])) <= le_us)
       c++;
   return c;
 }
@@ -305,9 +322,9 @@ static void observe_bucket(struct observe *o, const struct fz_prom_sample *s,
   if (i < 0)
     return;
   if (isinf(bound))
-    FZ_CHECK(s->value == (double)o->m->r[i].nlat[u],
+    FZ_CHECK(s->value == (double)o->m->r[i].up[u].nlat,
              "+Inf bucket %.0f, %zu samples recorded", s->value,
-             o->m->r[i].nlat[u]);
+             o->m->r[i].up[u].nlat);
   else
     FZ_CHECK(s->value == (double)count_le(&o->m->r[i], u,
                                           (uint64_t)llround(bound * 1e6)),
@@ -348,13 +365,13 @@ static void observe_summary(struct observe *o, const struct fz_prom_sample *s,
     return;
   r = &o->m->r[i];
   if (strcmp(s->name + n, "_count") == 0)
-    FZ_CHECK(s->value == (double)r->nlat[u],
+    FZ_CHECK(s->value == (double)r->up[u].nlat,
              "%s of %s/%s is %.0f, %zu recorded", s->name, route, up, s->value,
-             r->nlat[u]);
+             r->up[u].nlat);
   else if (strcmp(s->name + n, "_sum") == 0)
-    FZ_CHECK(fabs(s->value - (double)r->sum[u] / 1e6) <= 5e-7,
+    FZ_CHECK(fabs(s->value - (double)r->up[u].sum / 1e6) <= 5e-7,
              "%s of %s/%s is %.6f, the samples sum to %.6f", s->name, route,
-             up, s->value, (double)r->sum[u] / 1e6);
+             up, s->value, (double)r->up[u].sum / 1e6);
 }
 
 static void on_sample(const struct fz_prom_sample *s, void *ctx) {
@@ -364,8 +381,9 @@ static void on_sample(const struct fz_prom_sample *s, void *ctx) {
   const char *upv = up != NULL ? up->value : "";
   char extra[32] = "";
 
-  if (strncmp(s->name, "canary_", 7) != 0)
-    return;
+  if (strncmp(s->name, "canary_", 7) != 0 ||
+      strncmp(s->name, "canary_slots", 12) == 0)
+    return; /* the segment's pool families: no route, not modelled */
   FZ_CHECK(route != NULL, "%s sample without a route label", s->name);
   /* Label values are C strings in the engine: a NUL cannot show up. */
   FZ_CHECK(strlen(route->value) == route->value_len,
@@ -440,9 +458,9 @@ static int key_ok(const char *k, size_t len) {
   return len > 0 && len < CANARY_KEY_MAX && memchr(k, '\0', len) == NULL;
 }
 
+/* The characters of a Kong upstream name, the engine's rule. */
 static const char name_charset[] =
-    "!#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`"
-    "abcdefghijklmnopqrstuvwxyz{|}~";
+    "-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
 
 /* Claims one route as the input says, updating the model. */
 static int claim(canary_seg_t *seg, struct model *m, struct fz_in *in) {
@@ -529,6 +547,36 @@ static void publish(canary_seg_t *seg, struct model_route *r, int idx,
   rc = canary_route_publish(seg, idx, &t, hash, NULL, NULL, 0);
   FZ_CHECK(rc == (valid ? 0 : CANARY_EWEIGHTS), "publish returned %d", rc);
   if (rc == 0) {
+    struct model_stats next[UPS];
+    /* A name keeps its statistics wherever it moves, gets back what it
+     * had when it left, or starts at zero; names that leave keep theirs
+     * aside. */
+    memset(next, 0, sizeof next);
+    for (uint32_t u = 0; u < t.n; u++) {
+      int found = 0;
+      for (uint32_t j = 0; r->published && j < r->t.n && !found; j++)
+        if (strcmp(r->up[j].name, t.names[u]) == 0) {
+          next[u] = r->up[j];
+          found = 1;
+        }
+      for (int k = 0; k < r->nretired && !found; k++)
+        if (strcmp(r->retired[k].name, t.names[u]) == 0) {
+          next[u] = r->retired[k];
+          r->retired[k] = r->retired[--r->nretired];
+          found = 1;
+        }
+      snprintf(next[u].name, sizeof next[u].name, "%s", t.names[u]);
+    }
+    for (uint32_t j = 0; r->published && j < r->t.n; j++) {
+      int kept = 0;
+      for (uint32_t u = 0; u < t.n && !kept; u++)
+        kept = strcmp(r->up[j].name, t.names[u]) == 0;
+      if (!kept) {
+        FZ_CHECK(r->nretired < RETIRED_MAX, "harness: too many names");
+        r->retired[r->nretired++] = r->up[j];
+      }
+    }
+    memcpy(r->up, next, sizeof next);
     r->published = 1;
     r->t = t;
   }
@@ -542,20 +590,24 @@ static void record(canary_seg_t *seg, struct model_route *r, int idx,
     uint64_t lat = fz_u32(in);
     int status = fz_u16(in);
     int source = fz_u8(in) % 6 - 1;
-    int want = up < UPS && source < CANARY_TRACE_SOURCES ? 0 : CANARY_EINVAL;
+    /* Statistics need a published table with that upstream. */
+    int want = up >= UPS || source >= CANARY_TRACE_SOURCES ? CANARY_EINVAL
+               : idx < 0 || !r->published                   ? CANARY_ENOTPUB
+               : (uint32_t)up >= r->t.n                     ? CANARY_EINVAL
+                                                            : 0;
     int cls = status >= 100 && status <= 599 ? status / 100 : 0;
     int rc;
     if (idx < 0)
       continue;
     rc = canary_route_record(seg, idx, up, lat, status, source);
-    FZ_CHECK(rc == want, "record(up %d, source %d) returned %d", up, source,
-             rc);
+    FZ_CHECK(rc == want, "record(up %d, source %d) returned %d, expected %d",
+             up, source, rc, want);
     if (rc != 0)
       continue;
-    r->status[up][cls]++;
-    r->sum[up] += lat;
-    if (r->nlat[up] < MAX_LAT)
-      r->lat[up][r->nlat[up]++] = lat;
+    r->up[up].status[cls]++;
+    r->up[up].sum += lat;
+    if (r->up[up].nlat < MAX_LAT)
+      r->up[up].lat[r->up[up].nlat++] = lat;
     if (source >= 0)
       r->trace[source]++;
   }
@@ -607,7 +659,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   fz_path(path, sizeof path, "prom.seg");
   unlink(path);
-  rc = canary_seg_open(&seg, path, ROUTES, UPS, 0, why, sizeof why);
+  rc = canary_seg_open_params(
+      &seg, path,
+      &(struct canary_seg_params){ROUTES, UPS, MAX_STAT_SLOTS, 0, 0}, why,
+      sizeof why);
   FZ_CHECK(rc == CANARY_SEG_CREATED, "segment: %d %s", rc, why);
   unlink(path); /* the mapping stays; nothing is left behind */
 

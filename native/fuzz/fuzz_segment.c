@@ -18,7 +18,8 @@
  *      page zero), then the body.  Fix flags set fields the fuzzer would
  *      rarely guess, so the checks behind them are reached:
  *        1 magic  2 layout version  4 header_bytes
- *        8 route_bytes and total_bytes from max_routes/max_upstreams
+ *        8 route_bytes, stat_bytes, a valid grace period and
+ *          total_bytes from max_routes/max_stat_slots
  *        16 checksum (computed last)   32 file size = total_bytes
  *      The body is the rest of the input, zero-padded to total_bytes when
  *      flag 32 is set and total_bytes is at most 4 MiB;
@@ -28,10 +29,11 @@
  *      checksum at the end), then patches until the input ends:
  *        u8 sel, u16 offset, u8 len % 16 + 1, len bytes
  *      sel & 7 picks a region (0 whole file, 1 header, 2 route header,
- *      3 its table buffers, 4 sequence line, 5 upstream stats,
- *      6 progression area, 7 progression parameters), (sel >> 3) % 3 the
- *      route, (sel >> 5) & 1 the upstream; the offset is taken modulo the
- *      region.  This is what reaches route-level corruption.
+ *      3 its table buffers, 4 sequence line, 5 a statistics slot (its
+ *      identity, forced counters, stripes and buckets), 6 progression
+ *      area, 7 progression parameters), (sel >> 3) % 3 the route,
+ *      (sel >> 5) & 1 the upstream; the offset is taken modulo the region.
+ *      This is what reaches route-level corruption.
  *
  * For each file the target opens it read-only, then read-write, and
  * checks: read-only never creates, never renames and never changes a
@@ -45,7 +47,9 @@
  * canary_route_record, canary_route_event, canary_prog_action and
  * canary_prog_tick (neither may leave a table the engine cannot read
  * back); then canary_prom_render, whose output must be well-formed
- * exposition even from corrupt data.  Errors are allowed; crashes,
+ * exposition even from corrupt data; and in read-write mode the slot
+ * lifecycle over whatever the slots hold: retire every route but one,
+ * claim one back, publish a reordered and a renamed table for it.  Errors are allowed; crashes,
  * sanitizer reports and out-of-range results are not.
  */
 #include "fuzz_common.h"
@@ -124,7 +128,8 @@ static void make_template(void) {
   canary_route_event(seg, r1, CANARY_EVENT_FALLBACK);
   canary_seg_close(seg);
 
-  tmpl_len = canary__route_bytes(T_UPS) * T_ROUTES + CANARY_HEADER_BYTES;
+  tmpl_len = CANARY_HEADER_BYTES + canary__route_bytes() * T_ROUTES +
+             canary__stat_bytes() * T_ROUTES * T_UPS;
   tmpl = malloc(tmpl_len);
   FZ_CHECK(tmpl != NULL, "harness: out of memory");
   got = fz_read_file(path, tmpl, tmpl_len);
@@ -161,9 +166,13 @@ static void file_from_header(struct fz_in *in, struct file *f) {
   if (fix & 4)
     h.header_bytes = CANARY_HEADER_BYTES;
   if (fix & 8) {
-    h.route_bytes = canary__route_bytes(h.max_upstreams);
-    h.total_bytes =
-        CANARY_HEADER_BYTES + (uint64_t)h.max_routes * h.route_bytes;
+    h.route_bytes = canary__route_bytes();
+    h.stat_bytes = canary__stat_bytes();
+    if (h.retire_grace_s == 0 || h.retire_grace_s > 86400)
+      h.retire_grace_s = CANARY_RETIRE_GRACE_S;
+    h.total_bytes = CANARY_HEADER_BYTES +
+                    (uint64_t)h.max_routes * h.route_bytes +
+                    (uint64_t)h.max_stat_slots * h.stat_bytes;
   }
   if (fix & 16)
     h.checksum = header_checksum(&h);
@@ -177,11 +186,15 @@ static void file_from_header(struct fz_in *in, struct file *f) {
 }
 
 static void region(uint8_t sel, size_t *start, size_t *len) {
-  struct canary_seg fake = {.base = tmpl,
-                            .size = tmpl_len,
-                            .max_routes = T_ROUTES,
-                            .max_upstreams = T_UPS,
-                            .route_bytes = canary__route_bytes(T_UPS)};
+  struct canary_seg fake = {
+      .base = tmpl,
+      .size = tmpl_len,
+      .max_routes = T_ROUTES,
+      .max_upstreams = T_UPS,
+      .route_bytes = canary__route_bytes(),
+      .max_stat_slots = T_ROUTES * T_UPS,
+      .stat_bytes = canary__stat_bytes(),
+      .stat_offset = CANARY_HEADER_BYTES + T_ROUTES * canary__route_bytes()};
   uint32_t route = (uint32_t)(sel >> 3) % T_ROUTES;
   uint32_t up = (uint32_t)(sel >> 5) & 1;
   struct route_hdr *r = canary__route(&fake, route);
@@ -206,8 +219,9 @@ static void region(uint8_t sel, size_t *start, size_t *len) {
     n = sizeof(struct route_seq);
     break;
   case 5:
-    p = (unsigned char *)canary__stats(&fake, route, up);
-    n = sizeof(struct up_stats);
+    /* Slots were handed out in order: route r's upstream u has 2r + u. */
+    p = (unsigned char *)canary__stat_slot(&fake, route * T_UPS + up);
+    n = sizeof(struct stat_slot);
     break;
   case 6:
     p = (unsigned char *)pa;
@@ -294,6 +308,43 @@ static int prog_params_bad(const canary_seg_t *seg, int route) {
   return canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0;
 }
 
+/* Slots change hands over whatever they hold: retire all routes but
+ * one, bring one back, publish a reordered and then a renamed table.
+ * Errors are fine; the tables the engine publishes must read back, and
+ * the exposition must stay well-formed. */
+static void lifecycle(canary_seg_t *seg, const struct prog_input *act) {
+  static const char keep[] = "prog-route";
+  struct canary_table t = {.n = 2, .weights = {5000, 5000}};
+  static struct canary_route_view v;
+  char *out;
+  size_t len;
+  int r, rc;
+
+  for (uint32_t i = 0; i < seg->max_routes; i++)
+    if (writer_blocks(seg, (int)i))
+      return;
+  rc = canary_route_retire_except(seg, keep, sizeof keep, act->now_us);
+  FZ_CHECK(rc >= 0 || rc == CANARY_EBUSY || rc == CANARY_EINVAL,
+           "retire_except: %d", rc);
+  r = canary_route_claim(seg, "plain-route", 11, "", 0);
+  if (r < 0)
+    return;
+  snprintf(t.names[0], sizeof t.names[0], "canary");
+  snprintf(t.names[1], sizeof t.names[1], "stable");
+  if (canary_route_publish(seg, r, &t, 77, NULL, NULL, 0) == 0) {
+    FZ_CHECK(canary_route_read(seg, r, &v) == 0, "reordered table unreadable");
+    canary_route_record(seg, r, 1, 99, 503, -1);
+  }
+  snprintf(t.names[0], sizeof t.names[0], "stable-v2");
+  if (canary_route_publish(seg, r, &t, 78, NULL, NULL, 0) == 0)
+    FZ_CHECK(canary_route_read(seg, r, &v) == 0, "renamed table unreadable");
+  out = fz_prom_render(seg, &len, &rc);
+  FZ_CHECK(out != NULL || rc == CANARY_ENOMEM, "render failed: %d", rc);
+  if (out != NULL)
+    fz_prom_check(out, len, NULL, NULL);
+  free(out);
+}
+
 static void exercise(canary_seg_t *seg, int readonly,
                      const struct prog_input *act) {
   struct canary_seg_info info;
@@ -310,7 +361,9 @@ static void exercise(canary_seg_t *seg, int readonly,
                info.max_upstreams >= 1 &&
                info.max_upstreams <= CANARY_MAX_UPSTREAMS &&
                info.size == CANARY_HEADER_BYTES +
-                                (uint64_t)info.max_routes * info.route_bytes,
+                                (uint64_t)info.max_routes * info.route_bytes +
+                                (uint64_t)info.max_stat_slots *
+                                    info.stat_bytes,
            "attached a segment of impossible geometry (%u routes, %u "
            "upstreams, %llu bytes)",
            info.max_routes, info.max_upstreams, (unsigned long long)info.size);
@@ -409,6 +462,8 @@ static void exercise(canary_seg_t *seg, int readonly,
   if (out != NULL)
     fz_prom_check(out, len, NULL, NULL);
   free(out);
+  if (!readonly)
+    lifecycle(seg, act);
 }
 
 /* ---- one file ----------------------------------------------------------- */

@@ -38,7 +38,7 @@
   XX(EIO, -3, "segment file I/O error")                                       \
   XX(ECORRUPT, -4, "segment data is corrupt")                                 \
   XX(ENOENT, -5, "no such route")                                             \
-  XX(EFULL, -6, "segment has no free route slot")                             \
+  XX(EFULL, -6, "segment has no free slot")                                   \
   XX(EBUSY, -7, "writer word held by a live process")                         \
   XX(ENOSPC, -8, "buffer too small")                                          \
   XX(ERAND, -9, "random generator failed")                                    \
@@ -68,7 +68,9 @@ enum canary_limits {
   CANARY_TRACE_HEADER_MAX = 128, /* longest X-Trace-Id value kept */
   CANARY_MAX_STEPS = 20,      /* progression steps */
   CANARY_REASON_MAX = 192,    /* progression reason text, NUL included */
-  CANARY_DECISIONS = 50       /* decisions kept per route, newest first */
+  CANARY_DECISIONS = 50,      /* decisions kept per route, newest first */
+  CANARY_RETIRE_GRACE_S = 300, /* default wait of a retired slot for reuse */
+  CANARY_PROM_CHUNK_MIN = 16384 /* smallest buffer canary_prom_next takes */
 };
 
 /* How a request's trace ID was obtained; counted per route. */
@@ -92,6 +94,12 @@ enum canary_event {
 /* Flags for canary_seg_open(). */
 enum canary_seg_flags {
   CANARY_SEG_READONLY = 1 /* attach only: never create, repair or write */
+};
+
+/* Flags for canary_stat_record(). */
+enum canary_record_flags {
+  CANARY_RECORD_FORCED = 1 /* chosen by an override: counted apart from the
+                              statistics that progression gates judge */
 };
 
 /* Results of canary_seg_open() (non-negative). */
@@ -310,14 +318,41 @@ struct canary_prog_status {
 
 typedef struct canary_seg canary_seg_t; /* process-local, opaque */
 
+/* How a new segment is sized (canary_seg_open_params).  Memory is
+ * max_routes route slots plus max_stat_slots statistics slots, one per
+ * upstream actually configured (see "Statistics slots" below), so a
+ * segment follows the configuration instead of reserving
+ * CANARY_MAX_UPSTREAMS histograms for every route. */
+struct canary_seg_params {
+  uint32_t max_routes;     /* 1..65536 */
+  uint32_t max_upstreams;  /* upstreams per route, 1..CANARY_MAX_UPSTREAMS */
+  uint32_t max_stat_slots; /* 1..1048576; 0: max_routes * max_upstreams */
+  uint32_t flags;          /* canary_seg_flags */
+  /* Seconds a retired route or statistics slot waits before it may be
+   * reused, 1..86400; 0: CANARY_RETIRE_GRACE_S.  It must outlast the
+   * longest request: one still in flight when its route or upstream is
+   * removed keeps counting into the retired slot until then. */
+  uint32_t retire_grace_s;
+};
+
 struct canary_seg_info {
   uint64_t size;          /* bytes of the mapping */
   uint64_t route_bytes;   /* bytes per route slot */
   uint64_t created_unix;  /* creation time of the segment */
   uint32_t max_routes;
   uint32_t max_upstreams;
-  uint32_t routes_used;   /* claimed route slots */
+  uint32_t routes_used;   /* route slots in use: live or retired */
   uint32_t layout_version;
+  uint64_t stat_bytes;    /* bytes per statistics slot */
+  uint32_t max_stat_slots;
+  uint32_t stat_slots_used;    /* statistics slots live or retired */
+  uint32_t routes_retired;     /* retired route slots, not yet reused */
+  uint32_t stat_slots_retired; /* retired statistics slots, not yet reused */
+  uint64_t routes_exhausted;   /* claims refused: no free route slot */
+  uint64_t stat_slots_exhausted; /* publishes refused: no free statistics
+                                    slot */
+  uint32_t retire_grace_s;     /* see canary_seg_params */
+  uint32_t pad;
 };
 
 /* A weights table as the caller publishes it.  weights[i] is on the
@@ -338,11 +373,19 @@ struct canary_route_view {
   uint32_t n;
   uint32_t weights[CANARY_MAX_UPSTREAMS];   /* configured */
   uint32_t effective[CANARY_MAX_UPSTREAMS]; /* what pick uses */
+  /* stats[i]: handle of upstream i's statistics slot, for
+   * canary_stat_record().  A handle belongs to the upstream's name on
+   * this route: it stays the same while the name stays configured,
+   * whatever its position. */
+  uint32_t stats[CANARY_MAX_UPSTREAMS];
   char names[CANARY_MAX_UPSTREAMS][CANARY_NAME_MAX];
   char key[CANARY_KEY_MAX];
   char label[CANARY_LABEL_MAX];
   uint64_t trace[CANARY_TRACE_SOURCES];
   uint64_t events[CANARY_EVENTS];
+  /* Forced requests (CANARY_RECORD_FORCED) per upstream and status class,
+   * [0] other, [1] 1xx .. [5] 5xx; never part of a histogram. */
+  uint64_t forced[CANARY_MAX_UPSTREAMS][6];
 };
 
 /* A copy of one upstream's cumulative statistics.  Counters only grow;
@@ -387,6 +430,14 @@ CANARY_API int canary_seg_open(canary_seg_t **out, const char *path,
                                uint32_t max_routes, uint32_t max_upstreams,
                                int flags, char *why, size_t why_len);
 
+/* canary_seg_open() with the statistics pool sized explicitly (see
+ * struct canary_seg_params); canary_seg_open() itself sizes the pool for
+ * max_routes * max_upstreams statistics slots.  p->flags are
+ * canary_seg_flags.  Same results and errors as canary_seg_open(). */
+CANARY_API int canary_seg_open_params(canary_seg_t **out, const char *path,
+                                      const struct canary_seg_params *p,
+                                      char *why, size_t why_len);
+
 /* Unmaps and frees the handle.  NULL-safe.  The file stays. */
 CANARY_API void canary_seg_close(canary_seg_t *seg);
 
@@ -397,11 +448,16 @@ CANARY_API int canary_seg_info(const canary_seg_t *seg,
 /* ---- routes -------------------------------------------------------- */
 
 /* Returns the index of the route claimed under `key` (1..63 bytes),
- * claiming a free slot for it first if there is none.  `label` (may be
- * empty) is the human name used in metrics; a later claim with a
- * non-empty label updates it.  Slow path; safe across processes (claims
- * are serialised by a segment-wide writer word).  Returns an index >= 0,
- * CANARY_EFULL, CANARY_EBUSY or CANARY_EREADONLY. */
+ * claiming a slot for it first if there is none.  A route retired under
+ * the same key and not reused since comes back as it was, counters and
+ * table included.  Otherwise a free slot is taken, or a retired one whose
+ * grace period (canary_seg_params.retire_grace_s) has passed, and it
+ * starts empty.
+ * `label` (may be empty) is the human name used in metrics; a later claim
+ * with a non-empty label updates it.  Slow path; safe across processes
+ * (claims are serialised by a segment-wide writer word).  Returns an
+ * index >= 0, CANARY_EFULL (counted in canary_seg_info), CANARY_EBUSY or
+ * CANARY_EREADONLY. */
 CANARY_API int canary_route_claim(canary_seg_t *seg, const char *key,
                                   size_t key_len, const char *label,
                                   size_t label_len);
@@ -410,6 +466,25 @@ CANARY_API int canary_route_claim(canary_seg_t *seg, const char *key,
  * Never writes.  Safe across processes. */
 CANARY_API int canary_route_find(const canary_seg_t *seg, const char *key,
                                  size_t key_len);
+
+/* Retires the route: it is no longer exported, its statistics slots are
+ * retired with it, and after the segment's grace period its slots may be
+ * reused.  Until then nothing changes for requests still in flight:
+ * picks keep working and records still count (a claim of the same key
+ * brings it all back).  now_us is canary_clock_us().  Returns 0, or
+ * CANARY_ENOENT when the route is not live, CANARY_EBUSY,
+ * CANARY_EREADONLY, CANARY_EINVAL.  Safe across processes. */
+CANARY_API int canary_route_retire(canary_seg_t *seg, int route,
+                                   double now_us);
+
+/* Retires every live route whose key is not in `keys`: the complete set
+ * of instance keys still configured, each followed by a NUL byte
+ * (keys_len bytes in all; 0 retires every route).  Routes that cannot be
+ * retired now (writer busy) are left for the next call.  Returns the
+ * number of routes retired, or a negative error.  Safe across
+ * processes. */
+CANARY_API int canary_route_retire_except(canary_seg_t *seg, const char *keys,
+                                          size_t keys_len, double now_us);
 
 /* Validates `t` and, when valid, publishes it as the route's new table:
  * every process sees it from its next pick on.  Publishing a table equal
@@ -532,10 +607,18 @@ CANARY_API int canary_route_set_effective(canary_seg_t *seg, int route,
                                           char *err, size_t err_len);
 
 /* Validates a table without publishing it (same rules and messages as
- * canary_route_publish()).  Returns 0 or CANARY_EWEIGHTS. */
+ * canary_route_publish()).  Returns 0 or CANARY_EWEIGHTS.  This is the
+ * one definition of a valid table: the plugin's schema calls it. */
 CANARY_API int canary_table_check(const struct canary_table *t,
                                   uint32_t max_upstreams, char *err,
                                   size_t err_len);
+
+/* Validates one upstream name (name_len bytes): 1..63 bytes of A-Z, a-z,
+ * 0-9, '.', '_' and '-', the characters of a Kong upstream name.  Returns
+ * 0 or CANARY_EWEIGHTS with the message canary_table_check() gives for
+ * it.  Pure. */
+CANARY_API int canary_name_check(const char *name, size_t name_len,
+                                 char *err, size_t err_len);
 
 /* Copies the route's current table and counters into `out`.  Never
  * blocks; retries only while a newer table is being published.  Safe
@@ -613,12 +696,38 @@ CANARY_API const char *canary_action_name(int action);
 
 /* ---- statistics ---------------------------------------------------- */
 
-/* Records one response of `upstream` on `route`: latency (microseconds,
- * clamped to the histogram range), HTTP status, and the request's trace
- * source (a canary_trace_source, or -1 for none).  No lock, no
+/* Statistics slots.  Statistics belong to an upstream's name on a
+ * route, not to its position: every upstream of a published table owns a
+ * statistics slot, and a publish keeps a name's slot wherever the name
+ * moves, gives a new name a fresh slot that starts at zero, and retires
+ * the slots of names that left (they are no longer exported; a name that
+ * comes back before its slot is reused gets it back).  Retired slots are
+ * reused no sooner than the segment's grace period after retirement
+ * (canary_seg_params.retire_grace_s).
+ * A request records into the slot of the upstream that served it, by the
+ * handle the pick's generation published (canary_route_view.stats), so a
+ * publish between pick and record cannot move its count to another
+ * name.  When the pool has no slot for a new name, the publish fails with
+ * CANARY_EFULL and the route keeps its previous table. */
+/* Records one response into the statistics slot `stat` (a handle from
+ * canary_route_view.stats) of `route`: latency (microseconds, clamped to
+ * the histogram range), HTTP status, and the request's trace source (a
+ * canary_trace_source, or -1 for none).  With CANARY_RECORD_FORCED in
+ * `flags` the response is counted apart, by status class only, and never
+ * enters the histogram that progression gates judge.  No lock, no
  * allocation: one shared atomic add for the latency bucket, and the
- * other counters in this process's own stripe.  Safe across processes;
- * within a process, threads that record concurrently use a handle each. */
+ * other counters in this process's own stripe.  Returns 0, or
+ * CANARY_ENOENT when the handle no longer names a slot of this route
+ * (reused after its grace period: the record is dropped).  Safe across
+ * processes; within a process, threads that record concurrently use a
+ * handle each. */
+CANARY_API int canary_stat_record(canary_seg_t *seg, int route, uint32_t stat,
+                                  uint64_t latency_us, int status,
+                                  int trace_source, int flags);
+
+/* canary_stat_record() for the upstream at index `upstream` of the
+ * route's currently published table, not forced.  Returns
+ * CANARY_ENOTPUB before the first publish. */
 CANARY_API int canary_route_record(canary_seg_t *seg, int route,
                                    int upstream, uint64_t latency_us,
                                    int status, int trace_source);
@@ -626,7 +735,10 @@ CANARY_API int canary_route_record(canary_seg_t *seg, int route,
 /* Counts one canary_event on the route.  Safe across processes. */
 CANARY_API int canary_route_event(canary_seg_t *seg, int route, int event);
 
-/* Copies one upstream's cumulative statistics.  Never blocks. */
+/* Copies the cumulative statistics of the upstream at index `upstream`
+ * of the route's currently published table (forced requests excluded).
+ * An index with no statistics slot (route unclaimed or unpublished, index
+ * past the table) reads as zeros.  Never blocks. */
 CANARY_API int canary_hist_snapshot(const canary_seg_t *seg, int route,
                                     int upstream,
                                     struct canary_hist_snapshot *out);
@@ -681,11 +793,27 @@ CANARY_API double canary_clock_us(void);
 
 /* ---- prometheus ---------------------------------------------------- */
 
-/* Renders every claimed route in the Prometheus text exposition format
+/* Renders every live route in the Prometheus text exposition format
  * into buf.  Takes no lock that a request path takes.  Returns 0 and the
  * length in *len_out, or CANARY_ENOSPC with the length needed so far in
  * *len_out (call again with a larger buffer). */
 CANARY_API int canary_prom_render(const canary_seg_t *seg, char *buf,
                                   size_t cap, size_t *len_out);
+
+/* The same exposition in pieces, so that a scrape never holds a worker's
+ * event loop for long: canary_prom_begin() starts a scrape (it allocates;
+ * not for the request path), each canary_prom_next() does a bounded
+ * amount of work — reading a few dozen routes, or writing at most `cap`
+ * bytes of whole lines — and canary_prom_end() frees it (NULL-safe).
+ * The pieces, concatenated, are one valid exposition with every family
+ * together.  next() returns 1 when more follows, 0 after the last piece,
+ * or a negative error; *len_out is the length of this piece (may be 0).
+ * cap must be at least CANARY_PROM_CHUNK_MIN. */
+typedef struct canary_prom canary_prom_t; /* process-local, opaque */
+CANARY_API int canary_prom_begin(const canary_seg_t *seg,
+                                 canary_prom_t **out);
+CANARY_API int canary_prom_next(canary_prom_t *p, char *buf, size_t cap,
+                                size_t *len_out);
+CANARY_API void canary_prom_end(canary_prom_t *p);
 
 #endif /* CANARY_H */

@@ -155,24 +155,56 @@ int canary_hist_summarize(const struct canary_hist_snapshot *now,
   return 0;
 }
 
+/* See canary__snapshot_through(): per thread, so no other caller (and no
+ * other process) ever sees a table that is not published yet. */
+static _Thread_local struct {
+  const canary_seg_t *seg;
+  uint32_t route;
+  const struct table_data *d;
+} through;
+
+void canary__snapshot_through(const canary_seg_t *seg, uint32_t route,
+                              const struct table_data *d) {
+  through.seg = seg;
+  through.route = route;
+  through.d = d;
+}
+
+/* The statistics handle of upstream index u of the route's published
+ * table (or of the table being published, see above); 0 with *ok = 0
+ * when there is none. */
+static uint32_t handle_of(const canary_seg_t *seg, uint32_t route, uint32_t u,
+                          int *ok) {
+  struct table_data d;
+  struct route_hdr *r = canary__route(seg, route);
+  *ok = 0;
+  if (through.d != NULL && through.seg == seg && through.route == route) {
+    *ok = u < through.d->n;
+    return *ok ? through.d->stat[u] : 0;
+  }
+  if (ck_pr_load_32(&r->state) == ROUTE_FREE ||
+      canary__read_table(seg, r, &d, NULL, 0) != 0 || u >= d.n)
+    return 0;
+  *ok = 1;
+  return d.stat[u];
+}
+
 int canary_hist_snapshot(const canary_seg_t *seg, int route, int upstream,
                          struct canary_hist_snapshot *out) {
-  struct up_stats *st;
+  const struct stat_slot *st = NULL;
+  uint32_t h;
+  int ok;
   if (seg == NULL || out == NULL || route < 0 ||
       (uint32_t)route >= seg->max_routes || upstream < 0 ||
       (uint32_t)upstream >= seg->max_upstreams)
     return CANARY_EINVAL;
-  st = canary__stats(seg, (uint32_t)route, (uint32_t)upstream);
-  /* Each counter is read atomically; the snapshot as a whole is not a
-   * single instant, which only matters to the last few samples. */
-  out->sum_us = 0;
-  memset(out->status, 0, sizeof out->status);
-  for (uint32_t k = 0; k < CANARY_STRIPES; k++) {
-    out->sum_us += ck_pr_load_64(&st->stripes[k].sum_us);
-    for (int i = 0; i < 6; i++)
-      out->status[i] += ck_pr_load_64(&st->stripes[k].status[i]);
+  h = handle_of(seg, (uint32_t)route, (uint32_t)upstream, &ok);
+  if (ok)
+    st = canary__stat_of(seg, (uint32_t)route, h);
+  if (st == NULL) {
+    memset(out, 0, sizeof *out); /* no statistics slot: nothing counted */
+    return 0;
   }
-  for (int i = 0; i < CANARY_HIST_BUCKETS; i++)
-    out->buckets[i] = ck_pr_load_64(&st->buckets[i]);
+  canary__stat_snapshot(seg, st, out);
   return 0;
 }

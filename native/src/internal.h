@@ -7,20 +7,30 @@
  *
  *   [0, 4096)                struct seg_header
  *   [4096, ...)              max_routes route slots of route_bytes each
+ *   [stat_offset, ...)       max_stat_slots statistics slots of
+ *                            stat_bytes each (slots.c explains them)
  *
  *   route slot:
  *     struct route_hdr      claim state, writer word, generation, key,
- *                           label, two table buffers, trace/event counters
+ *                           label, two table buffers
  *     struct route_seq      the non-sticky sequence counter, alone on its
  *                           cache line because every pick increments it
  *     struct route_stripe[CANARY_STRIPES]
  *                           trace-source and event counters, per stripe
- *     struct up_stats[max_upstreams]
- *                           one per upstream: per-stripe sum and status
- *                           classes, then the shared latency buckets
  *     struct prog_area      progression parameters and state, the
  *                           canary's and stable's snapshots at the open
  *                           window's start, and the decision log
+ *
+ *   statistics slot (one per configured upstream, owned by a route and
+ *   an upstream name):
+ *     struct stat_hdr       state, owning route, epoch, name, retirement
+ *     struct stat_forced    forced requests by status class
+ *     struct up_stats       per-stripe sum and status classes, then the
+ *                           shared latency buckets
+ *
+ * Memory therefore follows the configuration: a route costs a route slot
+ * plus one statistics slot per upstream it has, instead of reserving
+ * CANARY_MAX_UPSTREAMS histograms whether it uses them or not.
  *
  * Every field that more than one process touches is read and written with
  * ck_pr_* only.  See table.c for the publish protocol.
@@ -55,8 +65,22 @@
 #define CANARY_CACHELINE 64u
 #define CANARY_STRIPES 64u /* last one shared */
 
-/* Route claim states. */
-enum { ROUTE_FREE = 0, ROUTE_READY = 1 };
+/* Route slot states.  FREE -> READY (claimed) -> RETIRED (instance no
+ * longer configured) -> READY again (the same key claims it back, or, once
+ * the grace period has passed, another key reuses the slot). */
+enum { ROUTE_FREE = 0, ROUTE_READY = 1, ROUTE_RETIRED = 2 };
+
+/* Statistics slot states: FREE -> LIVE (in a published table) -> RETIRED
+ * (its name left the table, or its route was retired) -> LIVE again. */
+enum { STAT_FREE = 0, STAT_LIVE = 1, STAT_RETIRED = 2 };
+
+/* A statistics handle is the slot index in the low STAT_INDEX_BITS bits
+ * and the slot's epoch (how often it was handed out) above them, so a
+ * handle kept by a request older than the grace period cannot count into
+ * the slot's next owner. */
+#define CANARY_STAT_INDEX_BITS 20u
+#define CANARY_STAT_SLOTS_LIMIT (1u << CANARY_STAT_INDEX_BITS)
+#define CANARY_STAT_EPOCH_MASK ((1u << (32u - CANARY_STAT_INDEX_BITS)) - 1u)
 
 struct seg_header {
   uint64_t magic;
@@ -67,10 +91,21 @@ struct seg_header {
   uint32_t max_routes;
   uint32_t max_upstreams;
   uint64_t created_unix;
+  uint64_t stat_bytes;
+  uint32_t max_stat_slots;
+  uint32_t retire_grace_s; /* see canary_seg_params */
   uint64_t checksum;      /* over the fields above */
-  /* Writer word serialising route claims: pid of the owner, 0 when free. */
+  /* Writer word serialising every change of slot ownership (route claims
+   * and retirements, statistics slots handed out or retired): pid of the
+   * owner, 0 when free. */
   uint32_t claim_owner;
-  uint32_t routes_used;   /* claimed slots, grows only */
+  uint32_t routes_used;   /* route slots ever taken from FREE */
+  uint64_t routes_exhausted; /* claims refused for want of a route slot */
+  uint64_t stats_exhausted;  /* publishes refused for want of a stat slot */
+  /* Bit k set: stripe k has been written at some time (never cleared).
+   * Readers add up only those stripes and the shared one: two workers
+   * then cost a reader three cache lines per counter set, not 64. */
+  uint64_t stripes_used;
   /* Writer words of the counter stripes (the last stripe has none). */
   uint32_t stripe_owner[CANARY_STRIPES - 1];
 };
@@ -87,14 +122,17 @@ struct table_buf {
   /* upper[i]: exclusive upper bound of upstream i's share of the
    * 0..CANARY_WEIGHT_SCALE line, cumulative from upstream 0. */
   uint32_t upper[CANARY_MAX_UPSTREAMS];
+  /* stat[i]: handle of upstream i's statistics slot. */
+  uint32_t stat[CANARY_MAX_UPSTREAMS];
   char names[CANARY_MAX_UPSTREAMS][CANARY_NAME_MAX];
 };
 
 struct route_hdr {
-  uint32_t state;         /* ROUTE_FREE / ROUTE_READY */
+  uint32_t state;         /* ROUTE_FREE / ROUTE_READY / ROUTE_RETIRED */
   uint32_t writer;        /* writer word: owner pid, 0 when free */
   /* Published generation; the active buffer is tables[generation & 1]. */
   uint64_t generation;
+  uint64_t retired_us;    /* canary_clock_us() at retirement */
   char key[CANARY_KEY_MAX];
   char label[CANARY_LABEL_MAX];
   struct table_buf tables[2];
@@ -128,6 +166,37 @@ struct decision_slot {
   uint64_t lock; /* even when stable, odd while being written */
   uint64_t pad;
   struct canary_decision d;
+};
+
+/* Identity of a statistics slot.  Written only under the segment's claim
+ * word (but `nonempty`, which recorders OR into); read lock-free by
+ * recorders (route and epoch, to drop a stale handle), by readers, and by
+ * publishers looking for a name's retired slot. */
+struct stat_hdr {
+  uint32_t state;         /* STAT_FREE / STAT_LIVE / STAT_RETIRED */
+  uint32_t route;         /* owning route index */
+  uint32_t epoch;         /* times handed out; part of every handle */
+  /* Bit k set: latency buckets 64k..64k+63 may be non-zero (set by the
+   * recorder before its add, never cleared while the slot is handed
+   * out), so a reader copies only the blocks in use. */
+  uint32_t nonempty;
+  uint64_t retired_us;    /* canary_clock_us() at retirement */
+  char name[CANARY_NAME_MAX]; /* the upstream name it counts for */
+  uint64_t pad2[5];
+};
+
+/* Requests an override forced onto the upstream: counted by status class
+ * with shared atomic adds (they are rare), never in the histogram. */
+struct stat_forced {
+  uint64_t sum_us;
+  uint64_t status[6];
+  uint64_t pad;
+};
+
+struct stat_slot {
+  struct stat_hdr hdr;
+  struct stat_forced forced;
+  struct up_stats stats;
 };
 
 /* Progression of one route (prog.c).  Written by the holder of the
@@ -165,6 +234,7 @@ struct table_data {
   uint32_t weights[CANARY_MAX_UPSTREAMS];
   uint32_t effective[CANARY_MAX_UPSTREAMS];
   uint32_t upper[CANARY_MAX_UPSTREAMS];
+  uint32_t stat[CANARY_MAX_UPSTREAMS];
   char names[CANARY_MAX_UPSTREAMS][CANARY_NAME_MAX];
 };
 
@@ -192,6 +262,15 @@ static_assert(sizeof(struct route_stripe) % CANARY_CACHELINE == 0 &&
               "each stripe owns whole cache lines");
 static_assert(sizeof(struct up_stats) % CANARY_CACHELINE == 0,
               "upstream stats stay cache-line aligned");
+#define CANARY_BLOCKS ((CANARY_HIST_BUCKETS + 63) / 64)
+#define CANARY_BLOCKS_MASK ((uint32_t)((1ULL << CANARY_BLOCKS) - 1))
+static_assert(CANARY_BLOCKS <= 32,
+              "one bit of stat_hdr.nonempty per block of 64 buckets");
+static_assert(CANARY_STRIPES <= 64, "one bit of stripes_used per stripe");
+static_assert(sizeof(struct stat_hdr) % CANARY_CACHELINE == 0 &&
+                  sizeof(struct stat_forced) == CANARY_CACHELINE &&
+                  offsetof(struct stat_hdr, name) % 8 == 0,
+              "statistics slot parts own whole cache lines");
 
 struct canary_seg {
   unsigned char *base;
@@ -202,10 +281,16 @@ struct canary_seg {
   uint32_t max_routes;
   uint32_t max_upstreams;
   uint64_t route_bytes;
+  uint32_t max_stat_slots;
+  uint64_t stat_bytes;
+  uint64_t stat_offset;    /* start of the statistics slots */
+  uint64_t grace_us;       /* the header's retire_grace_s */
 };
 
-/* Size of one route slot for max_upstreams upstreams, multiple of 64. */
-uint64_t canary__route_bytes(uint32_t max_upstreams);
+/* Size of one route slot, multiple of 64. */
+uint64_t canary__route_bytes(void);
+/* Size of one statistics slot, multiple of 64. */
+uint64_t canary__stat_bytes(void);
 
 static inline struct seg_header *canary__header(const canary_seg_t *seg) {
   return (struct seg_header *)(void *)seg->base;
@@ -233,15 +318,18 @@ canary__route_stripes(const canary_seg_t *seg, uint32_t route) {
                                          sizeof(struct route_seq));
 }
 
-static inline struct up_stats *canary__stats(const canary_seg_t *seg,
-                                             uint32_t route,
-                                             uint32_t upstream) {
-  return (struct up_stats *)(void *)((unsigned char *)canary__route_stripes(
-                                         seg, route) +
-                                     CANARY_STRIPES *
-                                         sizeof(struct route_stripe) +
-                                     (uint64_t)upstream *
-                                         sizeof(struct up_stats));
+static inline struct stat_slot *canary__stat_slot(const canary_seg_t *seg,
+                                                  uint32_t slot) {
+  return (struct stat_slot *)(void *)(seg->base + seg->stat_offset +
+                                      (uint64_t)slot * seg->stat_bytes);
+}
+
+static inline uint32_t canary__stat_handle(uint32_t slot, uint32_t epoch) {
+  return slot | ((epoch & CANARY_STAT_EPOCH_MASK) << CANARY_STAT_INDEX_BITS);
+}
+
+static inline uint32_t canary__stat_index(uint32_t handle) {
+  return handle & (CANARY_STAT_SLOTS_LIMIT - 1u);
 }
 
 /* Counter stripes (stripe.c).  canary__stripe() returns the caller's
@@ -252,6 +340,12 @@ extern uint64_t canary__fork_count;
 int canary__stripe_claim(canary_seg_t *seg);
 void canary__stripe_release(canary_seg_t *seg);
 void canary__fork_hook(void);
+
+/* Stripes a reader must add up: those ever written, and the shared one. */
+static inline uint64_t canary__stripes_used(const canary_seg_t *seg) {
+  return ck_pr_load_64(&canary__header(seg)->stripes_used) |
+         (1ULL << (CANARY_STRIPES - 1));
+}
 
 static inline int canary__stripe(canary_seg_t *seg) {
   if (seg->stripe >= 0 && seg->stripe_fork == canary__fork_count)
@@ -271,8 +365,10 @@ static inline void canary__count(uint64_t *counter, uint64_t v, int stripe) {
 
 static inline struct prog_area *canary__prog(const canary_seg_t *seg,
                                             uint32_t route) {
-  return (struct prog_area *)(void *)canary__stats(seg, route,
-                                                   seg->max_upstreams);
+  return (struct prog_area *)(void *)((unsigned char *)canary__route_stripes(
+                                          seg, route) +
+                                      CANARY_STRIPES *
+                                          sizeof(struct route_stripe));
 }
 
 /* Route slots (claim.c): route index in range; claimed (READY) slot, or
@@ -280,6 +376,51 @@ static inline struct prog_area *canary__prog(const canary_seg_t *seg,
 int canary__route_ok(const canary_seg_t *seg, int route);
 int canary__ready_route(const canary_seg_t *seg, int route,
                         struct route_hdr **out);
+
+/* ---- slot pools (claim.c, slots.c) ------------------------------------
+ *
+ * Retired route and statistics slots are reused no sooner than the
+ * segment's grace period after their retirement.  A retirement time
+ * further in the future than that means the monotonic clock restarted (a
+ * reboot): such a slot counts as past its grace. */
+int canary__past_grace(const canary_seg_t *seg, uint64_t retired_us,
+                       uint64_t now_us);
+
+/* A table's statistics slots, as publish.c assigns them.  The caller
+ * holds the segment's claim word and the route's writer word.
+ * canary__stats_assign() fills d->stat[] for d's names: a name the
+ * current table `cur` (may be NULL) has keeps its slot, a name with a
+ * retired slot on this route gets it back, any other name a fresh zeroed
+ * slot.  Returns 0, or CANARY_EFULL (err set, nothing changed) when the
+ * pool is exhausted.  canary__stats_retire() retires the slots of `cur`
+ * that `d` (may be NULL: all of them) no longer has; call it after the
+ * new table is published. */
+int canary__stats_assign(const canary_seg_t *seg, uint32_t route,
+                         const struct table_data *cur, struct table_data *d,
+                         char *err, size_t err_len);
+void canary__stats_retire(const canary_seg_t *seg, uint32_t route,
+                          const struct table_data *cur,
+                          const struct table_data *d, uint64_t now_us);
+/* Brings back the slots of a retired route's table `d` (caller holds the
+ * claim word); returns 1 when every one was still the route's, 0 when
+ * some had been reused (nothing changed then). */
+int canary__stats_revive(const canary_seg_t *seg, uint32_t route,
+                         const struct table_data *d);
+/* The slot a handle names when it still belongs to `route` (LIVE or
+ * RETIRED, same epoch), else NULL.  Lock-free. */
+struct stat_slot *canary__stat_of(const canary_seg_t *seg, uint32_t route,
+                                  uint32_t handle);
+/* Sum of a slot's unforced counters into out; returns the blocks of 64
+ * buckets it copied (the others are zero in out).  Lock-free. */
+uint32_t canary__stat_snapshot(const canary_seg_t *seg,
+                           const struct stat_slot *st,
+                           struct canary_hist_snapshot *out);
+/* While publish.c starts a progression, the table about to be published
+ * is the one whose indexes canary_hist_snapshot() must resolve (the
+ * window base is the new table's canary); publish.c points this thread's
+ * resolution at it around that call and clears it with d == NULL. */
+void canary__snapshot_through(const canary_seg_t *seg, uint32_t route,
+                              const struct table_data *d);
 
 /* Writers wait at most this long for a writer word (owner.c). */
 #define CANARY_WRITER_TIMEOUT_MS 250u

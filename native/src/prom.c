@@ -1,64 +1,131 @@
 /*
- * prom.c - Prometheus text exposition of every claimed route.
+ * prom.c - Prometheus text exposition of every live route, in pieces.
  *
  * The renderer only reads: route tables through the same lock-free read
  * as a pick, counters with atomic loads.  It takes no lock, so a scrape
- * can never delay a request.
+ * can never delay a request through the segment.  It could still delay
+ * requests through the worker it runs in: with a thousand routes the
+ * exposition is megabytes, and written in one go it held that worker's
+ * event loop for tens of milliseconds, long enough to raise the p99 of
+ * the traffic the worker proxies fifteenfold.  So a scrape is a cursor
+ * (struct canary_prom) that the status endpoint advances a bounded step
+ * at a time, yielding to the event loop in between.
  *
  * The exposition format wants each metric family's samples together, but
- * the data is naturally per route and upstream.  So one pass gathers a
- * compact row per (route, upstream) — counts per status class, the
- * cumulative `le` counts, sum and quantiles — and the families are then
- * written from those rows.  Bucket boundaries (`le`) are fixed and the
- * same on every node, so `sum by (le)` over a cluster is a correct
- * cluster histogram.  A boundary counts every histogram bucket that
- * starts at or below it, so it is exact to one bucket width (<= 1/64 of
- * the boundary).
+ * the data is naturally per route and upstream.  So a scrape first
+ * gathers a compact row per (route, upstream) — counts per status class,
+ * the cumulative `le` counts, sum and quantiles, labels escaped once —
+ * a few dozen routes per step, and then writes the families one after the
+ * other from those rows, as many whole units (one row of one family) per
+ * step as fit the caller's buffer.  Every series is read once, so the
+ * families of one scrape agree with each other even though the routes
+ * were read a few steps apart (each series on its own is monotone, which
+ * is all Prometheus asks).
+ *
+ * Bucket boundaries (`le`) are fixed and the same on every node, so
+ * `sum by (le)` over a cluster is a correct cluster histogram.  A
+ * boundary counts every histogram bucket that starts at or below it, so
+ * it is exact to one bucket width (<= 1/64 of the boundary).  Numbers are
+ * written with integer arithmetic, exactly: seconds from microsecond sums
+ * with 6 decimals, quantiles (bucket middles, whole or half
+ * microseconds) with 7, weights with 4.
  */
 #include "internal.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Each `le` as printed, with the rest of its label set and the space
+ * before the value, so that a bucket line is three copies. */
+#define LE(text, us) {",le=\"" text "\"} ", sizeof(",le=\"" text "\"} ") - 1, us}
 static const struct {
-  const char *text; /* as printed */
+  const char *text;
+  size_t len;
   uint64_t us;
 } le_bounds[] = {
-    {"0.0005", 500},     {"0.001", 1000},       {"0.0025", 2500},
-    {"0.005", 5000},     {"0.01", 10000},       {"0.025", 25000},
-    {"0.05", 50000},     {"0.1", 100000},       {"0.25", 250000},
-    {"0.5", 500000},     {"1", 1000000},        {"2.5", 2500000},
-    {"5", 5000000},      {"10", 10000000},      {"30", 30000000},
-    {"60", 60000000},
+    LE("0.0005", 500),     LE("0.001", 1000),       LE("0.0025", 2500),
+    LE("0.005", 5000),     LE("0.01", 10000),       LE("0.025", 25000),
+    LE("0.05", 50000),     LE("0.1", 100000),       LE("0.25", 250000),
+    LE("0.5", 500000),     LE("1", 1000000),        LE("2.5", 2500000),
+    LE("5", 5000000),      LE("10", 10000000),      LE("30", 30000000),
+    LE("60", 60000000),    LE("+Inf", UINT64_MAX),
 };
-#define N_LE (sizeof le_bounds / sizeof le_bounds[0])
+#undef LE
+#define N_LE (sizeof le_bounds / sizeof le_bounds[0] - 1) /* +Inf apart */
 
-static const char *const status_text[6] = {"other", "1xx", "2xx",
-                                           "3xx",   "4xx", "5xx"};
 static const char *const source_text[CANARY_TRACE_SOURCES] = {
     "client", "traceparent", "generated", "rejected"};
 static const char *const prog_state_text[] = {
     "none", "running", "paused", "promoted", "rolled_back"};
 static const char *const gate_text[CANARY_GATE_RESULTS] = {
     "pass", "fail", "inconclusive"};
-static const char *const event_text[4] = {"override", "override_denied",
-                                          "fallback", "engine_error"};
+#define N_EVENTS 4
+static const char *const event_text[N_EVENTS] = {
+    "override", "override_denied", "fallback", "engine_error"};
 
-/* Room for route="<label>",upstream="<name>" with every byte escaped. */
+/* Room for {route="<label>",upstream="<name>" with every byte escaped. */
 #define LABELS_MAX (2 * CANARY_LABEL_MAX + 2 * CANARY_NAME_MAX + 32)
+/* The most one unit (one row of one family) can write: a histogram row
+ * is 19 lines of at most a metric name, LABELS_MAX, `le` and a value. */
+#define UNIT_MAX (19 * (LABELS_MAX + 96))
+/* Rows gathered per step: a few hundred microseconds of reading. */
+#define GATHER_ROWS 64
+#define GATHER_SLOTS 4096 /* route slots looked at per step, at most */
 
-struct row {
-  int route; /* index into the views array */
-  int upstream;
-  size_t labels_len;
-  char labels[LABELS_MAX]; /* {route="..",upstream=".." escaped, once */
+static_assert(UNIT_MAX < CANARY_PROM_CHUNK_MIN,
+              "a chunk always holds at least one unit");
+
+struct prom_route {
+  size_t label_off, label_len; /* escaped route label, in text */
+  uint32_t state, step;        /* progression */
+  uint32_t dry;                /* dry run configured, or dry windows judged */
+  uint32_t judged;             /* the last conclusive window is known */
+  uint32_t judged_dry;         /* ... and was judged in a dry run */
+  uint32_t gate_on;            /* bit g: gate g passed or failed in it */
+  uint64_t evaluations[CANARY_GATE_RESULTS];
+  uint64_t dry_evaluations[CANARY_GATE_RESULTS];
+  double gate_value[CANARY_GATES]; /* seconds, fractions or ratios */
+  double gate_limit[CANARY_GATES];
+  uint64_t trace[CANARY_TRACE_SOURCES];
+  uint64_t events[N_EVENTS];
+};
+
+struct prom_row {
+  uint32_t route; /* index into routes */
+  uint32_t effective;
+  size_t labels_off, labels_len; /* {route="..",upstream=".." in text */
   uint64_t status[6];
+  uint64_t forced[6];
   uint64_t le[N_LE];
   uint64_t count;
   uint64_t sum_us;
-  double p50, p95, p99;
+  int q[3]; /* bucket of p50, p95, p99; -1 when empty */
+};
+
+enum { POOL_ROUTES, POOL_STATS, POOLS };
+
+struct canary_prom {
+  const canary_seg_t *seg;
+  int gathered;       /* every route read */
+  uint32_t next_slot; /* gathering: next route slot to read */
+  uint32_t family;    /* writing: family index; N_FAMILIES: done */
+  int headed;         /* HELP/TYPE of `family` written */
+  size_t item;        /* next unit of `family` */
+  struct prom_route *routes;
+  size_t nroutes, routes_cap;
+  struct prom_row *rows;
+  size_t nrows, rows_cap;
+  char *text;
+  size_t text_len, text_cap;
+  uint64_t slots[POOLS][3]; /* live, retired, free */
+  uint64_t exhausted[POOLS];
+  int le_last[N_LE];
+  uint8_t le_of[CANARY_HIST_BUCKETS];
+  struct table_data table;                /* scratch of gather_route */
+  struct canary_decision decision;        /* scratch of gather_gates */
+  char key[CANARY_KEY_MAX];               /* scratch of gather_route */
+  uint64_t buckets[CANARY_HIST_BUCKETS]; /* scratch of read_row */
 };
 
 struct out {
@@ -67,15 +134,30 @@ struct out {
   size_t len; /* grows past cap: then it is the length needed */
 };
 
-static void put(struct out *o, const char *s, size_t n) {
+static inline void put(struct out *o, const char *s, size_t n) {
   if (o->len + n <= o->cap)
     memcpy(o->buf + o->len, s, n);
   o->len += n;
 }
 
+/* A string literal: its length is known, so the copy is inlined. */
+#define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
+
 static void puts_(struct out *o, const char *s) { put(o, s, strlen(s)); }
 
-/* Decimal without printf: the bucket lines are most of a scrape. */
+/* Decimal without printf, and the line's end with it: the bucket lines
+ * are most of a scrape. */
+static void put_u64_nl(struct out *o, uint64_t v) {
+  char tmp[24];
+  size_t n = sizeof tmp - 1;
+  tmp[n] = '\n';
+  do {
+    tmp[--n] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v > 0);
+  put(o, tmp + n, sizeof tmp - n);
+}
+
 static void put_u64(struct out *o, uint64_t v) {
   char tmp[24];
   size_t n = sizeof tmp;
@@ -86,16 +168,20 @@ static void put_u64(struct out *o, uint64_t v) {
   put(o, tmp + n, sizeof tmp - n);
 }
 
-__attribute__((format(printf, 2, 3))) static void putf(struct out *o,
-                                                       const char *fmt, ...) {
-  char tmp[256];
-  va_list ap;
-  int n;
-  va_start(ap, fmt);
-  n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (n > 0)
-    put(o, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+/* v / 10^digits with exactly `digits` decimals. */
+static void put_fixed(struct out *o, uint64_t v, unsigned digits) {
+  uint64_t scale = 1;
+  char frac[24];
+  for (unsigned i = 0; i < digits; i++)
+    scale *= 10;
+  put_u64(o, v / scale);
+  put(o, ".", 1);
+  v %= scale;
+  for (unsigned i = digits; i > 0; i--) {
+    frac[i - 1] = (char)('0' + v % 10);
+    v /= 10;
+  }
+  put(o, frac, digits);
 }
 
 /* Length of the valid UTF-8 character at p (RFC 3629: no overlong forms,
@@ -160,298 +246,652 @@ static void put_label(struct out *o, const char *s) {
   }
 }
 
-static void family(struct out *o, const char *name, const char *type,
-                   const char *help) {
-  putf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+/* ---- gathering --------------------------------------------------------- */
+
+static int grow(void **p, size_t *cap, size_t need, size_t size) {
+  size_t n = *cap ? *cap : 16;
+  void *q;
+  if (need <= *cap)
+    return 0;
+  while (n < need)
+    n *= 2;
+  q = realloc(*p, n * size);
+  if (q == NULL)
+    return CANARY_ENOMEM;
+  *p = q;
+  *cap = n;
+  return 0;
 }
 
-/* name{route="..",upstream=".." (route-level series: no upstream). */
-static void series(struct out *o, const char *name,
-                   const struct canary_route_view *v, int upstream) {
-  puts_(o, name);
-  puts_(o, "{route=\"");
-  put_label(o, v->label[0] ? v->label : v->key);
-  if (upstream >= 0) {
-    puts_(o, "\",upstream=\"");
-    put_label(o, v->names[upstream]);
+/* Appends an escaped label (or label pair) to the text arena. */
+static int add_text(struct canary_prom *p, const char *route_label,
+                    const char *upstream, size_t *off, size_t *len) {
+  char tmp[LABELS_MAX];
+  struct out o = {tmp, sizeof tmp, 0};
+  int rc;
+  puts_(&o, "{route=\"");
+  put_label(&o, route_label);
+  if (upstream != NULL) {
+    puts_(&o, "\",upstream=\"");
+    put_label(&o, upstream);
   }
-  puts_(o, "\"");
+  puts_(&o, "\"");
+  if (o.len > o.cap)
+    return CANARY_ECORRUPT; /* cannot happen: bounded by LABELS_MAX */
+  rc = grow((void **)&p->text, &p->text_cap, p->text_len + o.len, 1);
+  if (rc != 0)
+    return rc;
+  memcpy(p->text + p->text_len, tmp, o.len);
+  *off = p->text_len;
+  *len = o.len;
+  p->text_len += o.len;
+  return 0;
 }
 
-/* name{route="..",<key>="<val>"} n, for the per-route families. */
-static void route_line(struct out *o, const char *name,
-                       const struct canary_route_view *v, const char *key,
-                       const char *val, uint64_t n) {
-  series(o, name, v, -1);
-  put(o, ",", 1);
+/* Reads statistics slot st into row in one pass: status classes and sum
+ * from the stripes in use, and the latency buckets of the blocks in use,
+ * summed per `le` range (le_of[b] is the first boundary whose bucket,
+ * le_last, is at or above bucket b: a boundary counts every bucket that
+ * starts at or below it) while they are copied to `buckets` for the
+ * quantile walks.  Quantiles follow the nearest-rank rule of
+ * canary_hist_summarize(); each walks only the range its rank falls in.
+ * Blocks never written are zero and never touched. */
+static void read_row(const canary_seg_t *seg, const struct stat_slot *st,
+                     struct prom_row *row, uint64_t *buckets,
+                     const uint8_t *le_of, const int *le_last) {
+  static const double qs[3] = {0.50, 0.95, 0.99};
+  const struct up_stats *us = &st->stats;
+  uint64_t part[N_LE + 1], acc = 0;
+  /* Only bits of real blocks: the word may hold anything in a damaged
+   * segment. */
+  uint32_t blocks = ck_pr_load_32((uint32_t *)(uintptr_t)&st->hdr.nonempty) &
+                    CANARY_BLOCKS_MASK;
+
+  /* Ask for every line of the blocks in use at once: the loads below
+   * then find them in cache instead of missing one line after another. */
+  for (uint32_t m = blocks; m != 0; m &= m - 1)
+    for (int b = 64 * __builtin_ctz(m), e = b + 64; b < e; b += 8)
+      __builtin_prefetch(&us->buckets[b]);
+  for (uint64_t m = canary__stripes_used(seg); m != 0; m &= m - 1) {
+    const struct up_stripe *sp = &us->stripes[__builtin_ctzll(m)];
+    row->sum_us += ck_pr_load_64((uint64_t *)(uintptr_t)&sp->sum_us);
+    for (int c = 0; c < 6; c++)
+      row->status[c] += ck_pr_load_64((uint64_t *)(uintptr_t)&sp->status[c]);
+  }
+  memset(part, 0, sizeof part);
+  for (uint32_t m = blocks; m != 0; m &= m - 1) {
+    int b = 64 * __builtin_ctz(m);
+    int b1 = b + 64 < CANARY_HIST_BUCKETS ? b + 64 : CANARY_HIST_BUCKETS;
+    /* Runs of buckets under the same boundary: a tight sum each. */
+    for (size_t k = le_of[b]; b < b1; k++) {
+      int end = k < N_LE && le_last[k] + 1 < b1 ? le_last[k] + 1 : b1;
+      uint64_t sum = 0;
+      for (; b < end; b++) {
+        uint64_t v = ck_pr_load_64((uint64_t *)(uintptr_t)&us->buckets[b]);
+        buckets[b] = v;
+        sum += v;
+      }
+      part[k] += sum;
+    }
+  }
+  for (size_t k = 0; k <= N_LE; k++) {
+    acc += part[k];
+    if (k < N_LE)
+      row->le[k] = acc;
+  }
+  row->count = acc;
+  for (int i = 0; i < 3; i++) {
+    uint64_t rank, seen;
+    size_t k = 0;
+    int b;
+    row->q[i] = -1;
+    if (acc == 0)
+      continue;
+    rank = canary__rank(qs[i], acc);
+    while (k < N_LE && row->le[k] < rank)
+      k++;
+    /* The rank lies in range k: after le_last[k-1], up to le_last[k]. */
+    b = k == 0 ? 0 : le_last[k - 1] + 1;
+    seen = k == 0 ? 0 : row->le[k - 1];
+    for (; b < CANARY_HIST_BUCKETS - 1; b++) {
+      if (blocks & (1u << (b / 64)))
+        seen += buckets[b];
+      if (seen >= rank)
+        break;
+    }
+    row->q[i] = b;
+  }
+}
+
+/* The gates of the route's last conclusive window, from its decision
+ * log (an inconclusive window measures nothing).  Latencies in seconds. */
+static void gather_gates(const canary_seg_t *seg, uint32_t i,
+                         struct prom_route *pr, struct canary_decision *d) {
+  if (canary__prog_last_judged(seg, (int)i, d) != 0 || d->seq == 0)
+    return; /* nothing judged, or no longer in the log */
+  pr->judged = 1;
+  pr->judged_dry = d->dry_run != 0;
+  for (int g = 0; g < CANARY_GATES; g++) {
+    const struct canary_gate_check *k = &d->judge.gates[g];
+    double scale = (g == CANARY_GATE_P95 || g == CANARY_GATE_P99) ? 1e6 : 1;
+    if (k->check != CANARY_CHECK_PASS && k->check != CANARY_CHECK_FAIL)
+      continue;
+    pr->gate_on |= 1u << g;
+    pr->gate_value[g] = k->value / scale;
+    pr->gate_limit[g] = k->limit / scale;
+  }
+}
+
+/* Reads route slot i into a route and its rows.  The same reads as
+ * canary_route_read() and canary_prog_status(), without the copies a
+ * scrape of a thousand routes does not need (the full view, the
+ * progression's parameters and reason). */
+static int gather_route(struct canary_prom *p, uint32_t i) {
+  const canary_seg_t *seg = p->seg;
+  struct route_hdr *r = canary__route(seg, i);
+  struct table_data *d = &p->table;
+  const struct route_stripe *rs;
+  const struct prog_area *pa;
+  struct prom_route *pr;
+  char label[CANARY_LABEL_MAX];
+  const char *shown;
+  int rc;
+
+  if (ck_pr_load_32(&r->state) != ROUTE_READY)
+    return 0; /* free or retired: not exported */
+  /* The state before the key and label it vouches for (see claim.c). */
+  ck_pr_fence_load();
+  if (canary__read_table(seg, r, d, NULL, 1) != 0)
+    return 0; /* unpublished or unreadable: nothing to say */
+  if ((rc = grow((void **)&p->routes, &p->routes_cap, p->nroutes + 1,
+                 sizeof *p->routes)) != 0 ||
+      (rc = grow((void **)&p->rows, &p->rows_cap, p->nrows + d->n,
+                 sizeof *p->rows)) != 0)
+    return rc;
+  pr = &p->routes[p->nroutes];
+  memset(pr, 0, sizeof *pr);
+  canary__load_words(label, r->label, CANARY_LABEL_MAX / 8);
+  label[CANARY_LABEL_MAX - 1] = '\0';
+  memcpy(p->key, r->key, CANARY_KEY_MAX); /* immutable while READY */
+  p->key[CANARY_KEY_MAX - 1] = '\0';
+  shown = label[0] ? label : p->key;
+  rc = add_text(p, shown, NULL, &pr->label_off, &pr->label_len);
+  if (rc != 0)
+    return rc;
+  pa = canary__prog(seg, i);
+  pr->state = ck_pr_load_32((uint32_t *)(uintptr_t)&pa->state);
+  if (pr->state > CANARY_PROG_ROLLED_BACK)
+    pr->state = CANARY_PROG_NONE; /* damaged: as canary_prog_status */
+  pr->step = ck_pr_load_32((uint32_t *)(uintptr_t)&pa->step);
+  for (int g = 0; g < CANARY_GATE_RESULTS; g++) {
+    pr->evaluations[g] =
+        ck_pr_load_64((uint64_t *)(uintptr_t)&pa->evaluations[g]);
+    pr->dry_evaluations[g] =
+        ck_pr_load_64((uint64_t *)(uintptr_t)&pa->dry_evaluations[g]);
+    pr->dry |= pr->dry_evaluations[g] != 0;
+  }
+  if (pr->state != CANARY_PROG_NONE) {
+    pr->dry |= ck_pr_load_32((uint32_t *)(uintptr_t)&pa->params.dry_run) != 0;
+    gather_gates(seg, i, pr, &p->decision);
+  }
+  rs = canary__route_stripes(seg, i);
+  for (uint64_t m = canary__stripes_used(seg); m != 0; m &= m - 1) {
+    const struct route_stripe *k = &rs[__builtin_ctzll(m)];
+    for (int t = 0; t < CANARY_TRACE_SOURCES; t++)
+      pr->trace[t] += ck_pr_load_64((uint64_t *)(uintptr_t)&k->trace[t]);
+    for (int e = 0; e < N_EVENTS; e++)
+      pr->events[e] += ck_pr_load_64((uint64_t *)(uintptr_t)&k->events[e]);
+  }
+  for (uint32_t u = 0; u < d->n; u++) {
+    struct prom_row *row = &p->rows[p->nrows];
+    const struct stat_slot *st = canary__stat_of(seg, i, d->stat[u]);
+    memset(row, 0, sizeof *row);
+    row->route = (uint32_t)p->nroutes;
+    row->effective = d->effective[u];
+    rc = add_text(p, shown, d->names[u], &row->labels_off, &row->labels_len);
+    if (rc != 0)
+      return rc;
+    if (st != NULL) {
+      read_row(seg, st, row, p->buckets, p->le_of, p->le_last);
+      for (int c = 0; c < 6; c++)
+        row->forced[c] =
+            ck_pr_load_64((uint64_t *)(uintptr_t)&st->forced.status[c]);
+    } else {
+      memset(row->q, 0xff, sizeof row->q); /* no quantiles: -1 */
+    }
+    p->nrows++;
+  }
+  p->nroutes++;
+  return 0;
+}
+
+/* Pool gauges, once every route is read. */
+static void gather_segment(struct canary_prom *p) {
+  struct canary_seg_info info;
+  if (canary_seg_info(p->seg, &info) != 0)
+    return;
+  p->slots[POOL_ROUTES][0] = info.routes_used - info.routes_retired;
+  p->slots[POOL_ROUTES][1] = info.routes_retired;
+  p->slots[POOL_ROUTES][2] = info.max_routes - info.routes_used;
+  p->slots[POOL_STATS][0] = info.stat_slots_used - info.stat_slots_retired;
+  p->slots[POOL_STATS][1] = info.stat_slots_retired;
+  p->slots[POOL_STATS][2] = info.max_stat_slots - info.stat_slots_used;
+  p->exhausted[POOL_ROUTES] = info.routes_exhausted;
+  p->exhausted[POOL_STATS] = info.stat_slots_exhausted;
+}
+
+/* One gathering step.  Returns 1 while routes are left, 0 when done. */
+static int gather_step(struct canary_prom *p, int *err) {
+  size_t rows0 = p->nrows;
+  uint32_t looked = 0;
+  while (p->next_slot < p->seg->max_routes) {
+    if (p->nrows - rows0 >= GATHER_ROWS || looked >= GATHER_SLOTS)
+      return 1;
+    *err = gather_route(p, p->next_slot);
+    if (*err != 0)
+      return 0;
+    p->next_slot++;
+    looked++;
+  }
+  gather_segment(p);
+  return 0;
+}
+
+/* ---- writing ----------------------------------------------------------- */
+
+static void row_series(struct out *o, const struct canary_prom *p,
+                       const char *name, const struct prom_row *r) {
+  puts_(o, name);
+  put(o, p->text + r->labels_off, r->labels_len);
+}
+
+static void route_series(struct out *o, const struct canary_prom *p,
+                         const char *name, const struct prom_route *r) {
+  puts_(o, name);
+  put(o, p->text + r->label_off, r->label_len);
+}
+
+/* name{route="..",<key>="<val>"} n */
+static void route_line(struct out *o, const struct canary_prom *p,
+                       const char *name, const struct prom_route *r,
+                       const char *key, const char *val, uint64_t n) {
+  route_series(o, p, name, r);
+  PUT_LIT(o, ",");
   puts_(o, key);
-  puts_(o, "=\"");
+  PUT_LIT(o, "=\"");
   puts_(o, val);
-  puts_(o, "\"} ");
-  put_u64(o, n);
+  PUT_LIT(o, "\"} ");
+  put_u64_nl(o, n);
+}
+
+/* Seconds from the middle of bucket b: (low + high) / 2 microseconds,
+ * a whole or half microsecond, so 7 decimals are exact. */
+static void put_bucket_seconds(struct out *o, int b) {
+  if (b < 0) {
+    put(o, "0", 1);
+    return;
+  }
+  put_fixed(o, (canary_hist_bucket_low(b) + canary_hist_bucket_high(b)) * 5,
+            7);
+}
+
+/* ,status="2xx"}  and the like (classes 1xx..5xx), ready to copy. */
+#define STATUS_LABEL_LEN (sizeof(",status=\"2xx\"} ") - 1)
+static const char *const status_labels[6] = {
+    NULL,                 ",status=\"1xx\"} ", ",status=\"2xx\"} ",
+    ",status=\"3xx\"} ", ",status=\"4xx\"} ", ",status=\"5xx\"} "};
+
+static void unit_requests(struct out *o, const struct canary_prom *p,
+                          size_t i) {
+  const struct prom_row *r = &p->rows[i];
+  for (int c = 1; c < 6; c++) {
+    if (c == 1 && r->status[1] == 0)
+      continue; /* 1xx only when seen */
+    PUT_LIT(o, "canary_requests_total");
+    put(o, p->text + r->labels_off, r->labels_len);
+    put(o, status_labels[c], STATUS_LABEL_LEN);
+    put_u64_nl(o, r->status[c]);
+  }
+}
+
+static void unit_forced(struct out *o, const struct canary_prom *p,
+                        size_t i) {
+  const struct prom_row *r = &p->rows[i];
+  for (int c = 1; c < 6; c++) {
+    if (r->forced[c] == 0)
+      continue; /* forced requests are rare: only classes seen */
+    PUT_LIT(o, "canary_forced_requests_total");
+    put(o, p->text + r->labels_off, r->labels_len);
+    put(o, status_labels[c], STATUS_LABEL_LEN);
+    put_u64_nl(o, r->forced[c]);
+  }
+}
+
+static void unit_histogram(struct out *o, const struct canary_prom *p,
+                           size_t i) {
+  const struct prom_row *r = &p->rows[i];
+  const char *labels = p->text + r->labels_off;
+  for (size_t k = 0; k <= N_LE; k++) {
+    PUT_LIT(o, "canary_upstream_latency_seconds_bucket");
+    put(o, labels, r->labels_len);
+    put(o, le_bounds[k].text, le_bounds[k].len);
+    put_u64_nl(o, k < N_LE ? r->le[k] : r->count);
+  }
+  PUT_LIT(o, "canary_upstream_latency_seconds_sum");
+  put(o, labels, r->labels_len);
+  PUT_LIT(o, "} ");
+  put_fixed(o, r->sum_us, 6);
+  PUT_LIT(o, "\n");
+  PUT_LIT(o, "canary_upstream_latency_seconds_count");
+  put(o, labels, r->labels_len);
+  PUT_LIT(o, "} ");
+  put_u64_nl(o, r->count);
+}
+
+/* Quantiles computed here are a summary in Prometheus' terms (the only
+ * type that may carry a `quantile` label), with its _sum and _count. */
+static void unit_quantiles(struct out *o, const struct canary_prom *p,
+                           size_t i) {
+  static const char *const qt[3] = {",quantile=\"0.5\"} ",
+                                    ",quantile=\"0.95\"} ",
+                                    ",quantile=\"0.99\"} "};
+  const struct prom_row *r = &p->rows[i];
+  const char *labels = p->text + r->labels_off;
+  for (int k = 0; k < 3; k++) {
+    PUT_LIT(o, "canary_upstream_latency_quantile_seconds");
+    put(o, labels, r->labels_len);
+    puts_(o, qt[k]);
+    put_bucket_seconds(o, r->q[k]);
+    PUT_LIT(o, "\n");
+  }
+  PUT_LIT(o, "canary_upstream_latency_quantile_seconds_sum");
+  put(o, labels, r->labels_len);
+  PUT_LIT(o, "} ");
+  put_fixed(o, r->sum_us, 6);
+  PUT_LIT(o, "\n");
+  PUT_LIT(o, "canary_upstream_latency_quantile_seconds_count");
+  put(o, labels, r->labels_len);
+  PUT_LIT(o, "} ");
+  put_u64_nl(o, r->count);
+}
+
+static void unit_weight(struct out *o, const struct canary_prom *p,
+                        size_t i) {
+  const struct prom_row *r = &p->rows[i];
+  row_series(o, p, "canary_upstream_weight", r);
+  puts_(o, "} ");
+  put_fixed(o, r->effective, 4); /* 0..10000 is 0.0000..1.0000 */
   put(o, "\n", 1);
 }
 
-/* name + a row's labels, escaped once when the row was filled. */
-static void row_series(struct out *o, const char *name, const struct row *r) {
-  puts_(o, name);
-  put(o, r->labels, r->labels_len);
+static void unit_step(struct out *o, const struct canary_prom *p, size_t i) {
+  const struct prom_route *r = &p->routes[i];
+  route_series(o, p, "canary_progression_step", r);
+  puts_(o, "} ");
+  put_u64(o, r->state == CANARY_PROG_NONE ? 0u : r->step + 1);
+  put(o, "\n", 1);
 }
 
-/* One pass over a snapshot: the cumulative count at every `le`, and the
- * quantiles by the same nearest-rank rule as canary_hist_summarize().
- * le_last[k] is the bucket holding le_bounds[k]: a boundary counts every
- * bucket that starts at or below it. */
-static void fill_row(const canary_seg_t *seg, int slot,
-                     const struct canary_route_view *v, struct row *row,
-                     struct canary_hist_snapshot *snap, const int *le_last) {
-  static const double qs[3] = {0.50, 0.95, 0.99};
-  double *qv[3] = {&row->p50, &row->p95, &row->p99};
-  uint64_t rank[3], count = 0, acc = 0;
-  struct out lo = {row->labels, sizeof row->labels, 0};
-  size_t k = 0, qi = 0;
-
-  series(&lo, "", v, row->upstream);
-  row->labels_len = lo.len <= lo.cap ? lo.len : 0;
-  canary_hist_snapshot(seg, slot, row->upstream, snap);
-  memcpy(row->status, snap->status, sizeof row->status);
-  row->sum_us = snap->sum_us;
-  for (int b = 0; b < CANARY_HIST_BUCKETS; b++)
-    count += snap->buckets[b];
-  row->count = count;
-  row->p50 = row->p95 = row->p99 = 0;
-  for (int i = 0; i < 3; i++)
-    rank[i] = count ? canary__rank(qs[i], count) : 0;
-  if (count == 0)
-    qi = 3;
-  for (int b = 0; b < CANARY_HIST_BUCKETS; b++) {
-    acc += snap->buckets[b];
-    while (qi < 3 && acc >= rank[qi])
-      *qv[qi++] = canary__bucket_mid(b);
-    while (k < N_LE && le_last[k] == b)
-      row->le[k++] = acc;
-    if (k == N_LE && qi == 3)
-      break;
-  }
-  while (k < N_LE)
-    row->le[k++] = count;
+static void unit_state(struct out *o, const struct canary_prom *p, size_t i) {
+  for (uint32_t st = CANARY_PROG_NONE; st <= CANARY_PROG_ROLLED_BACK; st++)
+    route_line(o, p, "canary_progression_state", &p->routes[i], "state",
+               prog_state_text[st], p->routes[i].state == st);
 }
 
-/* The progression's judging, per route: windows judged by verdict, and
- * every gate judged in the last conclusive window (a pass or a fail; an
- * inconclusive window measures nothing), its measured value next to its
- * limit, in base units (seconds for latencies, fractions for rates and
- * deltas, plain multiples for ratios).  Judgements of a dry run, which
- * applied nothing, carry dry_run="true".  slots[i] is views[i]'s route
- * slot.  Returns 0 or CANARY_ENOMEM. */
-static int gate_families(struct out *o, const canary_seg_t *seg,
-                         const struct canary_route_view *views,
-                         const struct canary_prog_status *progs,
-                         const int *slots, size_t nviews) {
-  struct canary_decision *last = calloc(nviews ? nviews : 1, sizeof *last);
-  static const char *const family_name[2] = {"canary_gate_value",
-                                             "canary_gate_limit"};
-  static const char *const family_help[2] = {
-      "Measured value of each gate in the last conclusive window "
-      "(seconds, fractions or ratios).",
-      "Configured limit of each gate judged in the last conclusive window."};
+static void unit_gates(struct out *o, const struct canary_prom *p, size_t i) {
+  const struct prom_route *r = &p->routes[i];
+  for (int g = 0; g < CANARY_GATE_RESULTS; g++)
+    route_line(o, p, "canary_gate_evaluations_total", r, "result",
+               gate_text[g], r->evaluations[g]);
+  for (int g = 0; r->dry && g < CANARY_GATE_RESULTS; g++) {
+    route_series(o, p, "canary_gate_evaluations_total", r);
+    puts_(o, ",result=\"");
+    puts_(o, gate_text[g]);
+    puts_(o, "\",dry_run=\"true\"} ");
+    put_u64(o, r->dry_evaluations[g]);
+    put(o, "\n", 1);
+  }
+}
 
-  if (last == NULL)
-    return CANARY_ENOMEM;
-  family(o, "canary_gate_evaluations_total", "counter",
-         "Progression windows judged, by verdict; dry_run=\"true\": "
-         "judged in a dry run, nothing applied.");
-  for (size_t i = 0; i < nviews; i++) {
-    int dry = progs[i].dry_run;
-    for (int g = 0; g < CANARY_GATE_RESULTS; g++) {
-      route_line(o, "canary_gate_evaluations_total", &views[i], "result",
-                 gate_text[g], progs[i].evaluations[g]);
-      dry |= progs[i].dry_evaluations[g] != 0;
-    }
-    for (int g = 0; dry && g < CANARY_GATE_RESULTS; g++) {
-      series(o, "canary_gate_evaluations_total", &views[i], -1);
-      puts_(o, ",result=\"");
-      puts_(o, gate_text[g]);
-      puts_(o, "\",dry_run=\"true\"} ");
-      put_u64(o, progs[i].dry_evaluations[g]);
-      put(o, "\n", 1);
-    }
-    if (progs[i].state == CANARY_PROG_NONE ||
-        canary__prog_last_judged(seg, slots[i], &last[i]) != 0)
-      last[i].seq = 0; /* nothing judged (or no longer in the log) */
+/* One family of the last conclusive window's gates: value or limit. */
+static void gate_lines(struct out *o, const struct canary_prom *p, size_t i,
+                       const char *name, int limit) {
+  const struct prom_route *r = &p->routes[i];
+  char num[40];
+  for (int g = 0; r->judged && g < CANARY_GATES; g++) {
+    int n;
+    if (!(r->gate_on & (1u << g)))
+      continue;
+    n = snprintf(num, sizeof num, "%.9g\n",
+                 limit ? r->gate_limit[g] : r->gate_value[g]);
+    route_series(o, p, name, r);
+    puts_(o, ",gate=\"");
+    puts_(o, canary_gate_name(g));
+    puts_(o, r->judged_dry ? "\",dry_run=\"true\"} " : "\"} ");
+    put(o, num, n > 0 && (size_t)n < sizeof num ? (size_t)n : 0);
   }
-  for (int f = 0; f < 2; f++) {
-    family(o, family_name[f], "gauge", family_help[f]);
-    for (size_t i = 0; i < nviews; i++) {
-      if (last[i].seq == 0)
-        continue;
-      for (int g = 0; g < CANARY_GATES; g++) {
-        const struct canary_gate_check *k = &last[i].judge.gates[g];
-        double v = f == 0 ? k->value : k->limit;
-        if (k->check != CANARY_CHECK_PASS && k->check != CANARY_CHECK_FAIL)
-          continue;
-        if (g == CANARY_GATE_P95 || g == CANARY_GATE_P99)
-          v /= 1e6; /* microseconds -> seconds */
-        series(o, family_name[f], &views[i], -1);
-        puts_(o, ",gate=\"");
-        puts_(o, canary_gate_name(g));
-        puts_(o, last[i].dry_run ? "\",dry_run=\"true\"} " : "\"} ");
-        putf(o, "%.9g\n", v);
-      }
-    }
+}
+
+static void unit_gate_value(struct out *o, const struct canary_prom *p,
+                            size_t i) {
+  gate_lines(o, p, i, "canary_gate_value", 0);
+}
+
+static void unit_gate_limit(struct out *o, const struct canary_prom *p,
+                            size_t i) {
+  gate_lines(o, p, i, "canary_gate_limit", 1);
+}
+
+static void unit_trace(struct out *o, const struct canary_prom *p, size_t i) {
+  for (int t = 0; t < CANARY_TRACE_SOURCES; t++)
+    route_line(o, p, "canary_trace_ids_total", &p->routes[i], "source",
+               source_text[t], p->routes[i].trace[t]);
+}
+
+static void unit_events(struct out *o, const struct canary_prom *p,
+                        size_t i) {
+  for (int e = 0; e < N_EVENTS; e++)
+    route_line(o, p, "canary_events_total", &p->routes[i], "event",
+               event_text[e], p->routes[i].events[e]);
+}
+
+static const char *const pool_text[POOLS] = {"routes", "upstreams"};
+
+static void unit_slots(struct out *o, const struct canary_prom *p, size_t i) {
+  static const char *const state[3] = {"live", "retired", "free"};
+  for (int s = 0; s < 3; s++) {
+    puts_(o, "canary_slots{pool=\"");
+    puts_(o, pool_text[i]);
+    puts_(o, "\",state=\"");
+    puts_(o, state[s]);
+    puts_(o, "\"} ");
+    put_u64(o, p->slots[i][s]);
+    put(o, "\n", 1);
   }
-  free(last);
+}
+
+static void unit_exhausted(struct out *o, const struct canary_prom *p,
+                           size_t i) {
+  puts_(o, "canary_slots_exhausted_total{pool=\"");
+  puts_(o, pool_text[i]);
+  puts_(o, "\"} ");
+  put_u64(o, p->exhausted[i]);
+  put(o, "\n", 1);
+}
+
+enum { PER_ROW, PER_ROUTE, PER_POOL };
+
+static const struct family {
+  const char *name, *type, *help;
+  int per;
+  void (*unit)(struct out *o, const struct canary_prom *p, size_t i);
+} families[] = {
+    {"canary_requests_total", "counter",
+     "Responses per route, upstream and status class (requests an override "
+     "forced are in canary_forced_requests_total).",
+     PER_ROW, unit_requests},
+    {"canary_forced_requests_total", "counter",
+     "Responses to requests an override forced onto the upstream; never "
+     "judged by progression gates.",
+     PER_ROW, unit_forced},
+    {"canary_upstream_latency_seconds", "histogram",
+     "Upstream latency: request handed to the upstream until its response "
+     "header.",
+     PER_ROW, unit_histogram},
+    {"canary_upstream_latency_quantile_seconds", "summary",
+     "Upstream latency quantiles since the upstream was configured, within "
+     "1 %; per node, do not aggregate.",
+     PER_ROW, unit_quantiles},
+    {"canary_upstream_weight", "gauge",
+     "Effective routing weight of the upstream, 0..1.", PER_ROW, unit_weight},
+    {"canary_progression_step", "gauge",
+     "Current progression step, 1-based; 0 without a progression.",
+     PER_ROUTE, unit_step},
+    {"canary_progression_state", "gauge",
+     "1 for the progression's current state, 0 for the others.", PER_ROUTE,
+     unit_state},
+    {"canary_gate_evaluations_total", "counter",
+     "Progression windows judged, by verdict; dry_run=\"true\": judged in a "
+     "dry run, nothing applied.",
+     PER_ROUTE, unit_gates},
+    {"canary_gate_value", "gauge",
+     "Measured value of each gate in the last conclusive window (seconds, "
+     "fractions or ratios).",
+     PER_ROUTE, unit_gate_value},
+    {"canary_gate_limit", "gauge",
+     "Configured limit of each gate judged in the last conclusive window.",
+     PER_ROUTE, unit_gate_limit},
+    {"canary_trace_ids_total", "counter",
+     "Requests by where their trace ID came from.", PER_ROUTE, unit_trace},
+    {"canary_events_total", "counter",
+     "Overrides honoured or denied, fallbacks to the stable upstream, "
+     "engine errors that failed open.",
+     PER_ROUTE, unit_events},
+    {"canary_slots", "gauge",
+     "Segment slots by pool (routes, upstream statistics) and state; "
+     "retired slots are reused after their grace period.",
+     PER_POOL, unit_slots},
+    {"canary_slots_exhausted_total", "counter",
+     "Claims and publishes refused because a pool had no free slot (the "
+     "route fails open to its stable upstream).",
+     PER_POOL, unit_exhausted},
+};
+#define N_FAMILIES (sizeof families / sizeof families[0])
+
+static size_t units_of(const struct canary_prom *p, const struct family *f) {
+  return f->per == PER_ROW     ? p->nrows
+         : f->per == PER_ROUTE ? p->nroutes
+                               : (size_t)POOLS;
+}
+
+static void head(struct out *o, const struct family *f) {
+  puts_(o, "# HELP ");
+  puts_(o, f->name);
+  put(o, " ", 1);
+  puts_(o, f->help);
+  puts_(o, "\n# TYPE ");
+  puts_(o, f->name);
+  put(o, " ", 1);
+  puts_(o, f->type);
+  put(o, "\n", 1);
+}
+
+/* Writes units into o; with `chunked`, only while a whole unit surely
+ * fits.  Returns 1 while units are left, 0 when the exposition is
+ * complete. */
+static int write_units(struct canary_prom *p, struct out *o, int chunked) {
+  while (p->family < N_FAMILIES) {
+    const struct family *f = &families[p->family];
+    if (chunked && o->len + UNIT_MAX > o->cap)
+      return 1;
+    if (!p->headed) {
+      head(o, f);
+      p->headed = 1;
+      continue;
+    }
+    if (p->item < units_of(p, f)) {
+      f->unit(o, p, p->item++);
+      continue;
+    }
+    p->family++;
+    p->headed = 0;
+    p->item = 0;
+  }
   return 0;
+}
+
+/* ---- the scrape cursor ------------------------------------------------- */
+
+int canary_prom_begin(const canary_seg_t *seg, canary_prom_t **out) {
+  struct canary_prom *p;
+  if (seg == NULL || out == NULL)
+    return CANARY_EINVAL;
+  *out = NULL;
+  p = calloc(1, sizeof *p);
+  if (p == NULL)
+    return CANARY_ENOMEM;
+  p->seg = seg;
+  for (size_t k = 0; k < N_LE; k++)
+    p->le_last[k] = canary__bucket_of(le_bounds[k].us);
+  for (int b = 0, k = 0; b < CANARY_HIST_BUCKETS; b++) {
+    while (k < (int)N_LE && p->le_last[k] < b)
+      k++;
+    p->le_of[b] = (uint8_t)k;
+  }
+  *out = p;
+  return 0;
+}
+
+void canary_prom_end(canary_prom_t *p) {
+  if (p == NULL)
+    return;
+  free(p->routes);
+  free(p->rows);
+  free(p->text);
+  free(p);
+}
+
+int canary_prom_next(canary_prom_t *p, char *buf, size_t cap,
+                     size_t *len_out) {
+  struct out o = {buf, cap, 0};
+  int more;
+  if (p == NULL || buf == NULL || len_out == NULL ||
+      cap < CANARY_PROM_CHUNK_MIN)
+    return CANARY_EINVAL;
+  *len_out = 0;
+  if (!p->gathered) {
+    int err = 0;
+    if (gather_step(p, &err))
+      return 1; /* more routes to read first */
+    if (err != 0)
+      return err;
+    p->gathered = 1;
+  }
+  more = write_units(p, &o, 1);
+  *len_out = o.len;
+  return more;
 }
 
 int canary_prom_render(const canary_seg_t *seg, char *buf, size_t cap,
                        size_t *len_out) {
-  struct canary_route_view *views = NULL;
-  struct canary_prog_status *progs = NULL;
-  struct canary_hist_snapshot *snap = NULL;
-  int *slots = NULL;
-  struct row *rows = NULL;
-  size_t nviews = 0, nrows = 0;
   struct out o = {buf, buf ? cap : 0, 0};
-  int le_last[N_LE];
-  int rc = 0;
+  canary_prom_t *p;
+  int rc, err = 0;
 
   if (seg == NULL || len_out == NULL)
     return CANARY_EINVAL;
-  for (size_t k = 0; k < N_LE; k++)
-    le_last[k] = canary__bucket_of(le_bounds[k].us);
-  views = calloc(seg->max_routes, sizeof *views);
-  progs = calloc(seg->max_routes, sizeof *progs);
-  slots = calloc(seg->max_routes, sizeof *slots);
-  rows = calloc((size_t)seg->max_routes * seg->max_upstreams, sizeof *rows);
-  snap = malloc(sizeof *snap);
-  if (!views || !progs || !slots || !rows || !snap) {
-    rc = CANARY_ENOMEM;
-    goto done;
-  }
-  for (uint32_t i = 0; i < seg->max_routes; i++) {
-    struct canary_route_view *v = &views[nviews];
-    if (canary_route_read(seg, (int)i, v) != 0 || v->generation == 0)
-      continue; /* free, unpublished, or unreadable: nothing to say */
-    if (canary_prog_status(seg, (int)i, 0, &progs[nviews]) != 0)
-      progs[nviews].state = CANARY_PROG_NONE;
-    slots[nviews] = (int)i;
-    for (uint32_t u = 0; u < v->n; u++) {
-      rows[nrows].route = (int)nviews;
-      rows[nrows].upstream = (int)u;
-      fill_row(seg, (int)i, v, &rows[nrows], snap, le_last);
-      nrows++;
-    }
-    nviews++;
-  }
-
-  family(&o, "canary_requests_total", "counter",
-         "Responses per route, upstream and status class.");
-  for (size_t r = 0; r < nrows; r++)
-    for (int c = 1; c < 6; c++) {
-      if (c == 1 && rows[r].status[1] == 0)
-        continue; /* 1xx only when seen */
-      row_series(&o, "canary_requests_total", &rows[r]);
-      puts_(&o, ",status=\"");
-      puts_(&o, status_text[c]);
-      puts_(&o, "\"} ");
-      put_u64(&o, rows[r].status[c]);
-      put(&o, "\n", 1);
-    }
-
-  family(&o, "canary_upstream_latency_seconds", "histogram",
-         "Upstream latency: request handed to the upstream until its "
-         "response header.");
-  for (size_t r = 0; r < nrows; r++) {
-    for (size_t k = 0; k <= N_LE; k++) {
-      row_series(&o, "canary_upstream_latency_seconds_bucket", &rows[r]);
-      puts_(&o, ",le=\"");
-      puts_(&o, k < N_LE ? le_bounds[k].text : "+Inf");
-      puts_(&o, "\"} ");
-      put_u64(&o, k < N_LE ? rows[r].le[k] : rows[r].count);
-      put(&o, "\n", 1);
-    }
-    row_series(&o, "canary_upstream_latency_seconds_sum", &rows[r]);
-    putf(&o, "} %.6f\n", (double)rows[r].sum_us / 1e6);
-    row_series(&o, "canary_upstream_latency_seconds_count", &rows[r]);
-    puts_(&o, "} ");
-    put_u64(&o, rows[r].count);
-    put(&o, "\n", 1);
-  }
-
-  /* Quantiles computed here are a summary in Prometheus' terms (the only
-   * type that may carry a `quantile` label), with its _sum and _count. */
-  family(&o, "canary_upstream_latency_quantile_seconds", "summary",
-         "Upstream latency quantiles since the segment was created, "
-         "within 1 %; per node, do not aggregate.");
-  for (size_t r = 0; r < nrows; r++) {
-    const double q[3] = {rows[r].p50, rows[r].p95, rows[r].p99};
-    const char *qt[3] = {"0.5", "0.95", "0.99"};
-    for (int k = 0; k < 3; k++) {
-      row_series(&o, "canary_upstream_latency_quantile_seconds", &rows[r]);
-      putf(&o, ",quantile=\"%s\"} %.6f\n", qt[k], q[k] / 1e6);
-    }
-    row_series(&o, "canary_upstream_latency_quantile_seconds_sum", &rows[r]);
-    putf(&o, "} %.6f\n", (double)rows[r].sum_us / 1e6);
-    row_series(&o, "canary_upstream_latency_quantile_seconds_count",
-               &rows[r]);
-    puts_(&o, "} ");
-    put_u64(&o, rows[r].count);
-    put(&o, "\n", 1);
-  }
-
-  family(&o, "canary_upstream_weight", "gauge",
-         "Effective routing weight of the upstream, 0..1.");
-  for (size_t r = 0; r < nrows; r++) {
-    const struct canary_route_view *v = &views[rows[r].route];
-    row_series(&o, "canary_upstream_weight", &rows[r]);
-    putf(&o, "} %.4f\n",
-         (double)v->effective[rows[r].upstream] / CANARY_WEIGHT_SCALE);
-  }
-
-  family(&o, "canary_progression_step", "gauge",
-         "Current progression step, 1-based; 0 without a progression.");
-  for (size_t i = 0; i < nviews; i++) {
-    series(&o, "canary_progression_step", &views[i], -1);
-    puts_(&o, "} ");
-    put_u64(&o, progs[i].state == CANARY_PROG_NONE ? 0u : progs[i].step + 1);
-    put(&o, "\n", 1);
-  }
-
-  family(&o, "canary_progression_state", "gauge",
-         "1 for the progression's current state, 0 for the others.");
-  for (size_t i = 0; i < nviews; i++)
-    for (uint32_t st = CANARY_PROG_NONE; st <= CANARY_PROG_ROLLED_BACK; st++)
-      route_line(&o, "canary_progression_state", &views[i], "state",
-                 prog_state_text[st], progs[i].state == st);
-
-  rc = gate_families(&o, seg, views, progs, slots, nviews);
+  rc = canary_prom_begin(seg, &p);
   if (rc != 0)
-    goto done;
-
-  family(&o, "canary_trace_ids_total", "counter",
-         "Requests by where their trace ID came from.");
-  for (size_t i = 0; i < nviews; i++)
-    for (int t = 0; t < CANARY_TRACE_SOURCES; t++)
-      route_line(&o, "canary_trace_ids_total", &views[i], "source",
-                 source_text[t], views[i].trace[t]);
-
-  family(&o, "canary_events_total", "counter",
-         "Overrides honoured or denied, fallbacks to the stable upstream, "
-         "engine errors that failed open.");
-  for (size_t i = 0; i < nviews; i++)
-    for (int e = 0; e < 4; e++)
-      route_line(&o, "canary_events_total", &views[i], "event",
-                 event_text[e], views[i].events[e]);
-
-  *len_out = o.len;
-  if (o.len > o.cap)
-    rc = CANARY_ENOSPC;
-done:
-  free(views);
-  free(progs);
-  free(slots);
-  free(rows);
-  free(snap);
+    return rc;
+  while (gather_step(p, &err))
+    ;
+  if (err == 0) {
+    write_units(p, &o, 0);
+    *len_out = o.len;
+    rc = o.len > o.cap ? CANARY_ENOSPC : 0;
+  } else {
+    rc = err;
+  }
+  canary_prom_end(p);
   return rc;
 }

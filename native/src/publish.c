@@ -31,15 +31,47 @@ int canary_route_publish(canary_seg_t *seg, int route,
                                    err, err_len);
 }
 
+/* 1 when a and b hold the same set of names (so every name keeps its
+ * statistics slot and none is handed out or retired). */
+static int same_names(const struct table_data *a, const struct table_data *b) {
+  if (a->n != b->n)
+    return 0;
+  for (uint32_t i = 0; i < b->n; i++) {
+    int found = 0;
+    for (uint32_t j = 0; j < a->n && !found; j++)
+      found = strcmp(a->names[j], b->names[i]) == 0;
+    if (!found)
+      return 0;
+  }
+  return 1;
+}
+
+/* Caller holds the route's writer word; cur and d have the same names.
+ * Copies cur's statistics handles to d by name.  0 when one of them no
+ * longer names a live slot of the route (a damaged segment): the caller
+ * then hands out slots under the claim word instead. */
+static int keep_slots(const canary_seg_t *seg, uint32_t route,
+                      const struct table_data *cur, struct table_data *d) {
+  for (uint32_t i = 0; i < d->n; i++)
+    for (uint32_t j = 0; j < cur->n; j++)
+      if (strcmp(cur->names[j], d->names[i]) == 0) {
+        if (canary__stat_of(seg, route, cur->stat[j]) == NULL)
+          return 0;
+        d->stat[i] = cur->stat[j];
+      }
+  return 1;
+}
+
 int canary_route_publish_prog(canary_seg_t *seg, int route,
                               const struct canary_table *t,
                               const struct canary_prog_params *prog,
                               uint64_t config_hash, uint64_t *gen_out,
                               char *err, size_t err_len) {
+  struct seg_header *h;
   struct table_data d, cur;
   struct route_hdr *r;
   uint64_t gen;
-  int rc;
+  int rc, claim = 0;
 
   if (seg == NULL)
     return canary__fail(err, err_len, CANARY_EINVAL, "no segment");
@@ -57,6 +89,7 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
     if (rc != 0)
       return rc;
   }
+  h = canary__header(seg);
 
   memset(&d, 0, sizeof d);
   d.config_hash = config_hash;
@@ -68,27 +101,80 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
                      strlen(t->names[i]));
   }
 
-  rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
-  if (rc != 0)
-    return canary__fail(err, err_len, rc,
-                        "another process is publishing this route");
   /* Every worker applies the same config change; only the first one
-   * publishes, the rest find it in place and keep (for instance) the
-   * effective weights a progression has set since. */
+   * publishes, the rest find it in place (without taking any word) and
+   * keep, for instance, the effective weights a progression has set
+   * since. */
   if (canary__read_table(seg, r, &cur, &gen, 1) == 0 &&
       same_config(&cur, &d)) {
-    canary__owner_release(&r->writer);
     if (gen_out != NULL)
       *gen_out = gen;
     return 0;
   }
-  canary__prog_start(seg, (uint32_t)route, prog, &d, canary_clock_us());
-  canary__compute_upper(&d);
-  gen = canary__publish_locked(r, &d);
-  canary__owner_release(&r->writer);
-  if (gen_out != NULL)
-    *gen_out = gen;
-  return 0;
+
+  /* Statistics slots change hands only under the segment's claim word,
+   * taken before the route's writer word (the order claims use too).  A
+   * change of weights alone needs only the writer word. */
+  for (;;) {
+    int have_cur, names_move;
+    if (claim) {
+      rc = canary__owner_acquire(&h->claim_owner, CANARY_WRITER_TIMEOUT_MS);
+      if (rc != 0)
+        return canary__fail(err, err_len, rc,
+                            "another process is claiming slots");
+    }
+    rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
+    if (rc != 0) {
+      if (claim)
+        canary__owner_release(&h->claim_owner);
+      return canary__fail(err, err_len, rc,
+                          "another process is publishing this route");
+    }
+    /* Retired while we waited: its slots are no longer its to hand out. */
+    if (ck_pr_load_32(&r->state) != ROUTE_READY) {
+      rc = canary__fail(err, err_len, CANARY_ENOENT,
+                        "route %d was retired", route);
+      goto unlock;
+    }
+    have_cur = canary__read_table(seg, r, &cur, &gen, 1) == 0;
+    if (have_cur && same_config(&cur, &d)) {
+      rc = 0;
+      goto unlock;
+    }
+    names_move = !have_cur || !same_names(&cur, &d) ||
+                 !keep_slots(seg, (uint32_t)route, &cur, &d);
+    if (names_move && !claim) {
+      canary__owner_release(&r->writer);
+      claim = 1;
+      continue;
+    }
+    if (names_move) {
+      rc = canary__stats_assign(seg, (uint32_t)route, have_cur ? &cur : NULL,
+                                &d, err, err_len);
+      if (rc != 0)
+        goto unlock;
+    }
+    /* The progression's window base is the new table's canary: let
+     * canary_hist_snapshot() resolve indexes through d meanwhile. */
+    canary__snapshot_through(seg, (uint32_t)route, &d);
+    canary__prog_start(seg, (uint32_t)route, prog, &d, canary_clock_us());
+    canary__snapshot_through(NULL, 0, NULL);
+    canary__compute_upper(&d);
+    gen = canary__publish_locked(r, &d);
+    /* Names that left stop counting only now that no new pick can
+     * choose them; requests already picked still record (grace). */
+    if (names_move && have_cur)
+      canary__stats_retire(seg, (uint32_t)route, &cur, &d,
+                           (uint64_t)canary_clock_us());
+    rc = 0;
+  unlock:
+    canary__owner_release(&r->writer);
+    if (claim)
+      canary__owner_release(&h->claim_owner);
+    if (rc == 0 && gen_out != NULL)
+      *gen_out = gen;
+    return rc;
+  }
 }
 
 int canary_route_set_effective(canary_seg_t *seg, int route,
@@ -149,7 +235,9 @@ int canary_route_read(const canary_seg_t *seg, int route,
   {
     const struct route_stripe *rs =
         canary__route_stripes(seg, (uint32_t)route);
-    for (uint32_t k = 0; k < CANARY_STRIPES; k++) {
+    /* Only stripes ever written can hold counts. */
+    for (uint64_t m = canary__stripes_used(seg); m != 0; m &= m - 1) {
+      uint32_t k = (uint32_t)__builtin_ctzll(m);
       for (int i = 0; i < CANARY_TRACE_SOURCES; i++)
         out->trace[i] += ck_pr_load_64((uint64_t *)&rs[k].trace[i]);
       for (int i = 0; i < CANARY_EVENTS; i++)
@@ -166,5 +254,13 @@ int canary_route_read(const canary_seg_t *seg, int route,
   memcpy(out->weights, d.weights, sizeof d.weights);
   memcpy(out->effective, d.effective, sizeof d.effective);
   memcpy(out->names, d.names, sizeof d.names);
+  for (uint32_t u = 0; u < d.n; u++) {
+    const struct stat_slot *st =
+        canary__stat_of(seg, (uint32_t)route, d.stat[u]);
+    out->stats[u] = d.stat[u];
+    for (int c = 0; st != NULL && c < 6; c++)
+      out->forced[u][c] =
+          ck_pr_load_64((uint64_t *)(uintptr_t)&st->forced.status[c]);
+  }
   return 0;
 }

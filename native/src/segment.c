@@ -41,21 +41,26 @@
 #include <unistd.h>
 
 #define MAX_ROUTES_LIMIT 65536u
+#define MAX_GRACE_S 86400u
 #define OPEN_ATTEMPTS 4
 
-uint64_t canary__route_bytes(uint32_t max_upstreams) {
-  uint64_t hdr = (sizeof(struct route_hdr) + CANARY_CACHELINE - 1) /
-                 CANARY_CACHELINE * CANARY_CACHELINE;
-  uint64_t prog = (sizeof(struct prog_area) + CANARY_CACHELINE - 1) /
-                  CANARY_CACHELINE * CANARY_CACHELINE;
-  return hdr + sizeof(struct route_seq) +
-         CANARY_STRIPES * sizeof(struct route_stripe) +
-         (uint64_t)max_upstreams * sizeof(struct up_stats) + prog;
+static uint64_t line_up(uint64_t n) {
+  return (n + CANARY_CACHELINE - 1) / CANARY_CACHELINE * CANARY_CACHELINE;
 }
 
-static uint64_t segment_bytes(uint32_t max_routes, uint32_t max_upstreams) {
-  return CANARY_HEADER_BYTES +
-         (uint64_t)max_routes * canary__route_bytes(max_upstreams);
+uint64_t canary__route_bytes(void) {
+  return line_up(sizeof(struct route_hdr)) + sizeof(struct route_seq) +
+         CANARY_STRIPES * sizeof(struct route_stripe) +
+         line_up(sizeof(struct prog_area));
+}
+
+uint64_t canary__stat_bytes(void) {
+  return line_up(sizeof(struct stat_slot));
+}
+
+static uint64_t segment_bytes(uint32_t max_routes, uint32_t max_stat_slots) {
+  return CANARY_HEADER_BYTES + (uint64_t)max_routes * canary__route_bytes() +
+         (uint64_t)max_stat_slots * canary__stat_bytes();
 }
 
 /* FNV-1a over the immutable header fields, so a header damaged after the
@@ -87,9 +92,12 @@ static const char *header_problem(const struct seg_header *h,
     return "header checksum mismatch";
   if (h->header_bytes != CANARY_HEADER_BYTES || h->max_routes == 0 ||
       h->max_routes > MAX_ROUTES_LIMIT || h->max_upstreams == 0 ||
-      h->max_upstreams > CANARY_MAX_UPSTREAMS ||
-      h->route_bytes != canary__route_bytes(h->max_upstreams) ||
-      h->total_bytes != segment_bytes(h->max_routes, h->max_upstreams))
+      h->max_upstreams > CANARY_MAX_UPSTREAMS || h->max_stat_slots == 0 ||
+      h->max_stat_slots > CANARY_STAT_SLOTS_LIMIT ||
+      h->retire_grace_s == 0 || h->retire_grace_s > MAX_GRACE_S ||
+      h->route_bytes != canary__route_bytes() ||
+      h->stat_bytes != canary__stat_bytes() ||
+      h->total_bytes != segment_bytes(h->max_routes, h->max_stat_slots))
     return "header geometry is inconsistent";
   if (h->total_bytes != st_size)
     return "file size does not match the header (truncated or extended)";
@@ -107,6 +115,11 @@ static canary_seg_t *handle_new(void *base, const struct seg_header *h,
   seg->max_routes = h->max_routes;
   seg->max_upstreams = h->max_upstreams;
   seg->route_bytes = h->route_bytes;
+  seg->max_stat_slots = h->max_stat_slots;
+  seg->stat_bytes = h->stat_bytes;
+  seg->stat_offset =
+      CANARY_HEADER_BYTES + (uint64_t)h->max_routes * h->route_bytes;
+  seg->grace_us = (uint64_t)h->retire_grace_s * 1000000u;
   seg->stripe = -1;
   canary__fork_hook();
   return seg;
@@ -130,10 +143,10 @@ static int map_file(int fd, const struct seg_header *h, int readonly,
 }
 
 /* Initialises an empty file that the caller holds flock()ed. */
-static int init_file(int fd, uint32_t max_routes, uint32_t max_upstreams,
+static int init_file(int fd, const struct canary_seg_params *p,
                      canary_seg_t **out, char *why, size_t why_len) {
   struct seg_header h;
-  uint64_t size = segment_bytes(max_routes, max_upstreams);
+  uint64_t size = segment_bytes(p->max_routes, p->max_stat_slots);
   int rc;
 
   (void)fchmod(fd, 0600); /* the umask may only narrow this */
@@ -148,10 +161,13 @@ static int init_file(int fd, uint32_t max_routes, uint32_t max_upstreams,
   h.layout_version = CANARY_LAYOUT_VERSION;
   h.header_bytes = CANARY_HEADER_BYTES;
   h.total_bytes = size;
-  h.route_bytes = canary__route_bytes(max_upstreams);
-  h.max_routes = max_routes;
-  h.max_upstreams = max_upstreams;
+  h.route_bytes = canary__route_bytes();
+  h.max_routes = p->max_routes;
+  h.max_upstreams = p->max_upstreams;
   h.created_unix = (uint64_t)time(NULL);
+  h.stat_bytes = canary__stat_bytes();
+  h.max_stat_slots = p->max_stat_slots;
+  h.retire_grace_s = p->retire_grace_s;
   h.checksum = header_checksum(&h);
 
   rc = map_file(fd, &h, 0, out, why, why_len);
@@ -169,6 +185,9 @@ static int init_file(int fd, uint32_t max_routes, uint32_t max_upstreams,
     ck_pr_store_32(&sh->max_routes, h.max_routes);
     ck_pr_store_32(&sh->max_upstreams, h.max_upstreams);
     ck_pr_store_64(&sh->created_unix, h.created_unix);
+    ck_pr_store_64(&sh->stat_bytes, h.stat_bytes);
+    ck_pr_store_32(&sh->max_stat_slots, h.max_stat_slots);
+    ck_pr_store_32(&sh->retire_grace_s, h.retire_grace_s);
     ck_pr_store_64(&sh->checksum, h.checksum);
     /* Orders all header stores before the magic that vouches for them. */
     ck_pr_fence_store();
@@ -229,24 +248,49 @@ static int open_readonly(canary_seg_t **out, const char *path, char *why,
 int canary_seg_open(canary_seg_t **out, const char *path,
                     uint32_t max_routes, uint32_t max_upstreams, int flags,
                     char *why, size_t why_len) {
+  struct canary_seg_params p = {max_routes, max_upstreams, 0,
+                                (uint32_t)flags, 0};
+  return canary_seg_open_params(out, path, &p, why, why_len);
+}
+
+int canary_seg_open_params(canary_seg_t **out, const char *path,
+                           const struct canary_seg_params *params, char *why,
+                           size_t why_len) {
+  struct canary_seg_params p;
   int recreated = 0;
 
   if (why != NULL && why_len > 0)
     why[0] = '\0';
-  if (out == NULL || path == NULL || path[0] == '\0')
+  if (out == NULL || path == NULL || path[0] == '\0' || params == NULL)
     return canary__fail(why, why_len, CANARY_EINVAL, "no segment path");
   *out = NULL;
-  if (flags & ~CANARY_SEG_READONLY)
+  p = *params;
+  if (p.flags & ~(uint32_t)CANARY_SEG_READONLY)
     return canary__fail(why, why_len, CANARY_EINVAL, "unknown flags 0x%x",
-                        (unsigned)flags);
-  if (flags & CANARY_SEG_READONLY)
+                        p.flags);
+  if (p.flags & CANARY_SEG_READONLY)
     return open_readonly(out, path, why, why_len);
-  if (max_routes == 0 || max_routes > MAX_ROUTES_LIMIT)
+  if (p.max_routes == 0 || p.max_routes > MAX_ROUTES_LIMIT)
     return canary__fail(why, why_len, CANARY_EINVAL,
                         "max_routes must be 1..%u", MAX_ROUTES_LIMIT);
-  if (max_upstreams == 0 || max_upstreams > CANARY_MAX_UPSTREAMS)
+  if (p.max_upstreams == 0 || p.max_upstreams > CANARY_MAX_UPSTREAMS)
     return canary__fail(why, why_len, CANARY_EINVAL,
                         "max_upstreams must be 1..%d", CANARY_MAX_UPSTREAMS);
+  if (p.max_stat_slots == 0) {
+    uint64_t dflt = (uint64_t)p.max_routes * p.max_upstreams;
+    p.max_stat_slots = (uint32_t)(dflt < CANARY_STAT_SLOTS_LIMIT
+                                      ? dflt
+                                      : CANARY_STAT_SLOTS_LIMIT);
+  }
+  if (p.max_stat_slots > CANARY_STAT_SLOTS_LIMIT)
+    return canary__fail(why, why_len, CANARY_EINVAL,
+                        "max_stat_slots must be 1..%u",
+                        CANARY_STAT_SLOTS_LIMIT);
+  if (p.retire_grace_s == 0)
+    p.retire_grace_s = CANARY_RETIRE_GRACE_S;
+  if (p.retire_grace_s > MAX_GRACE_S)
+    return canary__fail(why, why_len, CANARY_EINVAL,
+                        "retire_grace_s must be 1..%u", MAX_GRACE_S);
 
   for (int attempt = 0; attempt < OPEN_ATTEMPTS; attempt++) {
     struct stat st, pst;
@@ -272,7 +316,7 @@ int canary_seg_open(canary_seg_t **out, const char *path,
       continue;
     }
     if (st.st_size == 0) {
-      rc = init_file(fd, max_routes, max_upstreams, out, why, why_len);
+      rc = init_file(fd, &p, out, why, why_len);
       if (rc != 0)
         (void)unlink(path); /* ours, empty: leave no half-made file */
       unlock_close(fd);
@@ -313,7 +357,7 @@ void canary_seg_close(canary_seg_t *seg) {
 }
 
 int canary_seg_info(const canary_seg_t *seg, struct canary_seg_info *out) {
-  const struct seg_header *h;
+  struct seg_header *h;
   if (seg == NULL || out == NULL)
     return CANARY_EINVAL;
   h = canary__header(seg);
@@ -322,9 +366,25 @@ int canary_seg_info(const canary_seg_t *seg, struct canary_seg_info *out) {
   out->route_bytes = seg->route_bytes;
   out->max_routes = seg->max_routes;
   out->max_upstreams = seg->max_upstreams;
-  /* Geometry was copied at attach; these two change or are shared. */
-  out->created_unix = ck_pr_load_64((uint64_t *)&h->created_unix);
-  out->routes_used = ck_pr_load_32((uint32_t *)&h->routes_used);
+  out->stat_bytes = seg->stat_bytes;
+  out->max_stat_slots = seg->max_stat_slots;
+  out->retire_grace_s = (uint32_t)(seg->grace_us / 1000000u);
+  /* Geometry was copied at attach; the rest changes or is shared. */
+  out->created_unix = ck_pr_load_64(&h->created_unix);
   out->layout_version = CANARY_LAYOUT_VERSION;
+  out->routes_exhausted = ck_pr_load_64(&h->routes_exhausted);
+  out->stat_slots_exhausted = ck_pr_load_64(&h->stats_exhausted);
+  /* Counted from the slots themselves, so the figures are right even in
+   * a segment whose counters a crash left behind. */
+  for (uint32_t i = 0; i < seg->max_routes; i++) {
+    uint32_t st = ck_pr_load_32(&canary__route(seg, i)->state);
+    out->routes_used += st != ROUTE_FREE;
+    out->routes_retired += st == ROUTE_RETIRED;
+  }
+  for (uint32_t i = 0; i < seg->max_stat_slots; i++) {
+    uint32_t st = ck_pr_load_32(&canary__stat_slot(seg, i)->hdr.state);
+    out->stat_slots_used += st != STAT_FREE;
+    out->stat_slots_retired += st == STAT_RETIRED;
+  }
   return 0;
 }

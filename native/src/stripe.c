@@ -44,6 +44,9 @@ int canary__stripe_claim(canary_seg_t *seg) {
      * stripe names us (the dead owner's last stores are long visible). */
     if (ck_pr_cas_32(&h->stripe_owner[i], cur, me)) {
       seg->stripe = (int)i;
+      /* Readers skip stripes never used; ours is, from before our first
+       * count (the OR is a full barrier). */
+      ck_pr_or_64(&h->stripes_used, 1ULL << i);
       break;
     }
   }

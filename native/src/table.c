@@ -29,6 +29,7 @@
 #include "internal.h"
 
 #include <ck_pr.h>
+#include <stdio.h>
 #include <string.h>
 
 /* Copies `words` 64-bit words from shared memory (8-byte aligned) with
@@ -54,8 +55,11 @@ void canary__store_words(void *dst, const void *src, size_t words) {
   }
 }
 
+/* The characters of a Kong upstream name (a hostname, with '_'): also
+ * what a Prometheus label, a log line and an HTTP header carry as is. */
 static int name_char_ok(unsigned char c) {
-  return c > 0x20 && c < 0x7f && c != '"' && c != '\\';
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+         (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
 }
 
 size_t canary__bounded_len(const char *s, size_t cap) {
@@ -65,26 +69,83 @@ size_t canary__bounded_len(const char *s, size_t cap) {
 
 /* ---- validation ----------------------------------------------------- */
 
+/* "90", "99.99", "100.5": hundredths of a percent as the percentage an
+ * operator wrote, for messages. */
+static void percent(char *out, size_t cap, uint64_t hundredths) {
+  int n = snprintf(out, cap, "%llu.%02llu",
+                   (unsigned long long)(hundredths / 100),
+                   (unsigned long long)(hundredths % 100));
+  while (n > 0 && (size_t)n < cap && out[n - 1] == '0')
+    out[--n] = '\0';
+  if (n > 0 && (size_t)n < cap && out[n - 1] == '.')
+    out[--n] = '\0';
+}
+
 int canary__check_weights(const uint32_t *w, uint32_t n, char *err,
                           size_t err_len) {
+  char got[32];
   uint64_t sum = 0;
   for (uint32_t i = 0; i < n; i++) {
-    if (w[i] > CANARY_WEIGHT_SCALE)
+    if (w[i] > CANARY_WEIGHT_SCALE) {
+      percent(got, sizeof got, w[i]);
       return canary__fail(err, err_len, CANARY_EWEIGHTS,
-                          "weight of upstream %u is %u, above %d", i + 1, w[i],
-                          CANARY_WEIGHT_SCALE);
+                          "weight of upstream %u must be between 0 and 100 "
+                          "(got %s)",
+                          i + 1, got);
+    }
     sum += w[i];
   }
-  if (sum != CANARY_WEIGHT_SCALE)
+  if (sum != CANARY_WEIGHT_SCALE) {
+    percent(got, sizeof got, sum);
     return canary__fail(err, err_len, CANARY_EWEIGHTS,
-                        "weights sum to %llu, not %d", (unsigned long long)sum,
-                        CANARY_WEIGHT_SCALE);
+                        "weights must sum to 100 (got %s)", got);
+  }
+  return 0;
+}
+
+/* The name as a message shows it: printable ASCII as is, anything else
+ * as \xNN, so no byte of a hostile name reaches a log line raw. */
+static void shown(char *out, size_t cap, const char *name, size_t len) {
+  size_t o = 0;
+  for (size_t i = 0; i < len && o + 5 < cap; i++) {
+    unsigned char c = (unsigned char)name[i];
+    if (c >= 0x20 && c < 0x7f) {
+      out[o++] = (char)c;
+    } else {
+      snprintf(out + o, cap - o, "\\x%02x", c);
+      o += 4;
+    }
+  }
+  out[o] = '\0';
+}
+
+int canary_name_check(const char *name, size_t name_len, char *err,
+                      size_t err_len) {
+  char show[4 * CANARY_NAME_MAX + 8];
+  if (err != NULL && err_len > 0)
+    err[0] = '\0';
+  if (name == NULL || name_len == 0)
+    return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                        "upstream name must not be empty");
+  if (name_len >= CANARY_NAME_MAX) {
+    shown(show, sizeof show, name, 16);
+    return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                        "upstream name '%s...' is longer than %d characters",
+                        show, CANARY_NAME_MAX - 1);
+  }
+  for (size_t j = 0; j < name_len; j++)
+    if (!name_char_ok((unsigned char)name[j])) {
+      shown(show, sizeof show, name, name_len);
+      return canary__fail(err, err_len, CANARY_EWEIGHTS,
+                          "invalid upstream name '%s': allowed characters "
+                          "are A-Z, a-z, 0-9, '.', '_', and '-'",
+                          show);
+    }
   return 0;
 }
 
 int canary_table_check(const struct canary_table *t, uint32_t max_upstreams,
                        char *err, size_t err_len) {
-  int rc;
   if (err != NULL && err_len > 0)
     err[0] = '\0';
   if (t == NULL)
@@ -95,30 +156,18 @@ int canary_table_check(const struct canary_table *t, uint32_t max_upstreams,
     return canary__fail(err, err_len, CANARY_EWEIGHTS,
                         "%u upstreams; this segment allows 1..%u", t->n,
                         max_upstreams);
-  rc = canary__check_weights(t->weights, t->n, err, err_len);
-  if (rc != 0)
-    return rc;
   for (uint32_t i = 0; i < t->n; i++) {
-    size_t len = canary__bounded_len(t->names[i], CANARY_NAME_MAX);
-    if (len == 0)
-      return canary__fail(err, err_len, CANARY_EWEIGHTS,
-                          "name of upstream %u is empty", i + 1);
-    if (len == CANARY_NAME_MAX)
-      return canary__fail(err, err_len, CANARY_EWEIGHTS,
-                          "name of upstream %u is longer than %d bytes", i + 1,
-                          CANARY_NAME_MAX - 1);
-    for (size_t j = 0; j < len; j++)
-      if (!name_char_ok((unsigned char)t->names[i][j]))
-        return canary__fail(err, err_len, CANARY_EWEIGHTS,
-                            "name of upstream %u has a forbidden byte "
-                            "0x%02x at %zu",
-                            i + 1, (unsigned char)t->names[i][j], j);
+    int rc = canary_name_check(
+        t->names[i], canary__bounded_len(t->names[i], CANARY_NAME_MAX), err,
+        err_len);
+    if (rc != 0)
+      return rc;
     for (uint32_t k = 0; k < i; k++)
       if (strcmp(t->names[k], t->names[i]) == 0)
         return canary__fail(err, err_len, CANARY_EWEIGHTS,
-                            "upstream name '%s' appears twice", t->names[i]);
+                            "duplicate upstream name '%s'", t->names[i]);
   }
-  return 0;
+  return canary__check_weights(t->weights, t->n, err, err_len);
 }
 
 /* ---- publishing ----------------------------------------------------- */
@@ -153,6 +202,7 @@ static void write_data(struct table_buf *b, const struct table_data *d,
     ck_pr_store_32(&b->weights[i], d->weights[i]);
     ck_pr_store_32(&b->effective[i], d->effective[i]);
     ck_pr_store_32(&b->upper[i], d->upper[i]);
+    ck_pr_store_32(&b->stat[i], d->stat[i]);
   }
   if (names_too)
     canary__store_words(b->names, d->names, sizeof d->names / 8);
@@ -202,6 +252,7 @@ int canary__read_table(const canary_seg_t *seg, struct route_hdr *r,
       d->weights[i] = ck_pr_load_32(&b->weights[i]);
       d->effective[i] = ck_pr_load_32(&b->effective[i]);
       d->upper[i] = ck_pr_load_32(&b->upper[i]);
+      d->stat[i] = ck_pr_load_32(&b->stat[i]);
     }
     if (names_too)
       canary__load_words(d->names, b->names, sizeof d->names / 8);

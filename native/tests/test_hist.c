@@ -34,12 +34,15 @@ static uint64_t snap_count(const struct canary_hist_snapshot *s) {
   return c;
 }
 
+/* A route with H_UPSTREAMS upstreams, so every index has statistics. */
 static int claim_published(canary_seg_t *seg, const char *key) {
   struct canary_table t;
-  const uint32_t w[2] = {5000, 5000};
+  uint32_t w[H_UPSTREAMS];
   int r = canary_route_claim(seg, key, strlen(key), "", 0);
   assert_true(r >= 0);
-  test_table(&t, "u", 2, w);
+  for (uint32_t i = 0; i < H_UPSTREAMS; i++)
+    w[i] = CANARY_WEIGHT_SCALE / H_UPSTREAMS;
+  test_table(&t, "u", H_UPSTREAMS, w);
   assert_int_equal(canary_route_publish(seg, r, &t, 1, NULL, NULL, 0), 0);
   return r;
 }
@@ -691,12 +694,21 @@ static void hist_clock_is_monotonic_microseconds(void **state) {
   t1 = canary_clock_us();
   assert_true(t1 - t0 >= 20000.0);
   assert_true(t1 - t0 < 20000.0 * 50);
-  /* Sub-millisecond resolution: distinct values within a millisecond. */
-  t0 = canary_clock_us();
-  do
-    t1 = canary_clock_us();
-  while (t1 == t0);
-  assert_true(t1 - t0 < 1000.0);
+  /* Sub-millisecond resolution: distinct values within a millisecond.
+   * The smallest step of a few tries, so that a try preempted on a busy
+   * machine (or slowed by valgrind) does not count. */
+  {
+    double step = 1e9;
+    for (int k = 0; k < 20; k++) {
+      t0 = canary_clock_us();
+      do
+        t1 = canary_clock_us();
+      while (t1 == t0);
+      if (t1 - t0 < step)
+        step = t1 - t0;
+    }
+    assert_true(step < 1000.0);
+  }
 }
 
 int main(void) {

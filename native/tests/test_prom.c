@@ -453,11 +453,13 @@ static void prom_every_line_is_valid(void **state) {
   char *buf;
   int ra, rb;
 
-  /* Empty segment first: nothing claimed. */
+  /* Empty segment first: nothing claimed, so no route series; only the
+   * segment's pool gauges. */
   buf = render(fx->seg, &len);
   if (len > 0) {
     parse_expo(buf, len, &x);
-    assert_int_equal(x.ns, 0);
+    for (size_t i = 0; i < x.ns; i++)
+      assert_null(label(&x.s[i], "route"));
     t_free(x.s);
   }
   t_free(buf);
@@ -723,6 +725,109 @@ static void prom_many_routes_and_upstreams(void **state) {
   test_seg_close(big);
 }
 
+/* 40 routes x 2 upstreams with data, in their own segment. */
+static canary_seg_t *forty_routes(struct test_fx *fx) {
+  canary_seg_t *seg = NULL;
+  char path[PATH_MAX];
+  uint64_t rs = 11;
+
+  test_path(path, sizeof path, fx->dir, "forty.seg");
+  assert_int_equal(test_seg_open(&seg, path, 40, 2, 0, NULL, 0),
+                   CANARY_SEG_CREATED);
+  for (int r = 0; r < 40; r++) {
+    struct canary_table t;
+    const uint32_t w[2] = {9000, 1000};
+    char key[32];
+    int idx;
+    snprintf(key, sizeof key, "route-%02d", r);
+    idx = canary_route_claim(seg, key, strlen(key), key, strlen(key));
+    assert_true(idx >= 0);
+    test_table(&t, "up", 2, w);
+    assert_int_equal(canary_route_publish(seg, idx, &t, 1, NULL, NULL, 0), 0);
+    for (int i = 0; i < 200; i++)
+      assert_int_equal(
+          canary_route_record(seg, idx, i % 2, test_rand_below(&rs, 3000000),
+                              i % 17 ? 200 : 503, i % 4),
+          0);
+  }
+  return seg;
+}
+
+/* The scrape in pieces of the smallest allowed size: every piece whole
+ * lines within its size, and together exactly the one-go exposition,
+ * valid, every family together. */
+static void prom_pieces_make_one_valid_exposition(void **state) {
+  struct test_fx *fx = *state;
+  canary_seg_t *seg = forty_routes(fx);
+  char *piece = t_alloc(CANARY_PROM_CHUNK_MIN);
+  char *whole, *joined;
+  size_t len, at = 0, n = 0, pieces = 0;
+  canary_prom_t *p = NULL;
+  struct expo x;
+  int more = 1;
+
+  whole = render(seg, &len);
+  joined = t_alloc(len + 1);
+  assert_int_equal(canary_prom_begin(seg, &p), 0);
+  while (more == 1) {
+    more = canary_prom_next(p, piece, CANARY_PROM_CHUNK_MIN, &n);
+    assert_true(more == 0 || more == 1);
+    assert_true(n <= CANARY_PROM_CHUNK_MIN);
+    if (n == 0)
+      continue;
+    assert_true(piece[n - 1] == '\n'); /* whole lines only */
+    assert_true(at + n <= len);
+    memcpy(joined + at, piece, n);
+    at += n;
+    pieces++;
+  }
+  canary_prom_end(p);
+  assert_true(pieces > 4);
+  assert_int_equal(at, len);
+  assert_memory_equal(joined, whole, len);
+  parse_expo(joined, at, &x); /* families contiguous, HELP/TYPE once */
+  assert_true(x.ns > 1000);
+  t_free(x.s);
+  t_free(whole);
+  t_free(joined);
+  t_free(piece);
+  test_seg_close(seg);
+}
+
+/* Reading routes is spread over steps too: 80 rows take at least two
+ * steps before the first byte is written. */
+static void prom_steps_do_bounded_work(void **state) {
+  struct test_fx *fx = *state;
+  canary_seg_t *seg = forty_routes(fx);
+  char *piece = t_alloc(CANARY_PROM_CHUNK_MIN);
+  canary_prom_t *p = NULL;
+  size_t n = 0;
+  int silent = 0, rc;
+
+  assert_int_equal(canary_prom_begin(seg, &p), 0);
+  while ((rc = canary_prom_next(p, piece, CANARY_PROM_CHUNK_MIN, &n)) == 1 &&
+         n == 0)
+    silent++;
+  assert_int_equal(rc, 1);
+  assert_true(silent >= 1); /* 80 rows: 64, then 16 with the first bytes */
+  canary_prom_end(p);
+
+  /* Misuse: a buffer below the minimum, NULLs. */
+  assert_int_equal(canary_prom_begin(seg, &p), 0);
+  assert_int_equal(canary_prom_next(p, piece, CANARY_PROM_CHUNK_MIN - 1, &n),
+                   CANARY_EINVAL);
+  assert_int_equal(canary_prom_next(p, NULL, CANARY_PROM_CHUNK_MIN, &n),
+                   CANARY_EINVAL);
+  assert_int_equal(canary_prom_next(NULL, piece, CANARY_PROM_CHUNK_MIN, &n),
+                   CANARY_EINVAL);
+  canary_prom_end(p);
+  canary_prom_end(NULL);
+  assert_int_equal(canary_prom_begin(NULL, &p), CANARY_EINVAL);
+  assert_int_equal(canary_prom_begin(seg, NULL), CANARY_EINVAL);
+  t_free(piece);
+  test_seg_close(seg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(prom_too_small_buffer_reports_the_length,
@@ -733,6 +838,10 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(prom_histogram_buckets, setup, teardown),
       cmocka_unit_test_setup_teardown(prom_escapes_route_labels, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(prom_pieces_make_one_valid_exposition,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(prom_steps_do_bounded_work, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(prom_many_routes_and_upstreams, setup,
                                       teardown),

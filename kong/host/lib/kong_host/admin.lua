@@ -659,6 +659,11 @@ local function call_plugin_handler(ctx, r, fn, params)
   if ctx.delayed_response then
     return pdk.flush(ctx)
   end
+  -- A handler may write its response itself (ngx.print), as Kong's
+  -- prometheus plugin does for /metrics; Kong then sends nothing more.
+  if ngx.headers_sent then
+    return
+  end
   kong.log.err(r.pattern, ": handler returned without kong.response.exit()")
   return pdk.send(500, { message = "An unexpected error occurred" })
 end

@@ -25,9 +25,13 @@ daemon on;
 pid logs/nginx.pid;
 error_log logs/error.log ${log_level};
 
-# canary-router's shared-memory segment (Kong: nginx_main_env).
+# canary-router's shared-memory segment and its sizing (Kong:
+# nginx_main_env).
 env CANARY_ROUTER_SEGMENT=${segment};
 env CANARY_ROUTER_LIB;
+env CANARY_ROUTER_MAX_ROUTES;
+env CANARY_ROUTER_MAX_UPSTREAM_SLOTS;
+env CANARY_ROUTER_RETIRE_GRACE_S;
 
 events {
     worker_connections 1024;
