@@ -33,8 +33,8 @@ local function metrics()
 end
 
 local function patch(config)
-  local status, body = host.admin("PATCH", "/plugins/" .. PLUGIN_ID, { config = config })
-  assert.equal(200, status, cjson.encode(body))
+  local status, body = host.set_plugin_config(PLUGIN_ID, config)
+  assert.is_true(status == 200 or status == 201, cjson.encode(body))
 end
 
 -- n requests; the count of each upstream that served (X-Canary-Upstream).
@@ -205,6 +205,7 @@ describe("canary-router over a gateway's life (local Kong host)", function()
         },
       })
       assert.equal(201, status, cjson.encode(body))
+      assert.is_true(host.wait_applied())
       for i = 1, 4 do
         -- both workers: every request is answered by a routed upstream
         local served = send(8, paths[i] .. "/x")

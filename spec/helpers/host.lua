@@ -375,6 +375,11 @@ local function wait_applied()
   return false
 end
 
+--- Waits until every worker runs the configuration last posted or
+--- patched (Kong's workers switch asynchronously).  Returns true, or
+--- false when they did not within the helper's time limit.
+_M.wait_applied = wait_applied
+
 
 --- Changes a plugin's config the way an operator does in the gateway's
 -- mode: with a database `PATCH /plugins/{id}`; DB-less (Kong refuses that
