@@ -28,7 +28,7 @@ DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	libck-dev libssl-dev libcmocka-dev valgrind \
 	luajit2 libluajit2-5.1-dev lua-busted lua-cjson lua-yaml lua-check lua-penlight lua-socket \
 	nginx-light libnginx-mod-http-lua lua-resty-core lua-resty-lrucache \
-	luarocks wrk prometheus curl procps iproute2
+	luarocks wrk prometheus curl procps iproute2 redis-server
 
 WARN    := -Wall -Wextra -Wstrict-prototypes -Wshadow -Wpointer-arith \
 	-Wcast-align -Wmissing-prototypes -Werror

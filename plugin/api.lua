@@ -5,6 +5,7 @@
 
 local status = require "kong.plugins.canary-router.status"
 local runtime = require "kong.plugins.canary-router.runtime"
+local cluster = require "kong.plugins.canary-router.cluster"
 local decisions = require "kong.plugins.canary-router.decisions"
 
 local ACTIONS = { promote = true, pause = true, resume = true, abort = true }
@@ -46,6 +47,15 @@ return {
         if full == true or full == "true" or full == "1" then
           action = "promote_full"
         end
+      end
+      if c.cluster then
+        -- Cluster scope: for every node, through Redis.
+        local ok, seq_or_err, code = cluster.action(c, seg, action)
+        if not ok then
+          return kong.response.exit(code, { message = seq_or_err })
+        end
+        decisions.report(c, seg, seq_or_err)
+        return kong.response.exit(200, status.instance(c))
       end
       local ok, seq_or_err, kind = seg:prog_action(c.route, action)
       if not ok then

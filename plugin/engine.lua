@@ -338,6 +338,18 @@ struct canary_hist_summary {
  int canary_prog_status(const canary_seg_t *seg, int route,
                                   double now_us,
                                   struct canary_prog_status *out);
+ int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
+                                  struct canary_prog_status *out);
+ int canary_prog_judge(const struct canary_prog_params *p,
+                                 const struct canary_hist_snapshot *canary,
+                                 const struct canary_hist_snapshot *stable,
+                                 const struct canary_prog_status *cur,
+                                 struct canary_prog_status *next);
+ int canary_prog_apply(canary_seg_t *seg, int route,
+                                 uint64_t config_hash,
+                                 const struct canary_prog_status *st,
+                                 int judged, double now_us, char *err,
+                                 size_t err_len);
  int canary_route_set_effective(canary_seg_t *seg, int route,
                                           const uint32_t *effective,
                                           uint32_t n, uint64_t *gen_out,
@@ -960,6 +972,86 @@ function Seg:decision(route, seq)
   return nil, "decision " .. tostring(seq) .. " is no longer in the log"
 end
 
+-- ---- cluster scope ---------------------------------------------------
+
+local STATE_NUM, GATE_NUM = {}, {}
+for k, v in pairs(_M.PROG_STATE) do STATE_NUM[v] = k end
+for k, v in pairs(_M.GATE) do GATE_NUM[v] = k end
+local prog_next_buf = ffi_new("struct canary_prog_status")
+
+-- A status table (prog_status_table's shape: state and last_result by
+-- name, 1-based step) into prog_status_buf; nil, err when it is not one.
+local function fill_status(st)
+  ffi_fill(prog_status_buf, ffi.sizeof(prog_status_buf))
+  local state, result = STATE_NUM[st.state], GATE_NUM[st.last_result or "inconclusive"]
+  local step = tonumber(st.step)
+  if not state or not result or not step or step < 1 or step % 1 ~= 0 then
+    return nil, "not a progression state: state " .. tostring(st.state) ..
+                ", step " .. tostring(st.step)
+  end
+  prog_status_buf.state = state
+  prog_status_buf.step = step - 1
+  prog_status_buf.failures = tonumber(st.failures) or 0
+  prog_status_buf.last_result = result
+  prog_status_buf.window_requests = tonumber(st.window_requests) or 0
+  prog_status_buf.error_rate = tonumber(st.error_rate) or 0
+  prog_status_buf.p95_us = tonumber(st.p95_us) or 0
+  prog_status_buf.p99_us = tonumber(st.p99_us) or 0
+  local reason = tostring(st.reason or "")
+  ffi_copy(prog_status_buf.reason, reason, math.min(#reason, 191))
+  return prog_status_buf
+end
+
+-- A zeroed histogram snapshot to fill (e.g. with the sum of every node's
+-- window); buckets are 0-based.
+function _M.new_snapshot()
+  return ffi_new("struct canary_hist_snapshot")
+end
+
+-- Judges a cluster window (snapshots of the canary's and stable's
+-- counts in it; stable may be nil) for a progression (engine units, see
+-- fill_prog) at status `cur`.  Returns the verdict name and the next
+-- status table, or nil and an error.
+function _M.prog_judge(prog, canary, stable, cur)
+  local ok, err = need_lib()
+  if not ok then return nil, err end
+  local pp
+  pp, err = fill_prog(prog)
+  if not pp then return nil, err end
+  local cs
+  cs, err = fill_status(cur)
+  if not cs then return nil, err end
+  local rc = C.canary_prog_judge(pp, canary, stable or C_NULL, cs, prog_next_buf)
+  if rc < 0 then return nil, strerror(rc) end
+  return _M.GATE[rc], prog_status_table(prog_next_buf)
+end
+
+-- Cluster scope's tick: the immediate rollback limit only.  Returns 0 or
+-- 2 (rolled back) and the status table, or nil and an error.
+function Seg:prog_breach(route)
+  local rc = C.canary_prog_breach(self.h, route, C.canary_clock_us(),
+                                  prog_status_buf)
+  if rc < 0 then return nil, strerror(rc) end
+  return rc, prog_status_table(prog_status_buf)
+end
+
+-- Applies a status table decided for the cluster under the configuration
+-- published with `config_hash`; `judged` counts its
+-- verdict.  Returns 1 (nothing to publish) or 2 (weights or state
+-- changed), or nil, the reason and "state" when refused for the state
+-- (rolled back here).
+function Seg:prog_apply(route, config_hash, st, judged)
+  local cs, err = fill_status(st)
+  if not cs then return nil, err, "error" end
+  local rc = C.canary_prog_apply(self.h, route, config_hash, cs, judged and 1 or 0,
+                                 C.canary_clock_us(), msg_buf, 512)
+  if rc < 0 then
+    return nil, ffi_string(msg_buf), rc == _M.E.STATE and "state" or "error"
+  end
+  return rc
+end
+
+-- Validates a table without publishing; returns true or nil, reason.
 -- The engine's rules for a weights table (names, weights on 0..10000):
 -- true, or nil and the engine's message.  The plugin schema validates
 -- with this, so a config is judged the same from kong.yml, the Admin API
@@ -1121,6 +1213,14 @@ function Seg:summary(route, upstream)
   if rc < 0 then return nil, strerror(rc) end
   C.canary_hist_summarize(snap_now, C_NULL, summary_buf)
   return summary_table(summary_buf)
+end
+
+-- Copies one upstream's (1-based) cumulative statistics into `out`, a
+-- snapshot from new_snapshot().  Returns out, or nil and an error.
+function Seg:snapshot(route, upstream, out)
+  local rc = C.canary_hist_snapshot(self.h, route, upstream - 1, out)
+  if rc < 0 then return nil, strerror(rc) end
+  return out
 end
 
 -- Prometheus text for every route, in one string.  Grows its buffer

@@ -8,6 +8,7 @@
 
 local engine = require "kong.plugins.canary-router.engine"
 local cidr = require "kong.plugins.canary-router.cidr"
+local cluster = require "kong.plugins.canary-router.cluster"
 local decisions = require "kong.plugins.canary-router.decisions"
 local notify = require "kong.plugins.canary-router.notify"
 
@@ -323,6 +324,7 @@ local function compile(conf)
   -- Everything the operator configured: equal configs compile alike.
   c.full_hash = hash(concat(canonical(conf, {})))
   c.prog = _M.progression(prog, c.index_of)
+  c.cluster = c.prog and _M.cluster_redis(prog)
   c.notify = prog and notify.compile(opt(prog.notify))
 
   return c
@@ -394,6 +396,25 @@ function _M.progression(p, index_of)
   }
 end
 
+-- The Redis settings of a cluster-scoped progression (nil for node
+-- scope), with ngx.null turned into nil.
+function _M.cluster_redis(p)
+  if opt(p.scope) ~= "cluster" then return nil end
+  local r = opt(p.redis)
+  if type(r) ~= "table" or type(opt(r.host)) ~= "string" then return nil end
+  return {
+    host = r.host,
+    port = opt(r.port) or 6379,
+    timeout = opt(r.timeout) or 2000,
+    username = opt(r.username),
+    password = opt(r.password),
+    database = opt(r.database) or 0,
+    ssl = opt(r.ssl) == true,
+    ssl_verify = opt(r.ssl_verify) == true,
+    server_name = opt(r.server_name),
+  }
+end
+
 -- How often tick() retries an unavailable segment, and how often Kong
 -- 3.4 (no configure phase) reads the plugins from the database, which
 -- catches changes made on other nodes (DB mode) whose events this node
@@ -433,7 +454,13 @@ function _M.tick()
     _M.sync()
   end
   for _, c in pairs(by_key) do
-    if c.prog and c.route then
+    if c.cluster and c.route then
+      local ok, err = cluster.tick(c, seg)
+      if not ok and err then
+        log_once("err", "canary-router cluster progression tick failed for " ..
+                        c.key .. ": " .. tostring(err))
+      end
+    elseif c.prog and c.route then
       local rc, st = seg:prog_tick(c.route)
       if rc and st.decided > 0 then
         decisions.report(c, seg, st.decided)

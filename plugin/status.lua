@@ -3,6 +3,7 @@
 -- `canarystat --json`.
 
 local runtime = require "kong.plugins.canary-router.runtime"
+local cluster = require "kong.plugins.canary-router.cluster"
 local cjson = require "cjson.safe"
 
 local pairs = pairs
@@ -36,6 +37,10 @@ function _M.instance(c)
   out.route = v.label ~= "" and v.label or v.key
   if c.prog then
     out.progression = seg:prog_status(c.route)
+    if out.progression then
+      out.progression.scope = c.cluster and "cluster" or "node"
+      out.progression.cluster = cluster.status(c)
+    end
     -- The last 50 decisions, newest first, the same for every worker;
     -- an empty log is an empty JSON array where cjson can say so
     -- (OpenResty's, in Kong).

@@ -9,6 +9,7 @@
 -- Kong's prometheus plugin does.
 
 local runtime = require "kong.plugins.canary-router.runtime"
+local cluster = require "kong.plugins.canary-router.cluster"
 
 local CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -36,7 +37,11 @@ return {
       ngx.status = 200
       ngx.header["Content-Type"] = CONTENT_TYPE
       ngx.print(ENGINE_UP, "1\n")
+      local instances = runtime.instances()
       while true do
+        -- Cluster-scoped instances add their degraded series to the
+        -- piece that holds their route's other states.
+        piece = cluster.metrics(piece, instances, seg)
         if piece ~= "" then ngx.print(piece) end
         if not more then break end
         -- Let the worker serve its other requests before the next piece.

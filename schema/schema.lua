@@ -161,6 +161,13 @@ local function validate_config(config)
     return true
   end
 
+  if progression.scope == "cluster" then
+    local redis = progression.redis
+    if type(redis) ~= "table" or type(redis.host) ~= "string" then
+      return nil, "progression.redis.host: required when progression.scope is 'cluster'"
+    end
+  end
+
   if progression.analysis == "statistical" then
     for _, ratio in ipairs({ "max_p95_ratio", "max_p99_ratio" }) do
       if type(progression[ratio]) == "number" then
@@ -407,8 +414,9 @@ return {
             progression = {
               description = "Automatic progression of the canary through weight " ..
                             "steps, gated by its error rate and latency, with " ..
-                            "automatic rollback. Judged by each node on its own " ..
-                            "traffic. Unset: the configured weights apply as they are.",
+                            "automatic rollback, judged by each node on its own " ..
+                            "traffic or by the cluster through Redis (scope). " ..
+                            "Unset: the configured weights apply as they are.",
               type = "record",
               required = false,
               fields = {
@@ -513,6 +521,88 @@ return {
                     type = "number",
                     required = false,
                     between = { 0, 100 },
+                  },
+                },
+                {
+                  scope = {
+                    description = "Who judges the progression: 'node' (each Kong " ..
+                                  "node on its own traffic, with its own steps) or " ..
+                                  "'cluster' (the nodes add their windows up in " ..
+                                  "Redis, one of them judges each window from the " ..
+                                  "sum, every node applies the decision, and an " ..
+                                  "Admin action on any node acts on all).",
+                    type = "string",
+                    required = true,
+                    default = "node",
+                    one_of = { "node", "cluster" },
+                  },
+                },
+                {
+                  redis = {
+                    description = "Redis server shared by the cluster's nodes, " ..
+                                  "as in Kong's rate-limiting plugin; required " ..
+                                  "when scope is 'cluster'.",
+                    type = "record",
+                    required = false,
+                    fields = {
+                      { host = typedefs.host {
+                          description = "Host name or address of the Redis server.",
+                          required = false,
+                      } },
+                      { port = typedefs.port {
+                          description = "Port of the Redis server.",
+                          required = true,
+                          default = 6379,
+                      } },
+                      { timeout = typedefs.timeout {
+                          description = "Connect, send and read timeout of each " ..
+                                        "Redis operation, in milliseconds.",
+                          required = true,
+                          default = 2000,
+                      } },
+                      { username = {
+                          description = "Username for Redis ACL authentication " ..
+                                        "(Redis 6+). Unset: AUTH with the password " ..
+                                        "alone, when there is one.",
+                          type = "string",
+                          required = false,
+                          referenceable = true,
+                      } },
+                      { password = {
+                          description = "Password for Redis AUTH. Unset: no AUTH. " ..
+                                        "Never logged, nor shown by the status API " ..
+                                        "or the metrics.",
+                          type = "string",
+                          required = false,
+                          encrypted = true,
+                          referenceable = true,
+                          len_min = 0,
+                      } },
+                      { database = {
+                          description = "Redis database number (SELECT).",
+                          type = "integer",
+                          required = true,
+                          default = 0,
+                      } },
+                      { ssl = {
+                          description = "Connect to Redis over TLS.",
+                          type = "boolean",
+                          required = true,
+                          default = false,
+                      } },
+                      { ssl_verify = {
+                          description = "Verify the Redis server's TLS certificate " ..
+                                        "(lua_ssl_trusted_certificate holds the CA).",
+                          type = "boolean",
+                          required = true,
+                          default = false,
+                      } },
+                      { server_name = typedefs.sni {
+                          description = "Server name for TLS SNI and certificate " ..
+                                        "verification. Unset: host.",
+                          required = false,
+                      } },
+                    },
                   },
                 },
                 {

@@ -118,6 +118,7 @@ local PROGRESSION_DEFAULTS = {
   min_requests = 100,
   failure_limit = 3,
   on_success = "promote",
+  scope = "node",
   analysis = "threshold",
   confidence = 0.98,
   allowed_increase = 0.25,
@@ -392,6 +393,36 @@ describe("canary-router schema", function()
                 } })
       end)
 
+      it("with a scope other than node or cluster", function()
+        rejects(config { progression = { canary = "b", scope = "region" } },
+                { progression = { scope = "expected one of: node, cluster" } })
+      end)
+
+      it("cluster scope without a Redis host", function()
+        rejects(config { progression = { canary = "b", scope = "cluster" } },
+                "progression.redis.host: required when progression.scope is 'cluster'")
+        rejects(config { progression = { canary = "b", scope = "cluster",
+                                         redis = { port = 6380 } } },
+                "progression.redis.host: required when progression.scope is 'cluster'")
+      end)
+
+      it("a Redis record Kong's rate-limiting would refuse", function()
+        rejects(config { progression = { canary = "b", scope = "cluster", redis = {
+                  host = "redis.local:6379", port = 70000, timeout = -1,
+                  database = 1.5, ssl = "yes", server_name = "10.0.0.1",
+                } } },
+                { progression = { redis = {
+                    host = "must not have a port",
+                    port = "value should be between 0 and 65535",
+                    timeout = "value should be between 0 and 2147483646",
+                    database = "expected an integer",
+                    ssl = "expected a boolean",
+                    server_name = "must not be an IP",
+                } } })
+        rejects(config { progression = { canary = "b", redis = { host = "bad host" } } },
+                { progression = { redis = { host = "invalid value: bad host" } } })
+      end)
+
       it("only once the rest of the config is valid", function()
         -- The config-wide rule runs after every field validated, as in Kong.
         rejects(config { progression = { canary = "c" }, sticky = { by = "x" } },
@@ -537,6 +568,20 @@ describe("canary-router schema", function()
       assert.same(PROGRESSION_DEFAULTS, got.progression)
     end)
 
+    it("a cluster-scoped progression and fills in Redis defaults", function()
+      local got = accepts(config { progression = { canary = "b", scope = "cluster",
+                                                   redis = { host = "127.0.0.1" } } })
+      assert.equal("cluster", got.progression.scope)
+      assert.same({ host = "127.0.0.1", port = 6379, timeout = 2000, database = 0,
+                    ssl = false, ssl_verify = false }, got.progression.redis)
+      got = accepts(config { progression = { canary = "b", scope = "cluster", redis = {
+        host = "redis.internal", port = 6380, timeout = 500, username = "kong",
+        password = "", database = 3, ssl = true, ssl_verify = true,
+        server_name = "redis.example.com" } } })
+      assert.equal("", got.progression.redis.password)
+      assert.equal("redis.example.com", got.progression.redis.server_name)
+    end)
+
     it("a fully specified config as given", function()
       local full = {
         upstreams = { { name = "svc.v1", weight = 75.5 },
@@ -557,7 +602,11 @@ describe("canary-router schema", function()
                         analysis = "threshold", confidence = 0.99, allowed_increase = 0.1,
                         dry_run = true,
                         notify = { url = "http://127.0.0.1:9010/hook", timeout = 1000,
-                                   headers = { "X-Token: abc" } } },
+                                   headers = { "X-Token: abc" } },
+                        scope = "cluster",
+                        redis = { host = "::1", port = 6390, timeout = 250, username = "u",
+                                  password = "p", database = 2, ssl = true,
+                                  ssl_verify = true, server_name = "redis.example" } },
       }
       assert.same(full, accepts(deep_copy(full)))
     end)
@@ -779,6 +828,11 @@ describe("canary-router schema", function()
         ["progression.max_p95_ms"] = "optional",
         ["progression.max_p99_ms"] = "optional",
         ["progression.rollback_error_rate"] = "optional",
+        ["progression.redis"] = "optional",
+        ["progression.redis.host"] = "optional",
+        ["progression.redis.username"] = "optional",
+        ["progression.redis.password"] = "optional",
+        ["progression.redis.server_name"] = "optional",
         ["progression.max_p95_ratio"] = "optional",
         ["progression.max_p99_ratio"] = "optional",
         ["progression.rollback_p99_ratio"] = "optional",
@@ -799,7 +853,7 @@ describe("canary-router schema", function()
           assert.is_true(f.field.required, f.path .. " has a default but is optional")
         end
       end
-      assert.equal(18, seen)
+      assert.equal(23, seen)
     end)
 
     it("the records' defaults agree with their fields' defaults", function()
@@ -827,6 +881,25 @@ describe("canary-router schema", function()
       end
       assert.equal(typedefs.ip_or_cidr.custom_validator,
                    by_path["override.allow_from"].elements.custom_validator)
+    end)
+
+    it("gives progression.redis the shape of rate-limiting's redis record", function()
+      local by_path = {}
+      for _, f in ipairs(config_fields()) do
+        by_path[f.path] = f.field
+      end
+      local names = {}
+      for _, item in ipairs(by_path["progression.redis"].fields) do
+        names[#names + 1] = next(item)
+      end
+      assert.same({ "host", "port", "timeout", "username", "password", "database",
+                    "ssl", "ssl_verify", "server_name" }, names)
+      assert.equal(typedefs.host.custom_validator,
+                   by_path["progression.redis.host"].custom_validator)
+      assert.equal(typedefs.sni.custom_validator,
+                   by_path["progression.redis.server_name"].custom_validator)
+      assert.is_true(by_path["progression.redis.password"].encrypted)
+      assert.is_true(by_path["progression.redis.password"].referenceable)
     end)
   end)
 end)
@@ -858,6 +931,21 @@ describe("local host's stand-ins for Kong", function()
                              "256.0.0.1", "host.example", "::1/129", "1.2.3.4 " }) do
         assert.same({ nil, "invalid ip or cidr range: '" .. bad .. "'" }, { v(bad) }, bad)
       end
+    end)
+
+    it("validate hosts and server names like Kong's validate_host / validate_sni",
+       function()
+      local host, sni = typedefs.host.custom_validator, typedefs.sni.custom_validator
+      for _, ok in ipairs({ "redis", "redis.example.com", "10.0.0.1", "::1",
+                            "[2001:db8::1]", "my_redis-1.local" }) do
+        assert.is_true(host(ok), ok)
+      end
+      assert.same({ nil, "must not have a port" }, { host("redis:6379") })
+      assert.same({ nil, "must not have a port" }, { host("redis:99999") })
+      assert.same({ nil, "invalid value: a b" }, { host("a b") })
+      assert.is_true(sni("redis.example.com"))
+      assert.same({ nil, "must not be an IP" }, { sni("10.0.0.1") })
+      assert.same({ nil, "must not have a port" }, { sni("redis.example.com:443") })
     end)
 
     it("are callable with overrides, like Schema.define", function()

@@ -556,6 +556,48 @@ CANARY_API int canary_prog_status(const canary_seg_t *seg, int route,
                                   double now_us,
                                   struct canary_prog_status *out);
 
+/* Cluster scope (progression.scope = cluster): the window judging of
+ * canary_prog_tick() is done once for the whole cluster by
+ * canary_prog_judge(), and every node applies the outcome with
+ * canary_prog_apply().  canary_prog_breach() is canary_prog_tick() without
+ * the window judging: it checks only the immediate rollback limit on this
+ * node's traffic since the last state applied.  Safe across processes;
+ * returns 0, 2 (rolled back) or a negative error, and fills `out` (may be
+ * NULL). */
+CANARY_API int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
+                                  struct canary_prog_status *out);
+
+/* Judges one window given as snapshots of the canary's and stable's
+ * counts in that window (e.g. the sums of every node's; stable may be
+ * NULL: no baseline), for a progression in state `cur` (state RUNNING,
+ * step, failures, evaluations), with canary_judge() and the same step,
+ * promotion and rollback rules (and dry run) as canary_prog_tick().
+ * Writes the resulting state to `next` (state, step, step_weight,
+ * failures, last_result, evaluations, window figures, reason).  Returns
+ * the canary_gate_result, CANARY_EINVAL or CANARY_ESTATE (not running).
+ * Pure. */
+CANARY_API int canary_prog_judge(const struct canary_prog_params *p,
+                                 const struct canary_hist_snapshot *canary,
+                                 const struct canary_hist_snapshot *stable,
+                                 const struct canary_prog_status *cur,
+                                 struct canary_prog_status *next);
+
+/* Sets the route's progression to `st` (state, step, failures,
+ * last_result, window figures, reason), decided for the configuration
+ * published with `config_hash` (another one gives CANARY_ESTATE), without
+ * judging, publishing the
+ * step's effective weights (0 for the canary when rolled back) when state
+ * or step change, and opens a fresh local window.  With `judged` non-zero
+ * the verdict is counted in the evaluations.  A route rolled back here
+ * stays rolled back: another state gives CANARY_ESTATE.  Takes the writer
+ * word once; safe across processes.  Returns 1 (nothing to publish), 2
+ * (weights or state changed) or a negative error with `err` saying why. */
+CANARY_API int canary_prog_apply(canary_seg_t *seg, int route,
+                                 uint64_t config_hash,
+                                 const struct canary_prog_status *st,
+                                 int judged, double now_us, char *err,
+                                 size_t err_len);
+
 /* Publishes new effective weights (same names and configured weights) for
  * the route, e.g. for a progression step or a rollback.  Same validation
  * and writer rules as canary_route_publish(). */

@@ -512,6 +512,61 @@ static int immediate_limits(const struct canary_prog_params *p) {
   return p->judge.rollback_error_rate >= 0 || p->judge.rollback_p99_ratio >= 0;
 }
 
+/* The immediate-rollback limits, checked on every tick against the
+ * window so far (in cluster scope too, where the windows are judged
+ * elsewhere).  Returns 2 (rolled back), 1 (a dry run's breach recorded)
+ * or 0; *decided names the decision recorded.  `p` was loaded from a
+ * RUNNING progression whose window opened at `ws`. */
+static int immediate_check(const canary_seg_t *seg, uint32_t route,
+                           struct route_hdr *r, struct prog_area *pa,
+                           const struct canary_prog_params *p, uint64_t ws,
+                           uint64_t now, uint64_t *decided) {
+  int rc = 0;
+
+  /* In a dry run, an immediate breach is recorded once per window. */
+  if (immediate_limits(p) &&
+      !(p->dry_run && ck_pr_load_64(&pa->immediate_ws) == ws)) {
+    static _Thread_local struct canary_decision d;
+    memset(&d, 0, sizeof d);
+    if (window(seg, route, pa, p->canary) == 0 &&
+        judge_snaps(seg, r, p, CANARY_JUDGE_IMMEDIATE, &d.judge) == 0 &&
+        d.judge.rollback &&
+        canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) == 0) {
+      struct canary_prog_params now_p;
+      /* Under the writer word: the progression may have been restarted
+       * (other parameters, another canary) since we looked. */
+      load_params(pa, &now_p);
+      if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
+          memcmp(&now_p, p, sizeof *p) == 0 &&
+          !(p->dry_run && ck_pr_load_64(&pa->immediate_ws) == ws)) {
+        d.origin = CANARY_ORIGIN_IMMEDIATE;
+        d.action = CANARY_DO_ROLLBACK;
+        d.dry_run = p->dry_run;
+        d.window_ms = now > ws ? (double)(now - ws) / 1e3 : 0;
+        d.step = ck_pr_load_32(&pa->step);
+        d.step_weight = canary_weight(seg, r, p->canary);
+        d.weight = 0;
+        store_figures(pa, p->dry_run, &d.judge);
+        if (p->dry_run) {
+          ck_pr_store_64(&pa->immediate_ws, ws);
+          set_reason(pa, "dry run: would roll back at once: %s",
+                     d.judge.reason);
+          rc = 1;
+        } else {
+          rollback(seg, r, pa, p->canary);
+          set_reason(pa, "rolled back at once: %s", d.judge.reason);
+          rc = 2;
+        }
+        d.state = ck_pr_load_32(&pa->state);
+        d.failures = ck_pr_load_32(&pa->failures);
+        *decided = record(pa, &d);
+      }
+      canary__owner_release(&r->writer);
+    }
+  }
+  return rc;
+}
+
 int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
                      struct canary_prog_status *out) {
   struct canary_prog_params p;
@@ -542,49 +597,9 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
     goto done;
   }
 
-  /* In a dry run, an immediate breach is recorded once per window. */
-  if (immediate_limits(&p) &&
-      !(p.dry_run && ck_pr_load_64(&pa->immediate_ws) == ws)) {
-    static _Thread_local struct canary_decision d;
-    memset(&d, 0, sizeof d);
-    if (window(seg, (uint32_t)route, pa, p.canary) == 0 &&
-        judge_snaps(seg, r, &p, CANARY_JUDGE_IMMEDIATE, &d.judge) == 0 &&
-        d.judge.rollback &&
-        canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) == 0) {
-      struct canary_prog_params now_p;
-      /* Under the writer word: the progression may have been restarted
-       * (other parameters, another canary) since we looked. */
-      load_params(pa, &now_p);
-      if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
-          memcmp(&now_p, &p, sizeof p) == 0 &&
-          !(p.dry_run && ck_pr_load_64(&pa->immediate_ws) == ws)) {
-        d.origin = CANARY_ORIGIN_IMMEDIATE;
-        d.action = CANARY_DO_ROLLBACK;
-        d.dry_run = p.dry_run;
-        d.window_ms = now > ws ? (double)(now - ws) / 1e3 : 0;
-        d.step = ck_pr_load_32(&pa->step);
-        d.step_weight = canary_weight(seg, r, p.canary);
-        d.weight = 0;
-        store_figures(pa, p.dry_run, &d.judge);
-        if (p.dry_run) {
-          ck_pr_store_64(&pa->immediate_ws, ws);
-          set_reason(pa, "dry run: would roll back at once: %s",
-                     d.judge.reason);
-          rc = 1;
-        } else {
-          rollback(seg, r, pa, p.canary);
-          set_reason(pa, "rolled back at once: %s", d.judge.reason);
-          rc = 2;
-        }
-        d.state = ck_pr_load_32(&pa->state);
-        d.failures = ck_pr_load_32(&pa->failures);
-        decided = record(pa, &d);
-      }
-      canary__owner_release(&r->writer);
-      if (rc != 0)
-        goto done;
-    }
-  }
+  rc = immediate_check(seg, (uint32_t)route, r, pa, &p, ws, now, &decided);
+  if (rc != 0)
+    goto done;
 
   if (now < ws + (uint64_t)p.interval_ms * 1000u)
     goto done;
@@ -736,5 +751,236 @@ out:
     canary_prog_status(seg, route, now_us, out);
     out->decided = decided;
   }
+  return rc;
+}
+/* ---- cluster scope ------------------------------------------------------
+ *
+ * With progression.scope = cluster the nodes of a Kong cluster share one
+ * progression through Redis (plugin/cluster.lua): each node adds its
+ * windows up there, one node judges each window from the sum with
+ * canary_prog_judge(), and every node applies the resulting state with
+ * canary_prog_apply().  The segment's own window judging stands aside
+ * (the plugin calls canary_prog_breach() instead of canary_prog_tick()),
+ * but the immediate rollback limit is still checked here, on every node,
+ * against this node's own traffic.
+ */
+
+int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
+                       struct canary_prog_status *out) {
+  struct canary_prog_params p;
+  struct route_hdr *r = route_of(seg, route);
+  struct prog_area *pa;
+  uint64_t ws, decided = 0;
+  int rc = 0;
+
+  if (r == NULL)
+    return CANARY_EINVAL;
+  if (seg->readonly)
+    return CANARY_EREADONLY;
+  pa = canary__prog(seg, (uint32_t)route);
+  if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING) {
+    /* State before the parameters it makes valid. */
+    ck_pr_fence_load();
+    load_params(pa, &p);
+    if (canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
+        p.canary >= seg->max_upstreams)
+      return CANARY_ECORRUPT;
+    ws = ck_pr_load_64(&pa->window_start_us);
+    rc = immediate_check(seg, (uint32_t)route, r, pa, &p, ws,
+                         (uint64_t)now_us, &decided);
+  }
+  if (out != NULL) {
+    canary_prog_status(seg, route, now_us, out);
+    out->decided = decided;
+  }
+  return rc;
+}
+
+/* The reason text of a cluster-judged state (truncated like the
+ * segment's own reasons). */
+static void reason_into(char *buf, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void reason_into(char *buf, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, CANARY_REASON_MAX, fmt, ap);
+  va_end(ap);
+}
+
+int canary_prog_judge(const struct canary_prog_params *p,
+                      const struct canary_hist_snapshot *canary,
+                      const struct canary_hist_snapshot *stable,
+                      const struct canary_prog_status *cur,
+                      struct canary_prog_status *next) {
+  static _Thread_local struct canary_judge_result j;
+  const char *dry = "", *why = j.reason;
+  uint32_t step, flags = 0;
+
+  if (p == NULL || canary == NULL || cur == NULL || next == NULL ||
+      canary_prog_check(p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0)
+    return CANARY_EINVAL;
+  if (cur->state != CANARY_PROG_RUNNING || cur->step >= p->nsteps)
+    return CANARY_ESTATE;
+  step = cur->step;
+  /* Stable serves nothing with the canary at 100 %: no baseline. */
+  if (stable == NULL || p->steps[step] == CANARY_WEIGHT_SCALE)
+    flags |= CANARY_JUDGE_NO_BASELINE;
+  if (canary_judge(&p->judge, flags, canary, NULL, stable, NULL, &j) != 0)
+    return CANARY_EINVAL;
+  if (p->dry_run)
+    dry = "dry run: would ";
+  *next = *cur;
+  next->last_result = j.verdict;
+  if (p->dry_run)
+    next->dry_evaluations[j.verdict]++;
+  else
+    next->evaluations[j.verdict]++;
+  next->window_requests = j.canary_requests;
+  next->error_rate = j.canary_error_rate;
+  next->p95_us = j.canary_p95_us;
+  next->p99_us = j.canary_p99_us;
+  if (j.verdict == CANARY_GATE_PASS) {
+    next->failures = 0;
+    if (step + 1 < p->nsteps) {
+      reason_into(next->reason,
+               "%sstep %u -> %.2f %%: %s (cluster window)", dry, step + 2,
+               p->steps[step + 1] / 100.0, why);
+      if (!p->dry_run)
+        next->step = step + 1;
+    } else if (p->on_success == CANARY_PROG_PROMOTE) {
+      reason_into(next->reason, "%s%s at %.2f %%: %s", dry,
+               p->dry_run ? "promote" : "promoted", p->steps[step] / 100.0,
+               why);
+      if (!p->dry_run)
+        next->state = CANARY_PROG_PROMOTED;
+    } else {
+      reason_into(next->reason,
+               "%sall steps passed; %s at %.2f %% until promoted", dry,
+               p->dry_run ? "hold" : "holding", p->steps[step] / 100.0);
+      if (!p->dry_run)
+        next->state = CANARY_PROG_PAUSED;
+    }
+  } else if (j.verdict == CANARY_GATE_FAIL) {
+    next->failures = cur->failures + 1;
+    if (j.rollback || next->failures >= p->failure_limit) {
+      if (j.rollback)
+        reason_into(next->reason, "%s%s at once: %s", dry,
+                 p->dry_run ? "roll back" : "rolled back", why);
+      else
+        reason_into(next->reason,
+                 "%s%s after %u failed windows: %s", dry,
+                 p->dry_run ? "roll back" : "rolled back", next->failures,
+                 why);
+      if (!p->dry_run)
+        next->state = CANARY_PROG_ROLLED_BACK;
+    } else {
+      reason_into(next->reason,
+               "%swindow failed (%u of %u): %s", p->dry_run ? "dry run: " : "",
+               next->failures, p->failure_limit, why);
+    }
+  } else {
+    reason_into(next->reason, "%s%s",
+             p->dry_run ? "dry run: " : "", why);
+  }
+  next->step_weight = next->state == CANARY_PROG_ROLLED_BACK
+                          ? 0
+                          : p->steps[next->step];
+  return (int)j.verdict;
+}
+
+int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
+                      const struct canary_prog_status *st, int judged,
+                      double now_us, char *err, size_t err_len) {
+  struct canary_prog_params p;
+  struct table_data d;
+  struct route_hdr *r = route_of(seg, route);
+  struct prog_area *pa;
+  char reason[CANARY_REASON_MAX];
+  uint32_t state, step;
+  int changed, rc;
+
+  if (r == NULL)
+    return canary__fail(err, err_len, CANARY_EINVAL, "no such route");
+  if (st == NULL || st->state < CANARY_PROG_RUNNING ||
+      st->state > CANARY_PROG_ROLLED_BACK || st->step >= CANARY_MAX_STEPS ||
+      st->last_result >= CANARY_GATE_RESULTS)
+    return canary__fail(err, err_len, CANARY_EINVAL,
+                        "not a progression state to apply");
+  if (seg->readonly)
+    return canary__fail(err, err_len, CANARY_EREADONLY,
+                        "segment attached read-only");
+  pa = canary__prog(seg, (uint32_t)route);
+  if (canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) != 0)
+    return canary__fail(err, err_len, CANARY_EBUSY,
+                        "another process is changing this route");
+  state = ck_pr_load_32(&pa->state);
+  step = ck_pr_load_32(&pa->step);
+  load_params(pa, &p);
+  if (state == CANARY_PROG_NONE) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "no progression configured on this route");
+    goto out;
+  }
+  /* Under the writer word, so no publish can slip in between: a state
+   * decided for one configuration never lands on another. */
+  if (canary__read_table(seg, r, &d, NULL, 1) != 0 ||
+      d.config_hash != config_hash) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "the route now has another configuration");
+    goto out;
+  }
+  if (state > CANARY_PROG_ROLLED_BACK ||
+      canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
+      p.canary >= seg->max_upstreams || step >= p.nsteps) {
+    rc = canary__fail(err, err_len, CANARY_ECORRUPT,
+                      "progression state of this route is corrupt");
+    goto out;
+  }
+  if (st->step >= p.nsteps) {
+    rc = canary__fail(err, err_len, CANARY_EINVAL,
+                      "step %u of a %u-step progression", st->step + 1,
+                      p.nsteps);
+    goto out;
+  }
+  /* A rollback is final for a configuration, on this node too: a state
+   * from before it (a stale cluster state) must not bring the canary
+   * back. */
+  if (state == CANARY_PROG_ROLLED_BACK &&
+      st->state != CANARY_PROG_ROLLED_BACK) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "rolled back on this node");
+    goto out;
+  }
+  changed = state != st->state || step != st->step;
+  memcpy(reason, st->reason, sizeof reason);
+  reason[sizeof reason - 1] = '\0';
+  ck_pr_store_32(&pa->step, st->step);
+  ck_pr_store_32(&pa->failures, st->failures);
+  ck_pr_store_32(&pa->last_result, st->last_result);
+  ck_pr_store_64(&pa->window_requests, st->window_requests);
+  ck_pr_store_64(&pa->error_rate_bits, dbits(st->error_rate));
+  ck_pr_store_64(&pa->p95_bits, dbits(st->p95_us));
+  ck_pr_store_64(&pa->p99_bits, dbits(st->p99_us));
+  if (judged)
+    ck_pr_inc_64(&pa->evaluations[st->last_result]);
+  set_reason(pa, "%s", reason);
+  if (changed) {
+    if (st->state == CANARY_PROG_ROLLED_BACK) {
+      rollback(seg, r, pa, p.canary);
+    } else {
+      publish_step(seg, r, p.canary, p.steps[st->step]);
+      /* Weights before the state, as in rollback(): whoever reads the
+       * new state finds the new weights published. */
+      ck_pr_fence_store();
+      ck_pr_store_32(&pa->state, st->state);
+    }
+  }
+  /* The node's own window (for the immediate limit) restarts with every
+   * state applied, as it does after each judged window in node scope. */
+  rebase(seg, (uint32_t)route, pa, p.canary, now_us);
+  rc = changed ? 2 : 1;
+out:
+  canary__owner_release(&r->writer);
   return rc;
 }

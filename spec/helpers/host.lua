@@ -21,6 +21,8 @@
 --   host.worker_pids()   host.reload()   host.error_log()   host.stop()
 --   host.restart { segment = "/other.seg" }  -- the gateway only
 --   host.run("shell command")                -- ok, output
+--   local node2 = host.new()                 -- another, independent host
+--                                            -- (its own prefix and ports)
 --
 -- Real processes, real HTTP on 127.0.0.1: the demo upstreams
 -- (kong/host/demo_upstream) and the gateway (kong/host/ctl.sh) run in the
@@ -82,6 +84,14 @@ end
 
 function _M.root()
   return ROOT
+end
+
+
+--- A second, independent instance of this helper (its own `state`), for
+-- specs that run several gateway nodes side by side; start each with its
+-- own prefix, ports and upstream ports.
+function _M.new()
+  return dofile(ROOT .. "/spec/helpers/host.lua")
 end
 
 

@@ -41,6 +41,8 @@ http {
     lua_package_path  "${lua_path}";
     lua_package_cpath "${lua_cpath}";
     lua_shared_dict kong_host 16m;
+    # Kong's own general-purpose dict (nginx_kong.lua), which plugins use.
+    lua_shared_dict kong 5m;
     lua_socket_log_errors off;
 
     client_body_temp_path tmp/client_body;

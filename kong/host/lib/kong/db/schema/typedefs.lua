@@ -19,6 +19,9 @@
 --   reached here through the LuaJIT FFI, so the answers are libc's, as in
 --   Kong.
 --
+-- * host, port, timeout, sni: Kong's definitions, with validate_host and
+--   validate_sni over a reduced kong.tools.ip.normalize_ip (same messages).
+--
 -- Any other typedef raises Kong's "definition ... does not exist" error.
 
 local ffi = require "ffi"
@@ -32,6 +35,7 @@ local find = string.find
 local sub = string.sub
 local match = string.match
 local tostring = tostring
+local tonumber = tonumber
 
 local ngx = rawget(_G, "ngx")
 local null = ngx and ngx.null or cjson.null
@@ -199,6 +203,99 @@ typedefs.protocols_http = define {
   default = HTTP_PROTOCOLS,
   elements = { type = "string", one_of = HTTP_PROTOCOLS },
   description = "Request protocols of the HTTP subsystem the plugin runs on.",
+}
+
+
+-- kong.tools.ip.normalize_ip, reduced to what validate_host and
+-- validate_sni look at: the address type ("ipv4", "ipv6" or "name") and
+-- the port, or Kong's error strings ("invalid port number" for a port
+-- outside 0..65535 or not a number).
+local function normalize_ip(host)
+  if type(host) ~= "string" or host == "" then
+    return nil, "invalid value"
+  end
+  local addr, port = match(host, "^%[(.+)%]:?(.*)$")
+  if addr then
+    if not parse_ipv6(addr) then return nil, "invalid ipv6 address: " .. host end
+  elseif parse_ipv6(host) then
+    return { type = "ipv6", host = host }
+  else
+    addr, port = match(host, "^([^:]+):?(.*)$")
+    if not addr or find(port, ":", 1, true) then
+      return nil, "invalid value: " .. host
+    end
+  end
+  local kind = parse_ipv6(addr) and "ipv6" or parse_ipv4(addr) and "ipv4" or "name"
+  if kind == "name" and (not match(addr, "^[%w][%w%.%-_]*$") or find(addr, "..", 1, true)) then
+    return nil, "invalid hostname: " .. host
+  end
+  local res = { type = kind, host = addr }
+  if port ~= "" then
+    local n = tonumber(port)
+    if not n or n % 1 ~= 0 or n < 0 or n > 65535 or not match(port, "^%d+$") then
+      return nil, "invalid port number"
+    end
+    res.port = n
+  end
+  return res
+end
+
+
+-- Kong's validate_host: a name or an address, without a port.
+local function validate_host(host)
+  local res, err = normalize_ip(host)
+  if type(err) == "string" and err ~= "invalid port number" then
+    return nil, "invalid value: " .. host
+  end
+  if err == "invalid port number" or type(res.port) == "number" then
+    return nil, "must not have a port"
+  end
+  return true
+end
+
+
+-- Kong's validate_sni: a name (not an address), without a port.
+local function validate_sni(host)
+  local res, err = normalize_ip(host)
+  if type(err) == "string" and err ~= "invalid port number" then
+    return nil, "invalid value: " .. host
+  end
+  if res and res.type ~= "name" then
+    return nil, "must not be an IP"
+  end
+  if err == "invalid port number" or type(res.port) == "number" then
+    return nil, "must not have a port"
+  end
+  return true
+end
+
+
+typedefs.host = define {
+  type = "string",
+  custom_validator = validate_host,
+  description = "A string representing a host name, such as example.com.",
+}
+
+
+typedefs.port = define {
+  type = "integer",
+  between = { 0, 65535 },
+  description = "An integer representing a port number between 0 and 65535, inclusive.",
+}
+
+
+typedefs.timeout = define {
+  type = "integer",
+  between = { 0, 2 ^ 31 - 2 },
+  description = "An integer representing a timeout in milliseconds. Must be " ..
+                "between 0 and 2^31-2.",
+}
+
+
+typedefs.sni = define {
+  type = "string",
+  custom_validator = validate_sni,
+  description = "A string representing an SNI (server name indication) value for TLS.",
 }
 
 
