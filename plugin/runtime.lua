@@ -488,6 +488,9 @@ function _M.init_worker(tick_seconds)
     -- DB mode: the worker that served a plugin's Admin API call
     -- (kong/runloop/events.lua, dao_crud_handler).
     events.register(function(data) _M.on_plugin_crud(data) end, "crud", "plugins")
+    -- ... and passed on by that worker to the others of the node.
+    events.register(function(data) _M.on_plugin_crud(data) end,
+                    "canary-router", "plugin")
     if not _M.has_configure() then
       -- DB-less: every worker, after POST /config (declarative import).
       events.register(function() _M.sync() end, "declarative", "reconfigure")
@@ -546,7 +549,14 @@ end
 
 function _M.get(conf)
   local c = compiled[conf]
-  if c and not c.provisional then return c end
+  if c and not c.provisional then
+    -- A crud event compiled a newer config of this instance before this
+    -- worker's plugins iterator caught up (Kong's eventual consistency).
+    local newer = c.superseded
+    if not newer then return c end
+    while newer.superseded do newer = newer.superseded end
+    return newer
+  end
   local key = instance_key(conf)
   local known = by_key[key]
   local h = c and c.full_hash or hash(concat(canonical(conf, {})))
@@ -691,7 +701,21 @@ function _M.on_plugin_crud(data)
     retire_others(keys)
     return
   end
-  by_key[p.id] = from_entity(p)
+  local c = from_entity(p)
+  local old = by_key[p.id]
+  if old and old ~= c then old.superseded = c end
+  by_key[p.id] = c
+  -- The other workers of this node hear of it from us: Kong's crud event
+  -- reaches only the worker that served the Admin API call, and their
+  -- plugins iterators catch up only at their next rebuild.
+  if data.origin ~= "canary-router" then
+    local events = kong and kong.worker_events
+    if events and events.post then
+      events.post("canary-router", "plugin", {
+        operation = data.operation, entity = p, origin = "canary-router",
+      })
+    end
+  end
 end
 
 -- Names of the route's upstreams under generation `gen` (cached; nil:

@@ -35,12 +35,14 @@ function _M.instance(c)
     return out
   end
   out.route = v.label ~= "" and v.label or v.key
-  if c.prog then
-    out.progression = seg:prog_status(c.route)
-    if out.progression then
-      out.progression.scope = c.cluster and "cluster" or "node"
-      out.progression.cluster = cluster.status(c)
-    end
+  -- The segment's progression, not this worker's compiled config: a
+  -- worker that has not rebuilt since a change (Kong's eventual
+  -- consistency in DB mode) still reports what every worker routes by.
+  local prog = seg:prog_status(c.route)
+  if prog and (c.prog or prog.state ~= "none") then
+    out.progression = prog
+    out.progression.scope = c.cluster and "cluster" or "node"
+    out.progression.cluster = cluster.status(c)
     -- The last 50 decisions, newest first, the same for every worker;
     -- an empty log is an empty JSON array where cjson can say so
     -- (OpenResty's, in Kong).

@@ -412,6 +412,30 @@ describe("canary-router handler (unit)", function()
     end)
   end)
 
+  it("applies a crud event's config on the request path before the iterator catches up", function()
+    local conf = config({ __plugin_id = "crud-newer" })
+    handler:configure({ conf })
+    assert.equal("automation-service", request(conf).resp_headers["X-Canary-Upstream"] and
+                 "automation-service" or "none")
+    local newer = config({ __plugin_id = "crud-newer", response_header = "X-Served-By" })
+    local posted
+    local k = stub_kong(dir)
+    k.worker_events = { post = function(src, ev, data) posted = { src, ev, data } end }
+    _G.kong = k
+    runtime.on_plugin_crud({
+      operation = "update",
+      entity = { id = "crud-newer", name = "canary-router", enabled = true,
+                 service = { id = "s1" }, config = newer },
+    })
+    -- passed on to the node's other workers, once
+    assert.same({ "canary-router", "plugin" }, { posted[1], posted[2] })
+    assert.equal("canary-router", posted[3].origin)
+    -- the phases still get the old config table: the new config applies
+    local r = request(conf)
+    assert.truthy(r.resp_headers["X-Served-By"])
+    assert.is_nil(r.resp_headers["X-Canary-Upstream"])
+  end)
+
   it("lets replaced config tables be collected (no leak per config change)", function()
     -- Kong hands the phases a new config table at every change; the
     -- compiled form must not keep its key alive (LuaJIT's weak tables
