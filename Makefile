@@ -40,6 +40,10 @@ SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 
 LIB_SRC  := $(wildcard native/src/*.c)
 LIB_OBJ  := $(LIB_SRC:native/src/%.c=$(BUILD)/obj/%.o)
+# The cmocka binaries (plain and sanitizer) link objects with the fault
+# points compiled in (native/src/fault.c); the shipped library has none.
+FAULT    := -DCANARY_FAULT_POINTS
+TEST_OBJ := $(LIB_SRC:native/src/%.c=$(BUILD)/tobj/%.o)
 SAN_OBJ  := $(LIB_SRC:native/src/%.c=$(BUILD)/san/obj/%.o)
 TEST_SRC := $(wildcard native/tests/test_*.c)
 TESTS    := $(TEST_SRC:native/tests/%.c=$(BUILD)/tests/%)
@@ -81,9 +85,13 @@ $(BUILD)/obj/%.o: native/src/%.c $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
+$(BUILD)/tobj/%.o: native/src/%.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(FAULT) -c -o $@ $<
+
 $(BUILD)/san/obj/%.o: native/src/%.c $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(INCS) -fPIC $(SAN_FLAGS) -c -o $@ $<
+	$(CC) $(CSTD) $(WARN) $(INCS) -fPIC $(SAN_FLAGS) $(FAULT) -c -o $@ $<
 
 $(BUILD)/libcanary.so: $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS)
@@ -105,13 +113,13 @@ lua: $(PLUGIN_LUA)
 
 # ---- tests -------------------------------------------------------------
 
-$(BUILD)/tests/%: native/tests/%.c $(LIB_OBJ) $(HDRS)
+$(BUILD)/tests/%: native/tests/%.c $(TEST_OBJ) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(INCS) -O1 -g -o $@ $< $(LIB_OBJ) $(LDLIBS) -lcmocka -lm
+	$(CC) $(CSTD) $(WARN) $(INCS) $(FAULT) -O1 -g -o $@ $< $(TEST_OBJ) $(LDLIBS) -lcmocka -lm
 
 $(BUILD)/san/tests/%: native/tests/%.c $(SAN_OBJ) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(INCS) $(SAN_FLAGS) -o $@ $< $(SAN_OBJ) $(LDLIBS) -lcmocka -lm
+	$(CC) $(CSTD) $(WARN) $(INCS) $(FAULT) $(SAN_FLAGS) -o $@ $< $(SAN_OBJ) $(LDLIBS) -lcmocka -lm
 
 test: deps build
 	@$(MAKE) --no-print-directory test-native test-san test-valgrind fuzz-smoke check-cdef lint test-lua test-prom test-summary

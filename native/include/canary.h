@@ -39,13 +39,14 @@
   XX(ECORRUPT, -4, "segment data is corrupt")                                 \
   XX(ENOENT, -5, "no such route")                                             \
   XX(EFULL, -6, "segment has no free route slot")                             \
-  XX(EBUSY, -7, "writer word held by a live process")                         \
+  XX(EBUSY, -7, "busy: another process is writing; retry later")              \
   XX(ENOSPC, -8, "buffer too small")                                          \
   XX(ERAND, -9, "random generator failed")                                    \
   XX(EWEIGHTS, -10, "invalid weights table")                                  \
   XX(ENOTPUB, -11, "route has no published table")                            \
   XX(EREADONLY, -12, "segment attached read-only")                            \
-  XX(ESTATE, -13, "operation not allowed in the current state")
+  XX(ESTATE, -13, "operation not allowed in the current state")               \
+  XX(EUNSAFE, -14, "segment file is unsafe")
 
 enum canary_errno {
 #define CANARY_ERRNO_GEN(name, value, msg) CANARY_##name = value,
@@ -236,16 +237,37 @@ CANARY_API const char *canary_strerror(int err);
 
 /* Creates or attaches the segment file at `path` and maps it.
  * max_routes (1..65536) and max_upstreams (1..CANARY_MAX_UPSTREAMS) size a
- * new segment; an existing valid segment keeps its own sizes.  A file that
- * is truncated, foreign, of another layout version or otherwise corrupt is
- * renamed to "<path>.bad-<unix>-<pid>" and a fresh segment created; `why`
- * (may be NULL) then says what was wrong.  Several processes may open the
- * same path at once: exactly one initialises.  With CANARY_SEG_READONLY the
- * file is mapped read-only and a bad file is reported, never touched.
+ * new segment; an existing valid segment keeps its own sizes.
+ * The file must be safe: not a symbolic link, a regular file owned by the
+ * caller's effective uid (or, for a read-only attach by root, by anyone),
+ * mode exactly 0600.  Otherwise CANARY_EUNSAFE, `why` says which rule, and
+ * the file is left untouched.  A new file is made complete under a
+ * temporary name and then linked into place, so no process ever maps a
+ * half-made one; several processes may open the same path at once and
+ * exactly one creates it.  A safe file that is truncated, foreign, of
+ * another layout version or otherwise corrupt is renamed to
+ * "<path>.bad-<unix>-<pid>" (the 3 newest such copies are kept) and a
+ * fresh segment created; `why` (may be NULL) then says what was wrong.
+ * Never blocks for long: the lock taken to set a file aside is tried for
+ * at most 2 s, then CANARY_EBUSY.  With CANARY_SEG_READONLY the file is
+ * mapped read-only and a bad file is reported, never touched.
+ * A writable handle keeps one more descriptor of the file open
+ * (O_CLOEXEC) for its locks.
  * Returns a canary_seg_opened value, or a negative error with `why` set. */
 CANARY_API int canary_seg_open(canary_seg_t **out, const char *path,
                                uint32_t max_routes, uint32_t max_upstreams,
                                int flags, char *why, size_t why_len);
+
+/* For a privileged master that starts unprivileged workers: creates or
+ * validates the segment file at `path` exactly as canary_seg_open() does
+ * (a file owned by the caller or already by `uid` is accepted), then makes
+ * it owned by uid:gid, mode 0600, and does not map it.  The workers, whose
+ * effective uid is `uid`, then attach it.  Returns a canary_seg_opened
+ * value, or a negative error with `why` set (CANARY_EUNSAFE, CANARY_EIO
+ * when the owner cannot be changed, ...). */
+CANARY_API int canary_seg_prepare(const char *path, uint32_t max_routes,
+                                  uint32_t max_upstreams, uint32_t uid,
+                                  uint32_t gid, char *why, size_t why_len);
 
 /* Unmaps and frees the handle.  NULL-safe.  The file stays. */
 CANARY_API void canary_seg_close(canary_seg_t *seg);
@@ -259,9 +281,12 @@ CANARY_API int canary_seg_info(const canary_seg_t *seg,
 /* Returns the index of the route claimed under `key` (1..63 bytes),
  * claiming a free slot for it first if there is none.  `label` (may be
  * empty) is the human name used in metrics; a later claim with a
- * non-empty label updates it.  Slow path; safe across processes (claims
- * are serialised by a segment-wide writer word).  Returns an index >= 0,
- * CANARY_EFULL, CANARY_EBUSY or CANARY_EREADONLY. */
+ * non-empty label updates it.  Slow path; safe across processes.  A key
+ * already claimed (with the same label, or an empty one) is found without
+ * any lock; a new claim or a relabel takes the segment's claim lock,
+ * tried once: CANARY_EBUSY at once while another handle holds it (retry
+ * later).  Returns an index >= 0, CANARY_EFULL, CANARY_EBUSY or
+ * CANARY_EREADONLY. */
 CANARY_API int canary_route_claim(canary_seg_t *seg, const char *key,
                                   size_t key_len, const char *label,
                                   size_t label_len);
@@ -276,8 +301,11 @@ CANARY_API int canary_route_find(const canary_seg_t *seg, const char *key,
  * to the current one with the same config_hash is a no-op that returns the
  * current generation.  Effective weights become the configured ones.
  * On CANARY_EWEIGHTS, `err` says which rule failed and nothing changed.
- * Takes the route's writer word (taking it over from a dead owner).
- * Writes the generation in effect to *gen_out (may be NULL). */
+ * The no-op case is decided by a lock-free read first; a change takes the
+ * route's writer lock, tried once: CANARY_EBUSY at once while another
+ * handle holds it (nothing changed; retry later).  A writer that died
+ * holding it held it no longer.  Writes the generation in effect to
+ * *gen_out (may be NULL). */
 CANARY_API int canary_route_publish(canary_seg_t *seg, int route,
                                     const struct canary_table *t,
                                     uint64_t config_hash, uint64_t *gen_out,
@@ -307,15 +335,19 @@ CANARY_API int canary_prog_check(const struct canary_prog_params *prog,
  * canary's window (difference of cumulative snapshots) and steps up,
  * rolls back or waits.  The immediate rollback limit is checked on every
  * call against the window so far.  Effective weights change through the
- * normal publish, so all workers switch at their next pick.  now_us is
- * canary_clock_us().  Fills `out` (may be NULL).  Returns 0 (nothing
+ * normal publish, so all workers switch at their next pick.  Judging
+ * takes the route's writer lock, tried once: while another handle holds
+ * it, CANARY_EBUSY, and the window stays due for the next tick.  now_us
+ * is canary_clock_us().  Fills `out` (may be NULL).  Returns 0 (nothing
  * judged), 1 (a window judged, weights unchanged), 2 (weights or state
  * changed), or a negative error. */
 CANARY_API int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
                                 struct canary_prog_status *out);
 
 /* Applies an operator action (canary_prog_action).  CANARY_ESTATE when
- * the action makes no sense in the current state (err says why). */
+ * the action makes no sense in the current state (err says why);
+ * CANARY_EBUSY, at once, while another handle holds the route's writer
+ * lock (nothing changed; retry). */
 CANARY_API int canary_prog_action(canary_seg_t *seg, int route, int action,
                                   double now_us, char *err, size_t err_len);
 

@@ -3,7 +3,8 @@
  *
  * A route is a slot in the segment claimed under a string key (the plugin
  * instance id).  Claims of new slots are serialised by the segment-wide
- * claim word; no request path ever looks at it.  Key and label are
+ * claim lock (owner.c), tried once; no request path ever takes it, and a
+ * key already claimed is found without it.  Key and label are
  * written before the slot's state turns READY (with a store fence
  * between) and the key never changes afterwards, so readers that load
  * READY and then fence may compare the key directly.
@@ -88,7 +89,18 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
   label_len = label_cut(label, label_len);
   h = canary__header(seg);
 
-  rc = canary__owner_acquire(&h->claim_owner, CANARY_WRITER_TIMEOUT_MS);
+  /* Every worker claims every instance's key: once the first has, the
+   * others find it here without the lock (unless they relabel). */
+  idx = canary_route_find(seg, key, key_len);
+  if (idx >= 0) {
+    struct route_hdr *r = canary__route(seg, (uint32_t)idx);
+    canary__load_words(cur, r->label, CANARY_LABEL_MAX / 8);
+    cur[CANARY_LABEL_MAX - 1] = '\0';
+    if (label_len == 0 ||
+        (strlen(cur) == label_len && memcmp(cur, label, label_len) == 0))
+      return idx;
+  }
+  rc = canary__lock_try(seg, canary__claim_lock_off());
   if (rc != 0)
     return rc;
   idx = canary_route_find(seg, key, key_len);
@@ -120,6 +132,6 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
       break;
     }
   }
-  canary__owner_release(&h->claim_owner);
+  canary__lock_release(seg, canary__claim_lock_off());
   return idx;
 }

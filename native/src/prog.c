@@ -15,10 +15,13 @@
  * is special, so a worker that dies changes nothing.  A due window is
  * claimed by a CAS of its start time to "now": exactly one caller wins,
  * and there is no lock that a dead winner could leave behind.  The winner
- * then takes the route's writer word (which the next writer takes over if
- * the winner dies) to judge and to publish new effective weights; the
- * weights travel through the normal double-buffered publish, so every
- * worker switches at its next pick.
+ * then tries the route's writer lock (owner.c; the kernel drops it if the
+ * winner dies) to judge and to publish new effective weights; when
+ * another process holds it, the winner gives the window back (a CAS to
+ * the old start) and returns CANARY_EBUSY, so the window stays due and a
+ * later tick judges it: no worker ever waits.  The weights travel through
+ * the normal double-buffered publish, so every worker switches at its
+ * next pick.
  *
  * The window's base snapshot is rewritten by the judge while other
  * workers may read its status counters for the immediate check, so it
@@ -33,7 +36,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define WRITER_TIMEOUT_MS CANARY_WRITER_TIMEOUT_MS
 #define MIN_INTERVAL_MS 100u
 
 static const char *const state_text[] = {"none", "running", "paused",
@@ -128,19 +130,24 @@ static void set_reason(struct prog_area *pa, const char *fmt, ...) {
   canary__store_words(pa->reason, buf, sizeof buf / 8);
 }
 
-/* Caller holds the writer word.  Rewrites the window base from the
+/* Caller holds the writer lock.  Rewrites the window base from the
  * canary's current counters, guarded by base_seq. */
 static void rebase(const canary_seg_t *seg, uint32_t route,
                    struct prog_area *pa, uint32_t canary, double now_us) {
   struct canary_hist_snapshot snap;
   uint64_t s = ck_pr_load_64(&pa->base_seq);
   uint64_t start = (s & 1) ? s + 2 : s + 1;
+  size_t half = sizeof snap / 16; /* words: a fault point between halves */
 
   canary_hist_snapshot(seg, (int)route, (int)canary, &snap);
   ck_pr_store_64(&pa->base_seq, start);
   /* The odd sequence is visible before any base word changes. */
   ck_pr_fence_store();
-  canary__store_words(&pa->base, &snap, sizeof snap / 8);
+  canary__store_words(&pa->base, &snap, half);
+  CANARY_FAULT("prog.rebase");
+  canary__store_words((uint64_t *)(void *)&pa->base + half,
+                      (const unsigned char *)&snap + half * 8,
+                      sizeof snap / 8 - half);
   /* The base is complete before the sequence turns even. */
   ck_pr_fence_store();
   ck_pr_store_64(&pa->base_seq, start + 1);
@@ -172,7 +179,7 @@ void canary__prog_start(const canary_seg_t *seg, uint32_t route,
   ck_pr_store_32(&pa->state, CANARY_PROG_RUNNING);
 }
 
-/* Caller holds the writer word: publishes the canary at weight w.  A
+/* Caller holds the writer lock: publishes the canary at weight w.  A
  * canary index the table does not have (a corrupt segment) publishes
  * nothing: the weights would not add up. */
 static void publish_step(const canary_seg_t *seg, struct route_hdr *r,
@@ -189,6 +196,7 @@ static void publish_step(const canary_seg_t *seg, struct route_hdr *r,
 static void rollback(const canary_seg_t *seg, struct route_hdr *r,
                      struct prog_area *pa, uint32_t canary) {
   publish_step(seg, r, canary, 0);
+  CANARY_FAULT("rollback.weights");
   /* Weights first: by the time anyone reads "rolled back", no worker
    * picks the canary any more. */
   ck_pr_fence_store();
@@ -303,7 +311,7 @@ static int judge(const struct canary_prog_params *p,
   return CANARY_GATE_PASS;
 }
 
-/* Caller holds the writer word and has claimed the window. */
+/* Caller holds the writer lock and has claimed the window. */
 static int judge_window(const canary_seg_t *seg, uint32_t route,
                         struct route_hdr *r, struct prog_area *pa,
                         const struct canary_prog_params *p, double now_us,
@@ -394,9 +402,10 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
     uint64_t floor = p.min_requests > 0 ? p.min_requests : 1;
     if (window(seg, (uint32_t)route, pa, p.canary, &w) == 0 &&
         w.count >= floor && w.error_rate > p.rollback_error_rate &&
-        canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) == 0) {
+        canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route)) ==
+            0) {
       struct canary_prog_params now_p;
-      /* Under the writer word: the progression may have been restarted
+      /* Under the writer lock: the progression may have been restarted
        * (other parameters, another canary) since we looked. */
       load_params(pa, &now_p);
       if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
@@ -415,7 +424,8 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
                    (unsigned long long)w.count);
         rc = 2;
       }
-      canary__owner_release(&r->writer);
+      canary__lock_release(seg,
+                           canary__writer_lock_off(seg, (uint32_t)route));
       if (rc != 0)
         goto done;
     }
@@ -426,10 +436,17 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
   /* Claim the due window: one CAS winner per window, nothing to leak. */
   if (!ck_pr_cas_64(&pa->window_start_us, ws, now))
     goto done;
-  if (canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) != 0)
-    return CANARY_EBUSY; /* that window goes unjudged; the next one won't */
+  CANARY_FAULT("tick.claimed");
+  rc = canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route));
+  if (rc != 0) {
+    /* Give the window back, so it stays due and a later tick judges it.
+     * The CAS fails, harmlessly, when a publish has restarted the
+     * progression (a new window start) in the meantime. */
+    ck_pr_cas_64(&pa->window_start_us, now, ws);
+    return rc;
+  }
   /* A publish may have restarted the progression between our CAS and the
-   * writer word: then the window start is no longer ours, and the
+   * writer lock: then the window start is no longer ours, and the
    * parameters we loaded may be stale.  Judge only our window, with the
    * parameters in force now. */
   load_params(pa, &p);
@@ -439,7 +456,7 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
       p.canary < seg->max_upstreams)
     rc = judge_window(seg, (uint32_t)route, r, pa, &p, now_us,
                       (double)(now - ws) / 1e3);
-  canary__owner_release(&r->writer);
+  canary__lock_release(seg, canary__writer_lock_off(seg, (uint32_t)route));
 done:
   if (out != NULL)
     canary_prog_status(seg, route, now_us, out);
@@ -463,9 +480,13 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
     return canary__fail(err, err_len, CANARY_EREADONLY,
                         "segment attached read-only");
   pa = canary__prog(seg, (uint32_t)route);
-  if (canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) != 0)
-    return canary__fail(err, err_len, CANARY_EBUSY,
-                        "another process is changing this route");
+  rc = canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route));
+  if (rc != 0)
+    return canary__fail(err, err_len, rc,
+                        rc == CANARY_EBUSY
+                            ? "busy: another process is changing this "
+                              "route; retry"
+                            : "no lock on the segment file (replaced?)");
   state = ck_pr_load_32(&pa->state);
   step = ck_pr_load_32(&pa->step);
   load_params(pa, &p);
@@ -543,6 +564,6 @@ int canary_prog_action(canary_seg_t *seg, int route, int action,
     break;
   }
 out:
-  canary__owner_release(&r->writer);
+  canary__lock_release(seg, canary__writer_lock_off(seg, (uint32_t)route));
   return rc;
 }

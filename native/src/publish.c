@@ -4,7 +4,8 @@
  * The entry points that change a route's table: a new configuration
  * (which may restart its progression, prog.c) and new effective weights.
  * Both go through the double-buffered publish of table.c under the
- * route's writer word.  table.c knows nothing of progressions and prog.c
+ * route's writer lock (owner.c), tried once: a caller that finds it held
+ * gets CANARY_EBUSY and retries later, it never waits.  table.c knows nothing of progressions and prog.c
  * nothing of this file, so the dependencies run one way:
  * publish.c -> prog.c -> table.c.
  */
@@ -68,24 +69,39 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
                      strlen(t->names[i]));
   }
 
-  rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
-  if (rc != 0)
-    return canary__fail(err, err_len, rc,
-                        "another process is publishing this route");
   /* Every worker applies the same config change; only the first one
    * publishes, the rest find it in place and keep (for instance) the
-   * effective weights a progression has set since. */
+   * effective weights a progression has set since.  That is the common
+   * case, so it is decided lock-free first, and again under the lock. */
   if (canary__read_table(seg, r, &cur, &gen, 1) == 0 &&
       same_config(&cur, &d)) {
-    canary__owner_release(&r->writer);
     if (gen_out != NULL)
       *gen_out = gen;
     return 0;
   }
+  rc = canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route));
+  if (rc != 0)
+    return canary__fail(err, err_len, rc,
+                        rc == CANARY_EBUSY
+                            ? "another process is publishing this route"
+                            : "no lock on the segment file (replaced?)");
+  if (canary__read_table(seg, r, &cur, &gen, 1) == 0 &&
+      same_config(&cur, &d)) {
+    canary__lock_release(seg, canary__writer_lock_off(seg, (uint32_t)route));
+    if (gen_out != NULL)
+      *gen_out = gen;
+    return 0;
+  }
+  /* The progression starts before the table that goes with it is
+   * published: the table is the commit point.  A writer killed in
+   * between leaves the old table, which no worker's config matches, so
+   * the next publish of this config (every worker makes one) starts the
+   * progression again and publishes. */
   canary__prog_start(seg, (uint32_t)route, prog, &d, canary_clock_us());
+  CANARY_FAULT("publish.prog_started");
   canary__compute_upper(&d);
   gen = canary__publish_locked(r, &d);
-  canary__owner_release(&r->writer);
+  canary__lock_release(seg, canary__writer_lock_off(seg, (uint32_t)route));
   if (gen_out != NULL)
     *gen_out = gen;
   return 0;
@@ -107,10 +123,12 @@ int canary_route_set_effective(canary_seg_t *seg, int route,
   rc = canary__ready_route(seg, route, &r);
   if (rc != 0)
     return canary__fail(err, err_len, rc, "route %d is not claimed", route);
-  rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
+  rc = canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route));
   if (rc != 0)
     return canary__fail(err, err_len, rc,
-                        "another process is publishing this route");
+                        rc == CANARY_EBUSY
+                            ? "another process is publishing this route"
+                            : "no lock on the segment file (replaced?)");
   rc = canary__read_table(seg, r, &d, &gen, 1);
   if (rc == 0 && n != d.n)
     rc = canary__fail(err, err_len, CANARY_EWEIGHTS,
@@ -124,7 +142,7 @@ int canary_route_set_effective(canary_seg_t *seg, int route,
     if (gen_out != NULL)
       *gen_out = gen;
   }
-  canary__owner_release(&r->writer);
+  canary__lock_release(seg, canary__writer_lock_off(seg, (uint32_t)route));
   return rc;
 }
 
