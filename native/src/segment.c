@@ -30,8 +30,8 @@
  *     which fails when `path` exists: of several processes creating at
  *     once exactly one wins, and the others attach the winner's file.
  *     A creator killed midway leaves only its temporary file, which the
- *     next creator removes (a creator holds an flock on its temporary
- *     file, so a temporary file that nobody holds locked is stale).
+ *     next read-write open removes (a creator holds an flock on its
+ *     temporary file, so a temporary file nobody holds locked is stale).
  *
  *   - Setting a file aside is the only step that must be serialised: a
  *     process that judged the old file bad must not rename the new one a
@@ -241,7 +241,6 @@ static int create_file(const char *path, const struct want *w, int *fd_out,
   struct seg_header h;
   int rc, fd, e;
 
-  remove_stale_temps(path);
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-%d-%llu", path,
                        (int)getpid(),
                        (unsigned long long)ck_pr_faa_64(&made, 1)) >=
@@ -414,6 +413,7 @@ static int settle(const char *path, const struct want *w, int *fd_out,
                   size_t why_len) {
   int recreated = 0;
 
+  remove_stale_temps(path);
   for (int attempt = 0; attempt < OPEN_ATTEMPTS; attempt++) {
     const char *problem;
     int rc, fd, created = 0;
