@@ -165,6 +165,9 @@ static_assert(offsetof(struct table_buf, names) % 8 == 0,
 static_assert(offsetof(struct route_hdr, key) % 8 == 0 &&
                   offsetof(struct route_hdr, label) % 8 == 0,
               "key and label are copied in 64-bit atomic words");
+static_assert(offsetof(struct seg_header, claim_lock) == 56 &&
+                  offsetof(struct route_hdr, writer_lock) == 4,
+              "spec/helpers/seglock.lua takes these lock bytes");
 static_assert(sizeof(struct seg_header) <= CANARY_HEADER_BYTES,
               "segment header must fit its page");
 static_assert(sizeof(struct route_seq) == CANARY_CACHELINE,

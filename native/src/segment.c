@@ -166,12 +166,18 @@ static int check_safe(const char *path, const struct stat *st,
     owner_ok = owner == me || owner == w->uid;
   else
     owner_ok = owner == me || (readonly && me == 0);
+  if (!owner_ok && w != NULL && w->prepare)
+    return canary__fail(why, why_len, CANARY_EUNSAFE,
+                        "%s is owned by uid %u, neither by this process "
+                        "(uid %u) nor by the workers (uid %u); refusing it "
+                        "(it is not ours to use or to move)",
+                        path, owner, me, w->uid);
   if (!owner_ok)
     return canary__fail(why, why_len, CANARY_EUNSAFE,
                         "%s is owned by uid %u, not by uid %u that runs "
                         "this process; refusing it (it is not ours to "
                         "use or to move)",
-                        path, owner, w != NULL && w->prepare ? w->uid : me);
+                        path, owner, me);
   if ((st->st_mode & 07777) != 0600)
     return canary__fail(why, why_len, CANARY_EUNSAFE,
                         "%s has mode %04o; it must be 0600 (no group or "
@@ -418,7 +424,9 @@ static int settle(const char *path, const struct want *w, int *fd_out,
     const char *problem;
     int rc, fd, created = 0;
 
-    fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO planted at the path must not block us (it is
+     * refused below); for a regular file the flag changes nothing. */
+    fd = open(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT) {
       rc = create_file(path, w, &fd, why, why_len);
       if (rc < 0)
@@ -518,7 +526,7 @@ static int open_readonly(canary_seg_t **out, const char *path, char *why,
   struct stat st;
   const char *problem;
   ssize_t got;
-  int rc, fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  int rc, fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 
   if (fd < 0 && errno == ELOOP)
     return canary__fail(why, why_len, CANARY_EUNSAFE,

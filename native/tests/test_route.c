@@ -371,9 +371,9 @@ static void claim_same_key_child(const char *path, struct test_gate *g,
                   CANARY_SEG_ATTACHED,
               2);
   test_gate_wait(g);
-  a = canary_route_claim(seg, "hot", 3, "", 0);
+  a = test_claim_retry(seg, "hot", 3, "", 0);
   snprintf(key, sizeof key, "own-%d", me);
-  b = canary_route_claim(seg, key, strlen(key), "", 0);
+  b = test_claim_retry(seg, key, strlen(key), "", 0);
   test_seg_close(seg);
   CHILD_CHECK(a >= 0 && b >= 0 && a != b, 3);
   _exit(a); /* the parent checks that everybody got the same slot */
