@@ -32,6 +32,7 @@ enum canary_errno {
   CANARY_ENOTPUB = -11,
   CANARY_EREADONLY = -12,
   CANARY_ESTATE = -13,
+  CANARY_EUNSAFE = -14,
   CANARY_OK = 0
 };
 enum canary_limits {
@@ -171,6 +172,9 @@ struct canary_hist_summary {
  int canary_seg_open(canary_seg_t **out, const char *path,
                                uint32_t max_routes, uint32_t max_upstreams,
                                int flags, char *why, size_t why_len);
+ int canary_seg_prepare(const char *path, uint32_t max_routes,
+                                  uint32_t max_upstreams, uint32_t uid,
+                                  uint32_t gid, char *why, size_t why_len);
  void canary_seg_close(canary_seg_t *seg);
  int canary_seg_info(const canary_seg_t *seg,
                                struct canary_seg_info *out);
@@ -266,8 +270,9 @@ local render_buf = ffi_new("char[?]", render_cap)
 _M.E = {
   INVAL = -1, NOMEM = -2, IO = -3, CORRUPT = -4, NOENT = -5, FULL = -6,
   BUSY = -7, NOSPC = -8, RAND = -9, WEIGHTS = -10, NOTPUB = -11,
-  READONLY = -12, STATE = -13,
+  READONLY = -12, STATE = -13, UNSAFE = -14,
 }
+local E_BUSY = _M.E.BUSY
 _M.TRACE = { CLIENT = 0, TRACEPARENT = 1, GENERATED = 2, REJECTED = 3 }
 _M.EVENT = { OVERRIDE = 0, OVERRIDE_DENIED = 1, FALLBACK = 2,
              ENGINE_ERROR = 3 }
@@ -370,6 +375,29 @@ function _M.open(path, opts)
   return self
 end
 
+-- For a privileged master process: creates or validates the segment at
+-- `path` as open() would, gives it to uid:gid (the workers' user), mode
+-- 0600, and does not map it.  Returns "created" / "attached" /
+-- "recreated", or nil and an error.
+function _M.prepare(path, opts)
+  if type(path) ~= "string" or path == "" then
+    error("prepare: path must be a non-empty string", 2)
+  end
+  if type(opts) ~= "table" or type(opts.uid) ~= "number" or
+     type(opts.gid) ~= "number" then
+    error("prepare: opts.uid and opts.gid must be numbers", 2)
+  end
+  local ok, err = need_lib()
+  if not ok then return nil, err end
+  local rc = C.canary_seg_prepare(path, opts.max_routes or 64,
+                                  opts.max_upstreams or 16, opts.uid,
+                                  opts.gid, msg_buf, 512)
+  if rc < 0 then
+    return nil, strerror(rc) .. ": " .. ffi_string(msg_buf)
+  end
+  return OPENED[rc]
+end
+
 function Seg:close()
   if self.h ~= nil then
     C.canary_seg_close(ffi_gc(self.h, nil))
@@ -388,12 +416,13 @@ function Seg:info()
   }
 end
 
--- Claims (or finds) the route slot for `key`; returns its index.
+-- Claims (or finds) the route slot for `key`; returns its index, or nil,
+-- the error and "busy" when another process held the claim lock.
 function Seg:claim(key, label)
   if type(key) ~= "string" then error("claim: key must be a string", 2) end
   label = label or ""
   local rc = C.canary_route_claim(self.h, key, #key, label, #label)
-  if rc < 0 then return nil, strerror(rc) end
+  if rc < 0 then return nil, strerror(rc), rc == E_BUSY and "busy" or nil end
   return rc
 end
 
@@ -455,7 +484,8 @@ end
 
 -- Validates and publishes a weights table (weights on 0..10000), with an
 -- optional progression (see fill_prog).  Returns the generation in
--- effect, or nil and the reason.
+-- effect, or nil, the reason and "busy" when another process held the
+-- route's lock (nothing changed: publish again later).
 function Seg:publish(route, names, weights, config_hash, prog)
   local ok, err = fill_table(names, weights)
   if not ok then return nil, err end
@@ -466,7 +496,9 @@ function Seg:publish(route, names, weights, config_hash, prog)
   end
   local rc = C.canary_route_publish_prog(self.h, route, table_buf, pp,
                                          config_hash or 0, gen64, msg_buf, 512)
-  if rc < 0 then return nil, ffi_string(msg_buf) end
+  if rc < 0 then
+    return nil, ffi_string(msg_buf), rc == E_BUSY and "busy" or nil
+  end
   return tonumber(gen64[0])
 end
 
@@ -493,11 +525,12 @@ end
 
 -- Drives the route's progression (call a few times a second).  Returns
 -- 0 (nothing judged), 1 (judged), 2 (weights or state changed) and the
--- status table, or nil and an error.
+-- status table, or nil, an error and "busy" when another process held
+-- the route's lock (the window stays due: tick again later).
 function Seg:prog_tick(route)
   local rc = C.canary_prog_tick(self.h, route, C.canary_clock_us(),
                                 prog_status_buf)
-  if rc < 0 then return nil, strerror(rc) end
+  if rc < 0 then return nil, strerror(rc), rc == E_BUSY and "busy" or nil end
   return rc, prog_status_table(prog_status_buf)
 end
 
@@ -510,14 +543,16 @@ end
 
 -- Operator action by name (promote, pause, resume, abort, promote_full).
 -- Returns true, or nil, the reason and the error code name ("state" when
--- the action does not fit the current state).
+-- the action does not fit the current state, "busy" when another process
+-- held the route's lock: nothing changed, try again).
 function Seg:prog_action(route, action)
   local a = _M.ACTION[action]
   if not a then error("prog_action: unknown action " .. tostring(action), 2) end
   local rc = C.canary_prog_action(self.h, route, a, C.canary_clock_us(),
                                   msg_buf, 512)
   if rc < 0 then
-    return nil, ffi_string(msg_buf), rc == _M.E.STATE and "state" or "error"
+    return nil, ffi_string(msg_buf), rc == _M.E.STATE and "state" or
+           rc == E_BUSY and "busy" or "error"
   end
   return true
 end

@@ -147,8 +147,9 @@ local function label(c)
   local s = kong.router.get_service()
   local l = (c.route_id and r and r.name) or (c.service_id and s and s.name)
             or (r and r.name) or (s and s.name) or c.key
-  state.seg:claim(c.key, l)
-  c.labelled = true
+  -- Another worker holding the claim lock: label at a later request.
+  local _, _, busy = state.seg:claim(c.key, l)
+  c.labelled = not busy
 end
 
 local function set_stable(c)

@@ -42,6 +42,9 @@ _M.state = state
 local compiled = setmetatable({}, { __mode = "k" })
 -- Compiled configs by plugin instance key, for the Admin API.
 local by_key = {}
+-- Compiled configs whose claim or publish found another worker holding
+-- the segment's lock: retried by the periodic tick, never waited for.
+local pending = {}
 
 local function log_once(level, msg)
   if state.warned[msg] then return end
@@ -153,6 +156,36 @@ local function cookie_pattern(name)
          "=([^;]*)"
 end
 
+-- Claims the instance's route slot and publishes its weights.  The
+-- engine tries its locks once; when another worker holds one (most often
+-- publishing this very config) the instance is pending and the tick
+-- tries again.  Meanwhile a claimed route serves its published table.
+local function install(c)
+  local seg = state.seg
+  if not seg then return end
+  local route, err, busy = seg:claim(c.key, "")
+  if not route then
+    if busy then
+      pending[c] = true
+      return
+    end
+    pending[c] = nil
+    log_once("err", "canary-router cannot claim a route slot for " ..
+                    c.key .. ": " .. err .. "; failing open to " .. c.stable)
+    return
+  end
+  local gen, perr, pbusy = seg:publish(route, c.names, c.weights, c.hash,
+                                       c.prog)
+  if gen or pbusy then
+    c.route = route
+    pending[c] = pbusy and true or nil
+    return
+  end
+  pending[c] = nil
+  log_once("err", "canary-router cannot publish weights for " ..
+                  c.key .. ": " .. perr)
+end
+
 -- Turns a config into its compiled form and publishes its weights.
 local function compile(conf)
   local c = {
@@ -205,22 +238,7 @@ local function compile(conf)
   c.hash = hash(concat(canonical({ conf.upstreams, conf.progression }, {})))
   c.prog = _M.progression(prog, c.index_of)
 
-  local seg = state.seg
-  if seg then
-    local route, err = seg:claim(c.key, "")
-    if not route then
-      log_once("err", "canary-router cannot claim a route slot for " ..
-                      c.key .. ": " .. err .. "; failing open to " .. c.stable)
-    else
-      local gen, perr = seg:publish(route, c.names, c.weights, c.hash, c.prog)
-      if not gen then
-        log_once("err", "canary-router cannot publish weights for " ..
-                        c.key .. ": " .. perr)
-      else
-        c.route = route
-      end
-    end
-  end
+  install(c)
   compiled[conf] = c
   by_key[c.key] = c
   return c
@@ -253,14 +271,21 @@ end
 function _M.tick()
   local seg = state.seg
   if not seg then return end
+  for c in pairs(pending) do
+    if by_key[c.key] == c then
+      install(c)
+    else
+      pending[c] = nil -- replaced or removed since
+    end
+  end
   for _, c in pairs(by_key) do
     if c.prog and c.route then
-      local rc, st = seg:prog_tick(c.route)
+      local rc, st, busy = seg:prog_tick(c.route)
       if rc == 2 then
         local level = st.state == "rolled_back" and "warn" or "notice"
         kong.log[level]("canary-router ", c.key, ": ", st.state, " at step ",
                         st.step, "/", st.steps, ": ", st.reason)
-      elseif not rc then
+      elseif not rc and not busy then
         log_once("err", "canary-router progression tick failed for " ..
                         c.key .. ": " .. tostring(st))
       end
