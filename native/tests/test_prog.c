@@ -108,11 +108,12 @@ static void test_healthy_canary_walks_every_step(void **state) {
   struct canary_prog_params p;
   struct canary_prog_status st;
   const uint32_t expect[5] = {1000, 2500, 5000, 7500, 10000};
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
   route = route_with(fx, &p);
+  now = canary_clock_us(); /* the window opened at the publish */
   for (int step = 0; step < 5; step++) {
     assert_int_equal(canary_effective(fx, route), expect[step]);
     traffic(fx, route, 200, 1, 20000); /* 0.5 % errors, 20 ms */
@@ -135,13 +136,14 @@ static void test_error_burst_rolls_back_at_once(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   uint32_t gen;
   int route;
 
   runbook(&p);
   p.rollback_error_rate = 0.10;
   route = route_with(fx, &p);
+  now = canary_clock_us(); /* the window opened at the publish */
   traffic(fx, route, 100, 20, 5000); /* 20 % errors */
   /* Well inside the window: the immediate limit does not wait. */
   assert_int_equal(canary_prog_tick(fx->seg, route, now + 0.2 * SEC, &st), 2);
@@ -162,11 +164,12 @@ static void test_p99_breach_rolls_back_after_failure_limit(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
   route = route_with(fx, &p);
+  now = canary_clock_us(); /* the window opened at the publish */
   for (uint32_t w = 1; w <= 3; w++) {
     traffic(fx, route, 95, 0, 20000);
     traffic(fx, route, 5, 0, 3000000); /* 5 % at 3 s: p99 breach */
@@ -189,11 +192,12 @@ static void test_a_good_window_resets_failures(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
   route = route_with(fx, &p);
+  now = canary_clock_us(); /* the window opened at the publish */
   traffic(fx, route, 100, 50, 1000);
   now += 1.01 * SEC;
   canary_prog_tick(fx->seg, route, now, &st);
@@ -210,11 +214,12 @@ static void test_too_few_requests_never_promote(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
   route = route_with(fx, &p);
+  now = canary_clock_us(); /* the window opened at the publish */
   for (int w = 0; w < 4; w++) {
     traffic(fx, route, 10, 0, 1000); /* below min_requests 50 */
     now += 1.01 * SEC;
@@ -231,13 +236,14 @@ static void test_time_based_without_limits(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
   p.max_error_rate = p.max_p95_us = p.max_p99_us = -1;
   p.on_success = CANARY_PROG_HOLD;
   route = route_with(fx, &p);
+  now = canary_clock_us(); /* the window opened at the publish */
   for (int w = 0; w < 5; w++) {
     now += 1.01 * SEC;
     assert_int_equal(canary_prog_tick(fx->seg, route, now, &st), 2);
@@ -255,12 +261,13 @@ static void test_operator_actions(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   char err[256];
   int route;
 
   runbook(&p);
   route = route_with(fx, &p);
+  now = canary_clock_us(); /* the window opened at the publish */
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_RESUME, now,
                                       err, sizeof err),
                    CANARY_ESTATE);
@@ -303,11 +310,12 @@ static void test_config_change_restarts_same_config_does_not(void **state) {
   struct canary_prog_status st;
   struct canary_table t;
   const uint32_t w[2] = {9000, 1000};
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
   route = route_with(fx, &p);
+  now = canary_clock_us(); /* the window opened at the publish */
   traffic(fx, route, 100, 0, 1000);
   now += 1.01 * SEC;
   canary_prog_tick(fx->seg, route, now, &st);
