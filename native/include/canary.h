@@ -283,10 +283,10 @@ CANARY_API int canary_seg_info(const canary_seg_t *seg,
  * empty) is the human name used in metrics; a later claim with a
  * non-empty label updates it.  Slow path; safe across processes.  A key
  * already claimed (with the same label, or an empty one) is found without
- * any lock; a new claim or a relabel takes the segment's claim lock,
- * tried once: CANARY_EBUSY at once while another handle holds it (retry
- * later).  Returns an index >= 0, CANARY_EFULL, CANARY_EBUSY or
- * CANARY_EREADONLY. */
+ * any lock; a new claim takes the segment's claim lock and a new label
+ * the route's writer lock, each tried once: CANARY_EBUSY at once while
+ * another handle holds it (nothing changed; retry later).  Returns an
+ * index >= 0, CANARY_EFULL, CANARY_EBUSY or CANARY_EREADONLY. */
 CANARY_API int canary_route_claim(canary_seg_t *seg, const char *key,
                                   size_t key_len, const char *label,
                                   size_t label_len);

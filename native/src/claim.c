@@ -4,7 +4,8 @@
  * A route is a slot in the segment claimed under a string key (the plugin
  * instance id).  Claims of new slots are serialised by the segment-wide
  * claim lock (owner.c), tried once; no request path ever takes it, and a
- * key already claimed is found without it.  Key and label are
+ * key already claimed is found without it.  A new label for a claimed
+ * slot is written under that route's writer lock.  Key and label are
  * written before the slot's state turns READY (with a store fence
  * between) and the key never changes afterwards, so readers that load
  * READY and then fence may compare the key directly.
@@ -76,10 +77,40 @@ static void store_label(struct route_hdr *r, const char *label,
   canary__store_words(r->label, buf, CANARY_LABEL_MAX / 8);
 }
 
+/* 1 when the READY slot r already carries this label (label_len after
+ * label_cut()); a lock-free word copy, compared whole. */
+static int label_is(const struct route_hdr *r, const char *label,
+                    size_t label_len) {
+  char cur[CANARY_LABEL_MAX];
+  canary__load_words(cur, r->label, CANARY_LABEL_MAX / 8);
+  cur[CANARY_LABEL_MAX - 1] = '\0';
+  return strlen(cur) == label_len && memcmp(cur, label, label_len) == 0;
+}
+
+/* Gives the claimed route idx its label.  Labels change under the route's
+ * writer lock, so that two writers never interleave their words (readers
+ * copying the label word by word may see a mixed label once, never bad
+ * memory), and relabels of different routes never contend. */
+static int relabel(canary_seg_t *seg, int idx, const char *label,
+                   size_t label_len) {
+  struct route_hdr *r = canary__route(seg, (uint32_t)idx);
+  uint64_t off = canary__writer_lock_off(seg, (uint32_t)idx);
+  int rc;
+
+  if (label_len == 0 || label_is(r, label, label_len))
+    return idx;
+  rc = canary__lock_try(seg, off);
+  if (rc != 0)
+    return rc;
+  if (!label_is(r, label, label_len))
+    store_label(r, label, label_len);
+  canary__lock_release(seg, off);
+  return idx;
+}
+
 int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
                        const char *label, size_t label_len) {
   struct seg_header *h;
-  char cur[CANARY_LABEL_MAX];
   int idx, rc;
 
   if (seg == NULL || !key_ok(key, key_len) || (label == NULL && label_len > 0))
@@ -90,47 +121,35 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
   h = canary__header(seg);
 
   /* Every worker claims every instance's key: once the first has, the
-   * others find it here without the lock (unless they relabel). */
+   * others find it here without the claim lock. */
   idx = canary_route_find(seg, key, key_len);
-  if (idx >= 0) {
-    struct route_hdr *r = canary__route(seg, (uint32_t)idx);
-    canary__load_words(cur, r->label, CANARY_LABEL_MAX / 8);
-    cur[CANARY_LABEL_MAX - 1] = '\0';
-    if (label_len == 0 ||
-        (strlen(cur) == label_len && memcmp(cur, label, label_len) == 0))
-      return idx;
-  }
+  if (idx >= 0)
+    return relabel(seg, idx, label, label_len);
   rc = canary__lock_try(seg, canary__claim_lock_off());
   if (rc != 0)
     return rc;
   idx = canary_route_find(seg, key, key_len);
   if (idx >= 0) {
-    struct route_hdr *r = canary__route(seg, (uint32_t)idx);
-    canary__load_words(cur, r->label, CANARY_LABEL_MAX / 8);
-    cur[CANARY_LABEL_MAX - 1] = '\0';
-    /* Relabelling races only with readers copying the label word by
-     * word; the worst they see is a mixed label once, never bad memory. */
-    if (label_len > 0 &&
-        (strlen(cur) != label_len || memcmp(cur, label, label_len) != 0))
-      store_label(r, label, label_len);
-  } else {
-    idx = CANARY_EFULL;
-    for (uint32_t i = 0; i < seg->max_routes; i++) {
-      struct route_hdr *r = canary__route(seg, i);
-      char kbuf[CANARY_KEY_MAX];
-      if (ck_pr_load_32(&r->state) != ROUTE_FREE)
-        continue;
-      memset(kbuf, 0, sizeof kbuf);
-      memcpy(kbuf, key, key_len);
-      canary__store_words(r->key, kbuf, CANARY_KEY_MAX / 8);
-      store_label(r, label, label_len);
-      /* Key and label must be visible before the slot reads as READY. */
-      ck_pr_fence_store();
-      ck_pr_store_32(&r->state, ROUTE_READY);
-      ck_pr_inc_32(&h->routes_used);
-      idx = (int)i;
-      break;
-    }
+    /* Claimed by another process since we looked. */
+    canary__lock_release(seg, canary__claim_lock_off());
+    return relabel(seg, idx, label, label_len);
+  }
+  idx = CANARY_EFULL;
+  for (uint32_t i = 0; i < seg->max_routes; i++) {
+    struct route_hdr *r = canary__route(seg, i);
+    char kbuf[CANARY_KEY_MAX];
+    if (ck_pr_load_32(&r->state) != ROUTE_FREE)
+      continue;
+    memset(kbuf, 0, sizeof kbuf);
+    memcpy(kbuf, key, key_len);
+    canary__store_words(r->key, kbuf, CANARY_KEY_MAX / 8);
+    store_label(r, label, label_len);
+    /* Key and label must be visible before the slot reads as READY. */
+    ck_pr_fence_store();
+    ck_pr_store_32(&r->state, ROUTE_READY);
+    ck_pr_inc_32(&h->routes_used);
+    idx = (int)i;
+    break;
   }
   canary__lock_release(seg, canary__claim_lock_off());
   return idx;

@@ -237,7 +237,8 @@ static void remove_stale_temps(const char *path) {
 }
 
 /* Makes a complete segment file under a temporary name and publishes it
- * at `path` with link().  Returns 1 with *fd_out open on it (ours, now at
+ * at `path` with link().  Errors name `path`, not the temporary name, so
+ * that the same failure reads the same every time (it is logged once).  Returns 1 with *fd_out open on it (ours, now at
  * path), 0 when another process published first or took our temporary
  * file for a stale one (attach theirs, or try again), or an error. */
 static int create_file(const char *path, const struct want *w, int *fd_out,
@@ -256,7 +257,7 @@ static int create_file(const char *path, const struct want *w, int *fd_out,
   fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0)
     return canary__fail(why, why_len, CANARY_EIO, "cannot create %s: %s",
-                        tmp, strerror(errno));
+                        path, strerror(errno));
   /* Ours while we make it: remove_stale_temps() in other processes
    * leaves a locked temporary file alone. */
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -266,12 +267,12 @@ static int create_file(const char *path, const struct want *w, int *fd_out,
   /* The umask may have narrowed 0600; the file must be exactly that. */
   if (fchmod(fd, 0600) != 0) {
     rc = canary__fail(why, why_len, CANARY_EIO, "cannot chmod 0600 %s: %s",
-                      tmp, strerror(errno));
+                      path, strerror(errno));
     goto fail;
   }
   if (w->prepare && fchown(fd, (uid_t)w->uid, (gid_t)w->gid) != 0) {
     rc = canary__fail(why, why_len, CANARY_EIO,
-                      "cannot give %s to uid %u gid %u: %s", tmp, w->uid,
+                      "cannot give %s to uid %u gid %u: %s", path, w->uid,
                       w->gid, strerror(errno));
     goto fail;
   }
@@ -286,7 +287,7 @@ static int create_file(const char *path, const struct want *w, int *fd_out,
   /* Nobody can see this file yet: the header goes in whole, magic and
    * all; link() below is what makes it visible. */
   if (pwrite(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
-    rc = canary__fail(why, why_len, CANARY_EIO, "cannot write %s: %s", tmp,
+    rc = canary__fail(why, why_len, CANARY_EIO, "cannot write %s: %s", path,
                       strerror(errno));
     goto fail;
   }
@@ -297,8 +298,8 @@ static int create_file(const char *path, const struct want *w, int *fd_out,
     close(fd);
     if (e == EEXIST || e == ENOENT)
       return 0; /* another creator won, or our file was taken: start over */
-    return canary__fail(why, why_len, CANARY_EIO, "cannot link %s to %s: %s",
-                        tmp, path, strerror(e));
+    return canary__fail(why, why_len, CANARY_EIO, "cannot link %s: %s", path,
+                        strerror(e));
   }
   (void)unlink(tmp);
   (void)flock(fd, LOCK_UN);

@@ -435,7 +435,14 @@ static void two_handles_in_one_process_exclude_each_other(void **state) {
   assert_int_equal(canary__lock_try(fx->seg, off), 0);
   assert_int_equal(canary_route_publish(b, route, &t, 3, NULL, NULL, 0),
                    CANARY_EBUSY);
+  /* A new label goes under the route's lock too; an unchanged one does
+   * not need it, nor does another route's label. */
+  assert_int_equal(canary_route_claim(b, "two", 3, "Two", 3), CANARY_EBUSY);
+  assert_int_equal(canary_route_claim(b, "two", 3, "", 0), route);
+  assert_true(canary_route_claim(b, "else", 4, "Else", 4) >= 0);
+  assert_true(canary_route_claim(b, "else", 4, "Other", 5) >= 0);
   canary__lock_release(fx->seg, off);
+  assert_int_equal(canary_route_claim(b, "two", 3, "Two", 3), route);
   assert_int_equal(canary_route_publish(b, route, &t, 3, NULL, NULL, 0), 0);
 
   /* The claim lock: a new key waits for it, a known key does not. */
