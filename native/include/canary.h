@@ -400,7 +400,7 @@ CANARY_API uint32_t canary_sticky_bucket(const char *key, size_t key_len);
  * clamped to the histogram range), HTTP status, and the request's trace
  * source (a canary_trace_source, or -1 for none).  No lock, no
  * allocation: one shared atomic add for the latency bucket, and the
- * other counters in this process's own stripe.  Safe across processes;
+ * other counters in this handle's own stripe.  Safe across processes;
  * within a process, threads that record concurrently use a handle each. */
 CANARY_API int canary_route_record(canary_seg_t *seg, int route,
                                    int upstream, uint64_t latency_us,

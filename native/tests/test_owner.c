@@ -463,6 +463,52 @@ static void two_handles_in_one_process_exclude_each_other(void **state) {
   assert_int_equal(ok_count(fx->seg, route, NULL), 3);
 }
 
+/* A judge that finds the route's lock held (another worker publishing)
+ * gives its window back and says busy at once: the window stays due, and
+ * the next tick judges it. */
+static void busy_judge_leaves_the_window_due(void **state) {
+  struct test_fx *fx = *state;
+  canary_seg_t *b = NULL;
+  struct canary_prog_params p;
+  struct canary_prog_status st;
+  struct canary_table t;
+  const uint32_t w[2] = {9000, 1000};
+  int route = canary_route_claim(fx->seg, "judge", 5, "", 0);
+  uint64_t off;
+  double now;
+
+  assert_true(route >= 0);
+  memset(&p, 0, sizeof p);
+  p.canary = 1;
+  p.nsteps = 2;
+  p.steps[0] = 1000;
+  p.steps[1] = 10000;
+  p.interval_ms = 1000;
+  p.failure_limit = 1;
+  p.max_error_rate = p.max_p95_us = p.max_p99_us = -1;
+  p.rollback_error_rate = -1;
+  test_table(&t, "up", 2, w);
+  assert_int_equal(
+      canary_route_publish_prog(fx->seg, route, &t, &p, 1, NULL, NULL, 0), 0);
+  now = canary_clock_us() + 1.5 * 1e6;
+  assert_int_equal(
+      test_seg_open(&b, fx->path, O_ROUTES, O_UPSTREAMS, 0, NULL, 0),
+      CANARY_SEG_ATTACHED);
+  off = canary__writer_lock_off(fx->seg, (uint32_t)route);
+
+  assert_int_equal(canary__lock_try(fx->seg, off), 0);
+  assert_int_equal(canary_prog_tick(b, route, now, &st), CANARY_EBUSY);
+  canary__lock_release(fx->seg, off);
+  assert_int_equal(canary_prog_status(b, route, now, &st), 0);
+  assert_int_equal(st.evaluations[CANARY_GATE_PASS], 0);
+  assert_int_equal(st.step, 0);
+  /* Same clock: the window is still due. */
+  assert_int_equal(canary_prog_tick(b, route, now, &st), 2);
+  assert_int_equal(st.evaluations[CANARY_GATE_PASS], 1);
+  assert_int_equal(st.step, 1);
+  test_seg_close(b);
+}
+
 /* A child using the handle its parent opened gets locks of its own, and
  * leaves the parent's alone when it exits. */
 static void inherited_child(canary_seg_t *seg, int route,
@@ -530,6 +576,8 @@ int main(void) {
           two_handles_in_one_process_exclude_each_other, setup, teardown),
       cmocka_unit_test_setup_teardown(inherited_handle_takes_its_own_locks,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(busy_judge_leaves_the_window_due, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(stripes_more_handles_than_stripes, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(stripe_of_a_killed_owner_is_taken_over,
