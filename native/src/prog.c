@@ -241,10 +241,14 @@ int canary_prog_status(const canary_seg_t *seg, int route, double now_us,
     return CANARY_EINVAL;
   pa = canary__prog(seg, (uint32_t)route);
   memset(out, 0, sizeof *out);
-  load_params(pa, &p);
   out->state = ck_pr_load_32(&pa->state);
   if (out->state > CANARY_PROG_ROLLED_BACK)
     return CANARY_ECORRUPT;
+  /* State before the parameters it makes valid (pairs with the store
+   * fence before the state in canary__prog_start): a progression that
+   * starts while we look is either not running yet or whole. */
+  ck_pr_fence_load();
+  load_params(pa, &p);
   out->step = ck_pr_load_32(&pa->step);
   out->nsteps = p.nsteps <= CANARY_MAX_STEPS ? p.nsteps : 0;
   out->canary = p.canary;
