@@ -382,10 +382,11 @@ describe("canarystat gate", function()
   -- Window `w` of traffic: n canary requests (`errors` 5xx) at canary_us,
   -- 9n stable ones at 20 ms.
   local function window(n, errors, canary_us)
+    local canary, stable = seg:stat(route, "canary"), seg:stat(route, "stable")
     for i = 1, n do
-      assert(seg:record(route, 2, canary_us, i <= errors and 503 or 200))
+      assert(seg:record(route, canary, canary_us, i <= errors and 503 or 200))
     end
-    for _ = 1, 9 * n do assert(seg:record(route, 1, 20000, 200)) end
+    for _ = 1, 9 * n do assert(seg:record(route, stable, 20000, 200)) end
   end
 
   -- Runs a gate over the windows: before window k is judged, traffic[k]()
