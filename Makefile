@@ -42,6 +42,10 @@ SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 
 LIB_SRC  := $(wildcard native/src/*.c)
 LIB_OBJ  := $(LIB_SRC:native/src/%.c=$(BUILD)/obj/%.o)
+# The cmocka binaries (plain and sanitizer) link objects with the fault
+# points compiled in (native/src/fault.c); the shipped library has none.
+FAULT    := -DCANARY_FAULT_POINTS
+TEST_OBJ := $(LIB_SRC:native/src/%.c=$(BUILD)/tobj/%.o)
 SAN_OBJ  := $(LIB_SRC:native/src/%.c=$(BUILD)/san/obj/%.o)
 TEST_SRC := $(wildcard native/tests/test_*.c)
 TESTS    := $(TEST_SRC:native/tests/%.c=$(BUILD)/tests/%)
@@ -83,9 +87,13 @@ $(BUILD)/obj/%.o: native/src/%.c $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
+$(BUILD)/tobj/%.o: native/src/%.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(FAULT) -c -o $@ $<
+
 $(BUILD)/san/obj/%.o: native/src/%.c $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(INCS) -fPIC $(SAN_FLAGS) -c -o $@ $<
+	$(CC) $(CSTD) $(WARN) $(INCS) -fPIC $(SAN_FLAGS) $(FAULT) -c -o $@ $<
 
 $(BUILD)/libcanary.so: $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS)
@@ -107,13 +115,13 @@ lua: $(PLUGIN_LUA)
 
 # ---- tests -------------------------------------------------------------
 
-$(BUILD)/tests/%: native/tests/%.c $(LIB_OBJ) $(HDRS)
+$(BUILD)/tests/%: native/tests/%.c $(TEST_OBJ) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(INCS) -O1 -g -o $@ $< $(LIB_OBJ) $(LDLIBS) -lcmocka -lm
+	$(CC) $(CSTD) $(WARN) $(INCS) $(FAULT) -O1 -g -o $@ $< $(TEST_OBJ) $(LDLIBS) -lcmocka -lm
 
 $(BUILD)/san/tests/%: native/tests/%.c $(SAN_OBJ) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) $(INCS) $(SAN_FLAGS) -o $@ $< $(SAN_OBJ) $(LDLIBS) -lcmocka -lm
+	$(CC) $(CSTD) $(WARN) $(INCS) $(FAULT) $(SAN_FLAGS) -o $@ $< $(SAN_OBJ) $(LDLIBS) -lcmocka -lm
 
 test: deps build
 	@$(MAKE) --no-print-directory test-native test-san test-valgrind fuzz-smoke check-cdef lint test-lua test-prom test-summary
@@ -127,9 +135,11 @@ test-san: $(SAN_TESTS)
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 $$t; done
 
 # valgrind runs the same binaries with smaller sample counts (CANARY_TEST_SCALE).
+# No gdbserver FIFOs: a test child that drops to another uid could not
+# remove them.
 test-valgrind: $(TESTS)
 	@for t in $(TESTS); do echo "== $$t (valgrind)"; \
-		CANARY_TEST_SCALE=50 valgrind -q --error-exitcode=99 --leak-check=full \
+		CANARY_TEST_SCALE=50 valgrind -q --vgdb=no --error-exitcode=99 --leak-check=full \
 		--errors-for-leak-kinds=definite,indirect --trace-children=yes $$t >/dev/null; done
 
 # The ffi.cdef in plugin/engine.lua must declare exactly what canary.h does.

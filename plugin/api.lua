@@ -58,6 +58,12 @@ return {
         return kong.response.exit(200, status.instance(c))
       end
       local ok, seq_or_err, kind = seg:prog_action(c.route, action)
+      if kind == "busy" then
+        -- Another worker is changing this route right now; nothing was
+        -- done, and the engine never waits for it.
+        return kong.response.exit(503, { message = seq_or_err },
+                                  { ["Retry-After"] = "1" })
+      end
       if not ok then
         return kong.response.exit(kind == "state" and 409 or 500,
                                   { message = seq_or_err })

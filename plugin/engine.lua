@@ -36,6 +36,7 @@ enum canary_errno {
   CANARY_ENOTPUB = -11,
   CANARY_EREADONLY = -12,
   CANARY_ESTATE = -13,
+  CANARY_EUNSAFE = -14,
   CANARY_OK = 0
 };
 enum canary_limits {
@@ -301,6 +302,10 @@ struct canary_hist_summary {
  int canary_seg_open_params(canary_seg_t **out, const char *path,
                                       const struct canary_seg_params *p,
                                       char *why, size_t why_len);
+ int canary_seg_prepare(const char *path,
+                                  const struct canary_seg_params *p,
+                                  uint32_t uid, uint32_t gid, char *why,
+                                  size_t why_len);
  void canary_seg_close(canary_seg_t *seg);
  int canary_seg_info(const canary_seg_t *seg,
                                struct canary_seg_info *out);
@@ -425,9 +430,6 @@ struct canary_group { char *gr_name; char *gr_passwd; unsigned int gr_gid;
                       char **gr_mem; };
 struct canary_passwd *canary_libc_getpwnam(const char *name) __asm__("getpwnam");
 struct canary_group *canary_libc_getgrnam(const char *name) __asm__("getgrnam");
-int canary_libc_chown(const char *path, unsigned int owner,
-                      unsigned int group) __asm__("chown");
-char *canary_libc_strerror(int errnum) __asm__("strerror");
 ]]
 
 local _M = { _VERSION = "0.1.0" }
@@ -464,8 +466,9 @@ local render_buf
 _M.E = {
   INVAL = -1, NOMEM = -2, IO = -3, CORRUPT = -4, NOENT = -5, FULL = -6,
   BUSY = -7, NOSPC = -8, RAND = -9, WEIGHTS = -10, NOTPUB = -11,
-  READONLY = -12, STATE = -13,
+  READONLY = -12, STATE = -13, UNSAFE = -14,
 }
+local E_BUSY = _M.E.BUSY
 _M.TRACE = { CLIENT = 0, TRACEPARENT = 1, GENERATED = 2, REJECTED = 3 }
 _M.EVENT = { OVERRIDE = 0, OVERRIDE_DENIED = 1, FALLBACK = 2,
              ENGINE_ERROR = 3 }
@@ -567,26 +570,6 @@ end
 
 -- ---- segment --------------------------------------------------------
 
--- For a root master that starts unprivileged workers: creates (or checks)
--- the segment at `path` as open() does, with the same options, then
--- hands the file to opts.uid:opts.gid (mode 0600 stays), so that workers
--- running as that user attach it.  Keeps nothing mapped.  Returns what
--- open() reports ("attached", "created", "recreated") and, when a bad file
--- was set aside, why; or nil and an error.
-function _M.prepare(path, opts)
-  if type(opts) ~= "table" or type(opts.uid) ~= "number" or type(opts.gid) ~= "number" then
-    error("prepare: opts.uid and opts.gid must be numbers", 2)
-  end
-  local seg, err = _M.open(path, opts)
-  if not seg then return nil, err end
-  local opened, why = seg.opened, seg.why
-  seg:close()
-  if ffi.C.canary_libc_chown(path, opts.uid, opts.gid) ~= 0 then
-    return nil, "cannot give " .. path .. " to uid " .. opts.uid .. ": " ..
-                ffi_string(ffi.C.canary_libc_strerror(ffi.errno()))
-  end
-  return opened, why
-end
 
 local Seg = {}
 Seg.__index = Seg
@@ -627,6 +610,35 @@ function _M.open(path, opts)
   return self
 end
 
+-- For a privileged master process: creates or validates the segment at
+-- `path` as open() would with the same opts (max_routes, max_upstreams,
+-- max_stat_slots, retire_grace_s), gives it to opts.uid:opts.gid (the
+-- workers' user), mode 0600, and does not map it.  Returns "created" /
+-- "attached" / "recreated", or nil and an error.
+function _M.prepare(path, opts)
+  if type(path) ~= "string" or path == "" then
+    error("prepare: path must be a non-empty string", 2)
+  end
+  if type(opts) ~= "table" or type(opts.uid) ~= "number" or
+     type(opts.gid) ~= "number" then
+    error("prepare: opts.uid and opts.gid must be numbers", 2)
+  end
+  local ok, err = need_lib()
+  if not ok then return nil, err end
+  seg_params.max_routes = opts.max_routes or 64
+  seg_params.max_upstreams = opts.max_upstreams or 16
+  seg_params.max_stat_slots = opts.max_stat_slots or 0
+  seg_params.flags = 0
+  seg_params.retire_grace_s = opts.retire_grace_s or 0
+  local rc = C.canary_seg_prepare(path, seg_params, opts.uid, opts.gid,
+                                  msg_buf, 512)
+  if rc < 0 then
+    return nil, strerror(rc) .. ": " .. ffi_string(msg_buf)
+  end
+  -- and, when a bad file was set aside, why
+  return OPENED[rc], rc == 2 and ffi_string(msg_buf) or nil
+end
+
 function Seg:close()
   if self.h ~= nil then
     C.canary_seg_close(ffi_gc(self.h, nil))
@@ -656,7 +668,8 @@ function Seg:info()
 end
 
 -- Claims (or finds, or brings back) the route slot for `key`; returns
--- its index, or nil, the reason and the code (_M.E.FULL: no free slot).
+-- its index, or nil, the reason and the code (_M.E.FULL: no free slot;
+-- _M.E.BUSY: another process held the claim lock, nothing changed).
 -- The slot may have served another key before: what this process
 -- remembers of it is dropped.
 function Seg:claim(key, label)
@@ -681,8 +694,9 @@ end
 -- Retires every route whose key is not in `keys` (an array of instance
 -- keys: the complete set still configured), as of now_us (default: the
 -- engine's clock; a time further back shortens what is left of the grace
--- period, which tests use).  Returns the number retired, or nil and an
--- error.
+-- period, which tests use).  Returns the number retired, or nil, an
+-- error and "busy" when another process held the claim lock (nothing
+-- retired: call again later).
 function Seg:retire_except(keys, now_us)
   if type(keys) ~= "table" then
     error("retire_except: keys must be an array of strings", 2)
@@ -691,7 +705,7 @@ function Seg:retire_except(keys, now_us)
   local rc = C.canary_route_retire_except(self.h, list,
                                           #keys > 0 and #list + 1 or 0,
                                           now_us or C.canary_clock_us())
-  if rc < 0 then return nil, strerror(rc) end
+  if rc < 0 then return nil, strerror(rc), rc == E_BUSY and "busy" or nil end
   return rc
 end
 
@@ -761,7 +775,8 @@ end
 
 -- Validates and publishes a weights table (weights on 0..10000), with an
 -- optional progression (see fill_prog).  Returns the generation in
--- effect, or nil and the reason.
+-- effect, or nil, the reason and "busy" when another process held the
+-- route's lock (nothing changed: publish again later).
 function Seg:publish(route, names, weights, config_hash, prog)
   fill_table(names, weights)
   local pp = C_NULL
@@ -772,7 +787,9 @@ function Seg:publish(route, names, weights, config_hash, prog)
   end
   local rc = C.canary_route_publish_prog(self.h, route, table_buf, pp,
                                          config_hash or 0, gen64, msg_buf, 512)
-  if rc < 0 then return nil, ffi_string(msg_buf) end
+  if rc < 0 then
+    return nil, ffi_string(msg_buf), rc == E_BUSY and "busy" or nil
+  end
   return tonumber(gen64[0])
 end
 
@@ -809,11 +826,12 @@ end
 -- Drives the route's progression (call a few times a second).  Returns
 -- 0 (nothing judged), 1 (judged), 2 (weights or state changed) and the
 -- status table (its `decided` names the decision this call recorded, 0
--- for none), or nil and an error.
+-- for none), or nil, an error and "busy" when another process held the
+-- route's lock (the window stays due: tick again later).
 function Seg:prog_tick(route)
   local rc = C.canary_prog_tick(self.h, route, C.canary_clock_us(),
                                 prog_status_buf)
-  if rc < 0 then return nil, strerror(rc) end
+  if rc < 0 then return nil, strerror(rc), rc == E_BUSY and "busy" or nil end
   return rc, prog_status_table(prog_status_buf)
 end
 
@@ -827,14 +845,16 @@ end
 -- Operator action by name (promote, pause, resume, abort, promote_full).
 -- Returns true and the sequence number of the decision it recorded, or
 -- nil, the reason and the error code name ("state" when the action does
--- not fit the current state).
+-- not fit the current state, "busy" when another process held the
+-- route's lock: nothing changed, try again).
 function Seg:prog_action(route, action)
   local a = _M.ACTION[action]
   if not a then error("prog_action: unknown action " .. tostring(action), 2) end
   local rc = C.canary_prog_action(self.h, route, a, C.canary_clock_us(),
                                   prog_status_buf, msg_buf, 512)
   if rc < 0 then
-    return nil, ffi_string(msg_buf), rc == _M.E.STATE and "state" or "error"
+    return nil, ffi_string(msg_buf), rc == _M.E.STATE and "state" or
+           rc == E_BUSY and "busy" or "error"
   end
   return true, tonumber(prog_status_buf.decided)
 end

@@ -21,6 +21,7 @@ local state = runtime.state
 local log_once = runtime.log_once
 local TRACE = engine.TRACE
 local EVENT = engine.EVENT
+local E_BUSY = engine.E.BUSY
 local now_us = engine.now_us
 local trace_generate = engine.trace_generate
 local traceparent_trace_id = engine.traceparent_trace_id
@@ -200,8 +201,9 @@ local function label(c)
   local s = kong.router.get_service()
   local l = (c.route_id and r and r.name) or (c.service_id and s and s.name)
             or (r and r.name) or (s and s.name) or c.key
-  state.seg:claim(c.key, l)
-  c.labelled = true
+  -- Another worker holding the claim lock: label at a later request.
+  local _, _, code = state.seg:claim(c.key, l)
+  c.labelled = code ~= E_BUSY
 end
 
 -- kong.service.set_upstream() only replaces balancer_data.host.  Kong's

@@ -49,6 +49,12 @@ _M.state = state
 local compiled = setmetatable({}, { __mode = "k" })
 -- Compiled configs by plugin instance key, for the Admin API.
 local by_key = {}
+-- Compiled configs whose claim or publish found another worker holding
+-- the segment's lock: retried by the periodic tick, never waited for.
+local pending = {}
+-- The live keys of a retirement that found the claim lock held (nil:
+-- none), retried by the tick like a pending publish.
+local retire_pending = nil
 
 local function log_once(level, msg)
   if state.warned[msg] then return end
@@ -73,7 +79,8 @@ function _M.segment_path()
 end
 
 -- The geometry of a new segment, from the environment (an existing
--- segment keeps its own).
+-- segment keeps its own): the same for the root master that prepares the
+-- file and for the workers that open it.
 function _M.segment_opts()
   local max_routes = env_number("CANARY_ROUTER_MAX_ROUTES", DEFAULT_MAX_ROUTES)
   return {
@@ -333,11 +340,19 @@ end
 -- Claims the instance's route slot and publishes its weights (and
 -- progression).  Publishing the configuration already in place is a
 -- no-op in the engine, so every worker may call this for the same config.
+-- The engine tries its locks once; when another worker holds one (most
+-- often publishing this very config) the instance is pending and the
+-- tick tries again, never waiting for it.
 local function publish(c)
   local seg = state.seg
   if not seg then return nil, state.seg_err end
   local route, err, code = seg:claim(c.key, "")
   if not route then
+    if code == engine.E.BUSY then
+      pending[c] = true
+      return nil, err
+    end
+    pending[c] = nil
     if code == engine.E.FULL then
       err = err .. ": every one of the " .. seg:info().max_routes ..
             " route slots (CANARY_ROUTER_MAX_ROUTES) is live or retired " ..
@@ -347,12 +362,19 @@ local function publish(c)
                     c.key .. ": " .. err .. "; failing open to " .. c.stable)
     return nil, err
   end
-  local gen, perr = seg:publish(route, c.names, c.weights, c.hash, c.prog)
+  local gen, perr, busy = seg:publish(route, c.names, c.weights, c.hash,
+                                      c.prog)
   if not gen then
+    if busy then
+      pending[c] = true
+      return nil, perr
+    end
+    pending[c] = nil
     log_once("err", "canary-router cannot publish weights for " ..
                     c.key .. ": " .. perr)
     return nil, perr
   end
+  pending[c] = nil
   c.route = route
   c.provisional = nil
   return gen
@@ -453,6 +475,19 @@ function _M.tick()
     last_sync = now_s()
     _M.sync()
   end
+  -- Claims, publishes and retirements that found another worker's lock
+  -- held.
+  if retire_pending then
+    local _, _, busy = seg:retire_except(retire_pending)
+    if not busy then retire_pending = nil end
+  end
+  for c in pairs(pending) do
+    if by_key[c.key] == c and is_current(c) then
+      publish(c)
+    else
+      pending[c] = nil -- replaced, removed or superseded since
+    end
+  end
   for _, c in pairs(by_key) do
     if c.cluster and c.route then
       local ok, err = cluster.tick(c, seg)
@@ -461,10 +496,10 @@ function _M.tick()
                         c.key .. ": " .. tostring(err))
       end
     elseif c.prog and c.route then
-      local rc, st = seg:prog_tick(c.route)
+      local rc, st, busy = seg:prog_tick(c.route)
       if rc and st.decided > 0 then
         decisions.report(c, seg, st.decided)
-      elseif not rc then
+      elseif not rc and not busy then
         log_once("err", "canary-router progression tick failed for " ..
                         c.key .. ": " .. tostring(st))
       end
@@ -590,8 +625,9 @@ local function retire_others(live, now_us)
   if not seg then return 0 end
   local keys = {}
   for key in pairs(live) do keys[#keys + 1] = key end
-  local n, err = seg:retire_except(keys, now_us)
-  if not n then
+  local n, err, busy = seg:retire_except(keys, now_us)
+  retire_pending = busy and keys or nil
+  if not n and not busy then
     log_once("warn", "canary-router cannot retire the route slots of " ..
                      "removed instances yet: " .. tostring(err))
   end

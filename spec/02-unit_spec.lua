@@ -454,6 +454,101 @@ describe("canary-router handler (unit)", function()
     assert.equal(0, kept)
   end)
 
+  -- The engine tries its locks once and never waits (native/src/owner.c);
+  -- here the spec holds them, as a worker busy in a claim or a publish.
+  it("retries from its tick, never waiting, when another worker holds a lock", function()
+    local seglock = require "helpers.seglock"
+    local path = dir .. "/canary-router.seg"
+    local key = "busy-instance"
+    local function canary_share(conf, n)
+      local canary = 0
+      for _ = 1, n do
+        if request(conf).upstream == "automation-service-canary" then
+          canary = canary + 1
+        end
+      end
+      return canary
+    end
+
+    -- A new instance whose claim finds the claim lock held: it fails open
+    -- to stable, says nothing, and is installed by the first tick after.
+    local held = assert(seglock.hold(path, seglock.CLAIM))
+    local conf = config({ __plugin_id = key })
+    local k = stub_kong(dir)
+    _G.kong = k
+    handler:configure({ conf })
+    assert.equal(0, canary_share(conf, 200))
+    _G.kong = k
+    runtime.tick()
+    assert.equal(0, canary_share(conf, 200))
+    seglock.release(held)
+    _G.kong = k
+    runtime.tick()
+    assert.same({}, k.logged)
+    assert.is_true(math.abs(canary_share(conf, 2000) - 200) <= 10)
+
+    -- A changed config whose publish finds the route's lock held: the
+    -- route keeps serving the table in place until a tick publishes.
+    local seg = runtime.state.seg
+    local route = assert(seg:find(key))
+    held = assert(seglock.hold(path, seglock.writer(route, seg:info().route_bytes)))
+    local conf2 = config({
+      __plugin_id = key,
+      upstreams = { { name = "automation-service", weight = 50 },
+                    { name = "automation-service-canary", weight = 50 } },
+    })
+    _G.kong = k
+    handler:configure({ conf2 })
+    assert.is_true(math.abs(canary_share(conf2, 2000) - 200) <= 10)
+    _G.kong = k
+    runtime.tick()
+    assert.is_true(math.abs(canary_share(conf2, 2000) - 200) <= 10)
+    seglock.release(held)
+    _G.kong = k
+    runtime.tick()
+    assert.same({}, k.logged)
+    assert.is_true(math.abs(canary_share(conf2, 2000) - 1000) <= 10)
+
+    -- An instance removed while the claim lock is held: its route stays
+    -- live, silently, until the first tick after the lock is free.
+    held = assert(seglock.hold(path, seglock.CLAIM))
+    _G.kong = k
+    handler:configure({})
+    assert.equal(route, seg:find(key))
+    _G.kong = k
+    runtime.tick()
+    assert.equal(route, seg:find(key))
+    seglock.release(held)
+    _G.kong = k
+    runtime.tick()
+    assert.is_nil(seg:find(key))
+    assert.same({}, k.logged)
+  end)
+
+  it("creates the segment through a master's prepare for the workers' user", function()
+    local engine = require "kong.plugins.canary-router.engine"
+    local sub = tmpdir()
+    local p = io.popen("id -u; id -g")
+    local uid, gid = tonumber(p:read("*l")), tonumber(p:read("*l"))
+    p:close()
+    assert.equal("created", engine.prepare(sub .. "/seg", { uid = uid, gid = gid }))
+    assert.equal("attached", engine.prepare(sub .. "/seg", { uid = uid, gid = gid }))
+    local seg = assert(engine.open(sub .. "/seg"))
+    assert.equal("attached", seg.opened)
+    seg:close()
+    -- a file open to others is refused, named and left in place
+    os.execute("chmod 644 " .. sub .. "/seg")
+    local none, err = engine.open(sub .. "/seg")
+    assert.is_nil(none)
+    assert.matches("^segment file is unsafe: " .. sub .. "/seg has mode 0644", err)
+    none, err = engine.prepare(sub .. "/seg", { uid = uid, gid = gid })
+    assert.is_nil(none)
+    assert.matches("segment file is unsafe", err, 1, true)
+    assert.has_error(function() engine.prepare(sub .. "/seg", {}) end,
+                     "prepare: opts.uid and opts.gid must be numbers")
+    os.execute("rm -rf " .. sub)
+  end)
+
   it("reports every path it tried when the library cannot be found", function()
     local fresh = dofile("plugin/engine.lua")
     local saved = package.cpath

@@ -169,6 +169,31 @@ describe("progression in the local Kong host", function()
     assert.equal(404, status)
   end)
 
+  -- Another worker holding the route's writer lock (here: the spec, as a
+  -- worker stopped mid-publish would): the action is refused at once,
+  -- nothing changes, and the answer says to retry.
+  it("answers an action 503 busy, retry, while another worker holds the route", function()
+    start_progression({ interval = 3600 })
+    local engine = require "kong.plugins.canary-router.engine"
+    local seglock = require "helpers.seglock"
+    local seg = assert(engine.open(host.segment_path(), { readonly = true }))
+    local route = assert(seg:find(PLUGIN_ID))
+    local held = assert(seglock.hold(host.segment_path(),
+                                     seglock.writer(route, seg:info().route_bytes)))
+    seg:close()
+    local status, body, headers = host.request("POST", "/canary-router/" .. PLUGIN_ID ..
+                                               "/pause", nil, host.ports().admin)
+    seglock.release(held)
+    assert.equal(503, status, body)
+    assert.matches("busy: another process is changing this route; retry",
+                   cjson.decode(body).message, 1, true)
+    assert.equal("1", headers["retry-after"])
+    assert.equal("running", instance().progression.state)
+    local st, answer = action("pause")
+    assert.equal(200, st)
+    assert.equal("paused", answer.progression.state)
+  end)
+
   it("canarystat gate passes a healthy canary and fails a failing one", function()
     start_progression({ interval = 3600 })
     local function gate()

@@ -454,6 +454,7 @@ describe("chaos", function()
       local junk = f:read(65536)
       f:close()
       write_file(path, junk)
+      sh("chmod 600 " .. path) -- ours, only broken: set aside, not refused
       local mark = restart(path)
       assert_recreated(path, junk, mark)
     end)
@@ -464,8 +465,31 @@ describe("chaos", function()
       local path = host.prefix() .. "/truncated.seg"
       local cut = whole:sub(1, math.floor(#whole / 2))
       write_file(path, cut)
+      sh("chmod 600 " .. path)
       local mark = restart(path)
       assert_recreated(path, cut, mark)
+    end)
+
+    -- A file someone else could have written (open to others, or a
+    -- symlink planted at the path) is never used and never moved: not
+    -- ours.  The gateway fails open and says why.
+    it("refuses a segment file open to others, or a symlink, and leaves it alone", function()
+      local whole = assert(read_file(host.prefix() .. "/canary-router.seg"))
+      local path = host.prefix() .. "/shared.seg"
+      write_file(path, whole)
+      sh("chmod 666 " .. path)
+      local mark = restart(path)
+      assert_fails_open("segment file is unsafe: " .. path .. " has mode 0666", mark)
+      assert.equal(whole, read_file(path))
+
+      local link = host.prefix() .. "/link.seg"
+      sh("chmod 600 " .. path .. " && ln -s " .. path .. " " .. link)
+      mark = restart(link)
+      assert_fails_open("segment file is unsafe: " .. link .. " is a symbolic link", mark)
+      assert.equal(whole, read_file(path))
+      local _, listing = sh("ls " .. host.prefix())
+      assert.is_nil(listing:match("shared%.seg%.bad"), listing)
+      assert.is_nil(listing:match("link%.seg%.bad"), listing)
     end)
   end)
 end)

@@ -267,14 +267,6 @@ static void check_cstr(const char *s, size_t cap, const char *what) {
   FZ_CHECK(memchr(s, '\0', cap) != NULL, "%s is not NUL-terminated", what);
 }
 
-/* The writer word names a live process other than us: an action or a
- * tick would wait out its 250 ms timeout, which slows the campaign and
- * proves nothing. */
-static int writer_blocks(const canary_seg_t *seg, int route) {
-  uint32_t w = canary__route(seg, (uint32_t)route)->writer;
-  return w != 0 && w != (uint32_t)getpid() && canary__pid_alive(w);
-}
-
 /* What the input asks of the progression: an operator action (one of
  * canary_prog_action, one past them to check the EINVAL, or none) and
  * the clock reading for it and for the tick. */
@@ -320,9 +312,6 @@ static void lifecycle(canary_seg_t *seg, const struct prog_input *act) {
   size_t len;
   int r, rc;
 
-  for (uint32_t i = 0; i < seg->max_routes; i++)
-    if (writer_blocks(seg, (int)i))
-      return;
   rc = canary_route_retire_except(seg, keep, sizeof keep, act->now_us);
   FZ_CHECK(rc >= 0 || rc == CANARY_EBUSY || rc == CANARY_EINVAL,
            "retire_except: %d", rc);
@@ -437,8 +426,6 @@ static void exercise(canary_seg_t *seg, int readonly,
     }
     canary_route_record(seg, r, 0, 1234, 200, CANARY_TRACE_GENERATED);
     canary_route_event(seg, r, CANARY_EVENT_OVERRIDE);
-    if (writer_blocks(seg, r))
-      continue;
     if (act->action <= CANARY_ACT_PROMOTE_FULL + 1 &&
         !(fz_known_bug("prog-action") && prog_params_bad(seg, r))) {
       char err[256] = "";

@@ -39,13 +39,14 @@
   XX(ECORRUPT, -4, "segment data is corrupt")                                 \
   XX(ENOENT, -5, "no such route")                                             \
   XX(EFULL, -6, "segment has no free slot")                                   \
-  XX(EBUSY, -7, "writer word held by a live process")                         \
+  XX(EBUSY, -7, "busy: another process is writing; retry later")              \
   XX(ENOSPC, -8, "buffer too small")                                          \
   XX(ERAND, -9, "random generator failed")                                    \
   XX(EWEIGHTS, -10, "invalid weights table")                                  \
   XX(ENOTPUB, -11, "route has no published table")                            \
   XX(EREADONLY, -12, "segment attached read-only")                            \
-  XX(ESTATE, -13, "operation not allowed in the current state")
+  XX(ESTATE, -13, "operation not allowed in the current state")               \
+  XX(EUNSAFE, -14, "segment file is unsafe")
 
 enum canary_errno {
 #define CANARY_ERRNO_GEN(name, value, msg) CANARY_##name = value,
@@ -419,12 +420,22 @@ CANARY_API const char *canary_strerror(int err);
 
 /* Creates or attaches the segment file at `path` and maps it.
  * max_routes (1..65536) and max_upstreams (1..CANARY_MAX_UPSTREAMS) size a
- * new segment; an existing valid segment keeps its own sizes.  A file that
- * is truncated, foreign, of another layout version or otherwise corrupt is
- * renamed to "<path>.bad-<unix>-<pid>" and a fresh segment created; `why`
- * (may be NULL) then says what was wrong.  Several processes may open the
- * same path at once: exactly one initialises.  With CANARY_SEG_READONLY the
- * file is mapped read-only and a bad file is reported, never touched.
+ * new segment; an existing valid segment keeps its own sizes.
+ * The file must be safe: not a symbolic link, a regular file owned by the
+ * caller's effective uid (or, for a read-only attach by root, by anyone),
+ * mode exactly 0600.  Otherwise CANARY_EUNSAFE, `why` says which rule, and
+ * the file is left untouched.  A new file is made complete under a
+ * temporary name and then linked into place, so no process ever maps a
+ * half-made one; several processes may open the same path at once and
+ * exactly one creates it.  A safe file that is truncated, foreign, of
+ * another layout version or otherwise corrupt is renamed to
+ * "<path>.bad-<unix>-<pid>" (the 3 newest such copies are kept) and a
+ * fresh segment created; `why` (may be NULL) then says what was wrong.
+ * Never blocks for long: the lock taken to set a file aside is tried for
+ * at most 2 s, then CANARY_EBUSY.  With CANARY_SEG_READONLY the file is
+ * mapped read-only and a bad file is reported, never touched.
+ * A writable handle keeps one more descriptor of the file open
+ * (O_CLOEXEC) for its locks.
  * Returns a canary_seg_opened value, or a negative error with `why` set. */
 CANARY_API int canary_seg_open(canary_seg_t **out, const char *path,
                                uint32_t max_routes, uint32_t max_upstreams,
@@ -437,6 +448,19 @@ CANARY_API int canary_seg_open(canary_seg_t **out, const char *path,
 CANARY_API int canary_seg_open_params(canary_seg_t **out, const char *path,
                                       const struct canary_seg_params *p,
                                       char *why, size_t why_len);
+
+/* For a privileged master that starts unprivileged workers: creates or
+ * validates the segment file at `path` exactly as canary_seg_open_params()
+ * does with `p` (a file owned by the caller or already by `uid` is
+ * accepted; p->flags must not ask for CANARY_SEG_READONLY), then makes it
+ * owned by uid:gid, mode 0600, and does not map it.  The workers, whose
+ * effective uid is `uid`, then attach it.  Returns a canary_seg_opened
+ * value, or a negative error with `why` set (CANARY_EUNSAFE, CANARY_EIO
+ * when the owner cannot be changed, ...). */
+CANARY_API int canary_seg_prepare(const char *path,
+                                  const struct canary_seg_params *p,
+                                  uint32_t uid, uint32_t gid, char *why,
+                                  size_t why_len);
 
 /* Unmaps and frees the handle.  NULL-safe.  The file stays. */
 CANARY_API void canary_seg_close(canary_seg_t *seg);
@@ -454,10 +478,13 @@ CANARY_API int canary_seg_info(const canary_seg_t *seg,
  * grace period (canary_seg_params.retire_grace_s) has passed, and it
  * starts empty.
  * `label` (may be empty) is the human name used in metrics; a later claim
- * with a non-empty label updates it.  Slow path; safe across processes
- * (claims are serialised by a segment-wide writer word).  Returns an
- * index >= 0, CANARY_EFULL (counted in canary_seg_info), CANARY_EBUSY or
- * CANARY_EREADONLY. */
+ * with a non-empty label updates it.  Slow path; safe across processes.
+ * A live key already claimed (with the same label, or an empty one) is
+ * found without any lock; any other claim takes the segment's claim lock
+ * and a new label the route's writer lock, each tried once: CANARY_EBUSY
+ * at once while another handle holds it (nothing changed; retry later).
+ * Returns an index >= 0, CANARY_EFULL (counted in canary_seg_info),
+ * CANARY_EBUSY or CANARY_EREADONLY. */
 CANARY_API int canary_route_claim(canary_seg_t *seg, const char *key,
                                   size_t key_len, const char *label,
                                   size_t label_len);
@@ -491,8 +518,11 @@ CANARY_API int canary_route_retire_except(canary_seg_t *seg, const char *keys,
  * to the current one with the same config_hash is a no-op that returns the
  * current generation.  Effective weights become the configured ones.
  * On CANARY_EWEIGHTS, `err` says which rule failed and nothing changed.
- * Takes the route's writer word (taking it over from a dead owner).
- * Writes the generation in effect to *gen_out (may be NULL). */
+ * The no-op case is decided by a lock-free read first; a change takes the
+ * route's writer lock, tried once: CANARY_EBUSY at once while another
+ * handle holds it (nothing changed; retry later).  A writer that died
+ * holding it held it no longer.  Writes the generation in effect to
+ * *gen_out (may be NULL). */
 CANARY_API int canary_route_publish(canary_seg_t *seg, int route,
                                     const struct canary_table *t,
                                     uint64_t config_hash, uint64_t *gen_out,
@@ -524,8 +554,10 @@ CANARY_API int canary_prog_check(const struct canary_prog_params *prog,
  * checked on every call against the window so far.  Each judgement goes
  * into the decision log (canary_prog_decisions()); a dry run records
  * and changes nothing else.  Effective weights change through the
- * normal publish, so all workers switch at their next pick.  now_us is
- * canary_clock_us().  Fills `out` (may be NULL; out->decided names the
+ * normal publish, so all workers switch at their next pick.  Judging
+ * takes the route's writer lock, tried once: while another handle holds
+ * it, CANARY_EBUSY, and the window stays due for the next tick.  now_us
+ * is canary_clock_us().  Fills `out` (may be NULL; out->decided names the
  * decision this call recorded).  Returns 0 (nothing judged), 1 (a
  * window judged, weights and state unchanged), 2 (weights or state
  * changed), or a negative error. */
@@ -534,8 +566,10 @@ CANARY_API int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
 
 /* Applies an operator action (canary_prog_action) and records it in the
  * route's decision log.  CANARY_ESTATE when the action makes no sense in
- * the current state (err says why).  Fills `out` (may be NULL) with the
- * status after the action; out->decided is the decision recorded. */
+ * the current state (err says why); CANARY_EBUSY, at once, while another
+ * handle holds the route's writer lock (nothing changed; retry).  Fills
+ * `out` (may be NULL) with the status after the action; out->decided is
+ * the decision recorded. */
 CANARY_API int canary_prog_action(canary_seg_t *seg, int route, int action,
                                   double now_us,
                                   struct canary_prog_status *out, char *err,
@@ -716,7 +750,7 @@ CANARY_API const char *canary_action_name(int action);
  * `flags` the response is counted apart, by status class only, and never
  * enters the histogram that progression gates judge.  No lock, no
  * allocation: one shared atomic add for the latency bucket, and the
- * other counters in this process's own stripe.  Returns 0, or
+ * other counters in this handle's own stripe.  Returns 0, or
  * CANARY_ENOENT when the handle no longer names a slot of this route
  * (reused after its grace period: the record is dropped).  Safe across
  * processes; within a process, threads that record concurrently use a

@@ -2,11 +2,14 @@
  * claim.c - route slots: claiming a slot under a key, and giving it back.
  *
  * A route is a slot in the segment claimed under a string key (the plugin
- * instance id).  Claims are serialised by the segment-wide claim word; no
- * request path ever looks at it.  Key and label are written before the
- * slot's state turns READY (with a store fence between) and the key never
- * changes while the slot is READY or RETIRED, so readers that load the
- * state and then fence may compare the key directly.
+ * instance id).  Claims and retirements are serialised by the
+ * segment-wide claim lock (owner.c), tried once; no request path ever
+ * takes it, and a live key already claimed is found without it.  A
+ * route's slot is changed (relabelled, retired, revived, reused) only
+ * under that route's writer lock too.  Key and label are written before
+ * the slot's state turns READY (with a store fence between) and the key
+ * never changes while the slot is READY or RETIRED, so readers that load
+ * the state and then fence may compare the key directly.
  *
  * Instances come and go over a gateway's life (in DB mode every new
  * instance gets a new id), so slots of instances no longer configured are
@@ -95,7 +98,7 @@ static void store_label(struct route_hdr *r, const char *label,
   canary__store_words(r->label, buf, CANARY_LABEL_MAX / 8);
 }
 
-/* Caller holds the claim word and, for a RETIRED slot, its writer word.
+/* Caller holds the claim lock and, for a RETIRED slot, its writer lock.
  * Empties the slot for `key`: unpublished, counters and progression at
  * zero.  The table buffers keep their sequence words (they only grow, so
  * a reader delayed across the reuse still fails its re-check). */
@@ -120,9 +123,9 @@ static void reset_slot(const canary_seg_t *seg, uint32_t idx,
   canary__store_words(r->key, kbuf, CANARY_KEY_MAX / 8);
 }
 
-/* Caller holds the claim word.  Tries to bring back a retired route with
+/* Caller holds the claim lock.  Tries to bring back a retired route with
  * its statistics; 0 when its statistics slots were reused meanwhile
- * (then the route's writer word is still held, for reset_slot). */
+ * (then the route's writer lock is still held, for reset_slot). */
 static int revive(const canary_seg_t *seg, uint32_t idx) {
   struct route_hdr *r = canary__route(seg, idx);
   struct table_data d;
@@ -153,7 +156,7 @@ static int spare_route(const canary_seg_t *seg, uint64_t now_us) {
   return best;
 }
 
-/* Caller holds the claim word and the route's writer word: retires the
+/* Caller holds the claim lock and the route's writer lock: retires the
  * statistics slots of its table, then the route. */
 static void retire_locked(const canary_seg_t *seg, uint32_t idx,
                           uint64_t now_us) {
@@ -167,10 +170,40 @@ static void retire_locked(const canary_seg_t *seg, uint32_t idx,
   ck_pr_store_32(&r->state, ROUTE_RETIRED);
 }
 
+/* 1 when the READY slot r already carries this label (label_len after
+ * label_cut()); a lock-free word copy, compared whole. */
+static int label_is(const struct route_hdr *r, const char *label,
+                    size_t label_len) {
+  char cur[CANARY_LABEL_MAX];
+  canary__load_words(cur, r->label, CANARY_LABEL_MAX / 8);
+  cur[CANARY_LABEL_MAX - 1] = '\0';
+  return strlen(cur) == label_len && memcmp(cur, label, label_len) == 0;
+}
+
+/* Gives the claimed route idx its label.  Labels change under the route's
+ * writer lock, so that two writers never interleave their words (readers
+ * copying the label word by word may see a mixed label once, never bad
+ * memory), and relabels of different routes never contend. */
+static int relabel(canary_seg_t *seg, int idx, const char *label,
+                   size_t label_len) {
+  struct route_hdr *r = canary__route(seg, (uint32_t)idx);
+  uint64_t off = canary__writer_lock_off(seg, (uint32_t)idx);
+  int rc;
+
+  if (label_len == 0 || label_is(r, label, label_len))
+    return idx;
+  rc = canary__lock_try(seg, off);
+  if (rc != 0)
+    return rc;
+  if (!label_is(r, label, label_len))
+    store_label(r, label, label_len);
+  canary__lock_release(seg, off);
+  return idx;
+}
+
 int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
                        const char *label, size_t label_len) {
   struct seg_header *h;
-  char cur[CANARY_LABEL_MAX];
   int idx, rc;
 
   if (seg == NULL || !key_ok(key, key_len) || (label == NULL && label_len > 0))
@@ -180,27 +213,27 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
   label_len = label_cut(label, label_len);
   h = canary__header(seg);
 
-  rc = canary__owner_acquire(&h->claim_owner, CANARY_WRITER_TIMEOUT_MS);
+  /* Every worker claims every instance's key: once the first has, the
+   * others find it here without the claim lock. */
+  idx = canary_route_find(seg, key, key_len);
+  if (idx >= 0)
+    return relabel(seg, idx, label, label_len);
+  rc = canary__lock_try(seg, canary__claim_lock_off());
   if (rc != 0)
     return rc;
   idx = find_in(seg, key, key_len, ROUTE_READY);
   if (idx >= 0) {
-    struct route_hdr *r = canary__route(seg, (uint32_t)idx);
-    canary__load_words(cur, r->label, CANARY_LABEL_MAX / 8);
-    cur[CANARY_LABEL_MAX - 1] = '\0';
-    /* Relabelling races only with readers copying the label word by
-     * word; the worst they see is a mixed label once, never bad memory. */
-    if (label_len > 0 &&
-        (strlen(cur) != label_len || memcmp(cur, label, label_len) != 0))
-      store_label(r, label, label_len);
-    goto out;
+    /* Claimed by another process since we looked. */
+    canary__lock_release(seg, canary__claim_lock_off());
+    return relabel(seg, idx, label, label_len);
   }
 
   /* The same key, retired and not reused: bring it back as it was. */
   idx = find_in(seg, key, key_len, ROUTE_RETIRED);
   if (idx >= 0) {
     struct route_hdr *r = canary__route(seg, (uint32_t)idx);
-    rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
+    uint64_t off = canary__writer_lock_off(seg, (uint32_t)idx);
+    rc = canary__lock_try(seg, off);
     if (rc != 0) {
       idx = rc;
       goto out;
@@ -214,7 +247,7 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
     } else if (label_len > 0) {
       store_label(r, label, label_len);
     }
-    canary__owner_release(&r->writer);
+    canary__lock_release(seg, off);
     goto out;
   }
 
@@ -239,7 +272,8 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
   idx = spare_route(seg, (uint64_t)canary_clock_us());
   if (idx >= 0) {
     struct route_hdr *r = canary__route(seg, (uint32_t)idx);
-    rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
+    uint64_t off = canary__writer_lock_off(seg, (uint32_t)idx);
+    rc = canary__lock_try(seg, off);
     if (rc != 0) {
       idx = rc;
       goto out;
@@ -249,38 +283,37 @@ int canary_route_claim(canary_seg_t *seg, const char *key, size_t key_len,
     /* Everything of the new owner before the slot reads as READY. */
     ck_pr_fence_store();
     ck_pr_store_32(&r->state, ROUTE_READY);
-    canary__owner_release(&r->writer);
+    canary__lock_release(seg, off);
     goto out;
   }
   ck_pr_inc_64(&h->routes_exhausted);
   idx = CANARY_EFULL;
 out:
-  canary__owner_release(&h->claim_owner);
+  canary__lock_release(seg, canary__claim_lock_off());
   return idx;
 }
 
 int canary_route_retire(canary_seg_t *seg, int route, double now_us) {
-  struct seg_header *h;
   struct route_hdr *r;
+  uint64_t off;
   int rc;
 
   if (!canary__route_ok(seg, route) || !(now_us >= 0))
     return CANARY_EINVAL;
   if (seg->readonly)
     return CANARY_EREADONLY;
-  h = canary__header(seg);
   r = canary__route(seg, (uint32_t)route);
-  rc = canary__owner_acquire(&h->claim_owner, CANARY_WRITER_TIMEOUT_MS);
+  off = canary__writer_lock_off(seg, (uint32_t)route);
+  rc = canary__lock_try(seg, canary__claim_lock_off());
   if (rc != 0)
     return rc;
   if (ck_pr_load_32(&r->state) != ROUTE_READY) {
     rc = CANARY_ENOENT;
-  } else if ((rc = canary__owner_acquire(&r->writer,
-                                         CANARY_WRITER_TIMEOUT_MS)) == 0) {
+  } else if ((rc = canary__lock_try(seg, off)) == 0) {
     retire_locked(seg, (uint32_t)route, (uint64_t)now_us);
-    canary__owner_release(&r->writer);
+    canary__lock_release(seg, off);
   }
-  canary__owner_release(&h->claim_owner);
+  canary__lock_release(seg, canary__claim_lock_off());
   return rc;
 }
 
@@ -324,7 +357,6 @@ static int key_list(const char *list, size_t len, struct key_ref **out) {
 
 int canary_route_retire_except(canary_seg_t *seg, const char *keys,
                                size_t keys_len, double now_us) {
-  struct seg_header *h;
   struct key_ref *list;
   int rc, nkeys, retired = 0;
 
@@ -335,8 +367,7 @@ int canary_route_retire_except(canary_seg_t *seg, const char *keys,
   nkeys = key_list(keys, keys_len, &list);
   if (nkeys < 0)
     return nkeys;
-  h = canary__header(seg);
-  rc = canary__owner_acquire(&h->claim_owner, CANARY_WRITER_TIMEOUT_MS);
+  rc = canary__lock_try(seg, canary__claim_lock_off());
   if (rc != 0) {
     free(list);
     return rc;
@@ -354,13 +385,13 @@ int canary_route_retire_except(canary_seg_t *seg, const char *keys,
         bsearch(&me, list, (size_t)nkeys, sizeof *list, key_cmp) != NULL)
       continue;
     /* A busy writer keeps its route until the next call. */
-    if (canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS) != 0)
+    if (canary__lock_try(seg, canary__writer_lock_off(seg, i)) != 0)
       continue;
     retire_locked(seg, i, (uint64_t)now_us);
-    canary__owner_release(&r->writer);
+    canary__lock_release(seg, canary__writer_lock_off(seg, i));
     retired++;
   }
-  canary__owner_release(&h->claim_owner);
+  canary__lock_release(seg, canary__claim_lock_off());
   free(list);
   return retired;
 }

@@ -11,7 +11,7 @@
  *                            stat_bytes each (slots.c explains them)
  *
  *   route slot:
- *     struct route_hdr      claim state, writer word, generation, key,
+ *     struct route_hdr      claim state, writer lock byte, generation, key,
  *                           label, two table buffers
  *     struct route_seq      the non-sticky sequence counter, alone on its
  *                           cache line because every pick increments it
@@ -39,9 +39,9 @@
  * status class and a trace source.  As shared atomic adds that is four
  * locked read-modify-writes, and two workers recording at once bounce the
  * same cache lines between cores.  So the small counters are striped: a
- * process claims one of CANARY_STRIPES - 1 stripes the first time it
- * records (a writer word per stripe, taken over from a dead owner like
- * every other), and is then the only writer of that stripe's counters,
+ * handle claims one of CANARY_STRIPES - 1 stripes the first time it
+ * records (a lock per stripe that the kernel drops when its owner dies,
+ * see owner.c), and is then the only writer of that stripe's counters,
  * which it updates with an atomic load and an atomic store — no lock
  * prefix, no contention.  The last stripe is shared, with atomic adds, by
  * processes that find none free.  Readers add the stripes up.  A stripe
@@ -60,7 +60,10 @@
 #include <stdint.h>
 
 #define CANARY_MAGIC 0x4745535952414e43ULL /* "CNRYSEG" little-endian */
-#define CANARY_LAYOUT_VERSION 2u
+/* 2: statistics slot pools, retired route slots (slots.c, claim.c).
+ * 3: writer words became lock bytes (owner.c); a version-2 process would
+ * not see a version-3 process's locks, so the two must not share a file. */
+#define CANARY_LAYOUT_VERSION 3u
 #define CANARY_HEADER_BYTES 4096u
 #define CANARY_CACHELINE 64u
 #define CANARY_STRIPES 64u /* last one shared */
@@ -95,10 +98,13 @@ struct seg_header {
   uint32_t max_stat_slots;
   uint32_t retire_grace_s; /* see canary_seg_params */
   uint64_t checksum;      /* over the fields above */
-  /* Writer word serialising every change of slot ownership (route claims
-   * and retirements, statistics slots handed out or retired): pid of the
-   * owner, 0 when free. */
-  uint32_t claim_owner;
+  /* Lock bytes (owner.c): their file offsets are the targets of
+   * open-file-description locks; the bytes themselves are never read or
+   * written.  claim_lock serialises every change of slot ownership (route
+   * claims and retirements, statistics slots handed out or retired);
+   * stripe_lock has one per counter stripe (the last, shared stripe has
+   * none). */
+  uint32_t claim_lock;
   uint32_t routes_used;   /* route slots ever taken from FREE */
   uint64_t routes_exhausted; /* claims refused for want of a route slot */
   uint64_t stats_exhausted;  /* publishes refused for want of a stat slot */
@@ -106,8 +112,7 @@ struct seg_header {
    * Readers add up only those stripes and the shared one: two workers
    * then cost a reader three cache lines per counter set, not 64. */
   uint64_t stripes_used;
-  /* Writer words of the counter stripes (the last stripe has none). */
-  uint32_t stripe_owner[CANARY_STRIPES - 1];
+  uint32_t stripe_lock[CANARY_STRIPES - 1];
 };
 
 /* One of the two buffers of a route's weights table. */
@@ -129,7 +134,7 @@ struct table_buf {
 
 struct route_hdr {
   uint32_t state;         /* ROUTE_FREE / ROUTE_READY / ROUTE_RETIRED */
-  uint32_t writer;        /* writer word: owner pid, 0 when free */
+  uint32_t writer_lock;   /* lock byte of the route's writers (owner.c) */
   /* Published generation; the active buffer is tables[generation & 1]. */
   uint64_t generation;
   uint64_t retired_us;    /* canary_clock_us() at retirement */
@@ -169,7 +174,7 @@ struct decision_slot {
 };
 
 /* Identity of a statistics slot.  Written only under the segment's claim
- * word (but `nonempty`, which recorders OR into); read lock-free by
+ * lock (but `nonempty`, which recorders OR into); read lock-free by
  * recorders (route and epoch, to drop a stale handle), by readers, and by
  * publishers looking for a name's retired slot. */
 struct stat_hdr {
@@ -200,7 +205,7 @@ struct stat_slot {
 };
 
 /* Progression of one route (prog.c).  Written by the holder of the
- * route's writer word, except window_start_us, which any process may CAS
+ * route's writer lock, except window_start_us, which any process may CAS
  * to claim a due window.  Read lock-free by status readers. */
 struct prog_area {
   uint32_t state;
@@ -253,6 +258,9 @@ static_assert(offsetof(struct table_buf, names) % 8 == 0,
 static_assert(offsetof(struct route_hdr, key) % 8 == 0 &&
                   offsetof(struct route_hdr, label) % 8 == 0,
               "key and label are copied in 64-bit atomic words");
+static_assert(offsetof(struct seg_header, claim_lock) == 72 &&
+                  offsetof(struct route_hdr, writer_lock) == 4,
+              "spec/helpers/seglock.lua takes these lock bytes");
 static_assert(sizeof(struct seg_header) <= CANARY_HEADER_BYTES,
               "segment header must fit its page");
 static_assert(sizeof(struct route_seq) == CANARY_CACHELINE,
@@ -276,7 +284,7 @@ struct canary_seg {
   unsigned char *base;
   uint64_t size;
   int readonly;
-  int stripe;              /* this process's stripe, -1 before the claim */
+  int stripe;              /* this handle's stripe, -1 before the claim */
   uint64_t stripe_fork;    /* canary__fork_count when it was claimed */
   uint32_t max_routes;
   uint32_t max_upstreams;
@@ -285,6 +293,14 @@ struct canary_seg {
   uint64_t stat_bytes;
   uint64_t stat_offset;    /* start of the statistics slots */
   uint64_t grace_us;       /* the header's retire_grace_s */
+  /* Locks (owner.c): this handle's own open file description of the
+   * segment file, on which it takes every lock; -1 for a read-only
+   * handle, and in a forked child until it first needs a lock (the
+   * child's copy of its parent's descriptor is closed at fork). */
+  int lock_fd;
+  uint64_t dev, ino;       /* the mapped file, to check a reopen */
+  char *path;              /* where to reopen it */
+  struct canary_seg *reg_prev, *reg_next; /* handles with a lock_fd */
 };
 
 /* Size of one route slot, multiple of 64. */
@@ -332,14 +348,14 @@ static inline uint32_t canary__stat_index(uint32_t handle) {
   return handle & (CANARY_STAT_SLOTS_LIMIT - 1u);
 }
 
-/* Counter stripes (stripe.c).  canary__stripe() returns the caller's
- * stripe, claiming one on first use; stripes below CANARY_STRIPES - 1 have
- * this process as their only writer.  canary__count() adds to a striped
- * counter accordingly. */
+/* Counter stripes (stripe.c).  canary__stripe() returns the handle's
+ * stripe, claiming one on first use and again after a fork; stripes below
+ * CANARY_STRIPES - 1 have this handle as their only writer.
+ * canary__count() adds to a striped counter accordingly.
+ * canary__fork_count (owner.c) counts the forks this process descends
+ * from. */
 extern uint64_t canary__fork_count;
 int canary__stripe_claim(canary_seg_t *seg);
-void canary__stripe_release(canary_seg_t *seg);
-void canary__fork_hook(void);
 
 /* Stripes a reader must add up: those ever written, and the shared one. */
 static inline uint64_t canary__stripes_used(const canary_seg_t *seg) {
@@ -387,7 +403,7 @@ int canary__past_grace(const canary_seg_t *seg, uint64_t retired_us,
                        uint64_t now_us);
 
 /* A table's statistics slots, as publish.c assigns them.  The caller
- * holds the segment's claim word and the route's writer word.
+ * holds the segment's claim lock and the route's writer lock.
  * canary__stats_assign() fills d->stat[] for d's names: a name the
  * current table `cur` (may be NULL) has keeps its slot, a name with a
  * retired slot on this route gets it back, any other name a fresh zeroed
@@ -402,7 +418,7 @@ void canary__stats_retire(const canary_seg_t *seg, uint32_t route,
                           const struct table_data *cur,
                           const struct table_data *d, uint64_t now_us);
 /* Brings back the slots of a retired route's table `d` (caller holds the
- * claim word); returns 1 when every one was still the route's, 0 when
+ * claim lock); returns 1 when every one was still the route's, 0 when
  * some had been reused (nothing changed then). */
 int canary__stats_revive(const canary_seg_t *seg, uint32_t route,
                          const struct table_data *d);
@@ -421,9 +437,6 @@ uint32_t canary__stat_snapshot(const canary_seg_t *seg,
  * resolution at it around that call and clears it with d == NULL. */
 void canary__snapshot_through(const canary_seg_t *seg, uint32_t route,
                               const struct table_data *d);
-
-/* Writers wait at most this long for a writer word (owner.c). */
-#define CANARY_WRITER_TIMEOUT_MS 250u
 /* Lock-free readers retry at most this often while newer tables are
  * being published under them. */
 #define CANARY_READ_RETRIES 100000
@@ -437,7 +450,7 @@ int canary__check_weights(const uint32_t *w, uint32_t n, char *err,
 size_t canary__bounded_len(const char *s, size_t cap);
 
 /* Route tables (table.c).  read_table returns 0, CANARY_ENOTPUB or
- * CANARY_ECORRUPT; publish_locked requires the route's writer word and
+ * CANARY_ECORRUPT; publish_locked requires the route's writer lock and
  * returns the new generation. */
 int canary__read_table(const canary_seg_t *seg, struct route_hdr *r,
                        struct table_data *d, uint64_t *gen_out,
@@ -448,7 +461,7 @@ void canary__compute_upper(struct table_data *d);
 void canary__load_words(void *dst, const void *src, size_t words);
 void canary__store_words(void *dst, const void *src, size_t words);
 
-/* Progression (prog.c).  Caller holds the route's writer word: resets the
+/* Progression (prog.c).  Caller holds the route's writer lock: resets the
  * route's progression to `p` (NULL: none) and sets d's effective weights
  * to its first step. */
 void canary__prog_start(const canary_seg_t *seg, uint32_t route,
@@ -461,13 +474,38 @@ void canary__prog_start(const canary_seg_t *seg, uint32_t route,
 int canary__prog_last_judged(const canary_seg_t *seg, int route,
                              struct canary_decision *out);
 
-/* Writer words (owner.c).  A word holds the owner's pid or 0.  Acquire
- * takes a free word, or one whose owner process no longer exists (or is
- * a zombie); it waits up to timeout_ms for a live owner, then returns
- * CANARY_EBUSY.  Release stores 0 if the caller still owns the word. */
-int canary__owner_acquire(uint32_t *word, unsigned timeout_ms);
-void canary__owner_release(uint32_t *word);
-int canary__pid_alive(uint32_t pid);
+/* Locks (owner.c): an open-file-description lock on one byte of the
+ * segment file, taken by the handle.  canary__lock_try() tries once and
+ * returns 0, CANARY_EBUSY (another handle holds it, in this process or
+ * any other) or CANARY_EIO (no usable descriptor: read-only handle, or
+ * the file at the handle's path was replaced).  The kernel drops a
+ * lock when its holder dies.  canary__lock_release() drops one the
+ * caller holds.  canary__lock_open() opens the handle's lock descriptor
+ * when it has none (0 or CANARY_EIO); the others call it.  The _off
+ * helpers name the lock bytes. */
+int canary__lock_open(canary_seg_t *seg);
+int canary__lock_try(canary_seg_t *seg, uint64_t off);
+void canary__lock_release(canary_seg_t *seg, uint64_t off);
+uint64_t canary__claim_lock_off(void);
+uint64_t canary__stripe_lock_off(uint32_t stripe);
+uint64_t canary__writer_lock_off(const canary_seg_t *seg, uint32_t route);
+/* Handles with a lock descriptor are registered, so that a forked child
+ * closes its copies (owner.c).  Register after lock_fd is set; unregister
+ * closes it. */
+void canary__handle_register(canary_seg_t *seg);
+void canary__handle_unregister(canary_seg_t *seg);
+
+/* Fault points (fault.c), compiled into the test builds only
+ * (-DCANARY_FAULT_POINTS): a test arms one by name, and the process that
+ * reaches it for the nth time tells the test through a descriptor and
+ * waits there to be killed.  Elsewhere CANARY_FAULT() is nothing. */
+#ifdef CANARY_FAULT_POINTS
+void canary__fault(const char *name);
+void canary__fault_arm(const char *name, unsigned nth, int notify_fd);
+#define CANARY_FAULT(name) canary__fault(name)
+#else
+#define CANARY_FAULT(name) ((void)0)
+#endif
 
 /* Histogram geometry and quantile rules (hist.c), shared by everything
  * that reports quantiles so the figures agree everywhere: the nearest rank
@@ -483,13 +521,5 @@ void canary__copy_str(char *dst, size_t cap, const char *src, size_t len);
 /* Formats a message into err (may be NULL) and returns code. */
 int canary__fail(char *err, size_t err_len, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-
-/* TEST HOOK: behaves like the first half of canary_route_publish() — takes
- * the writer word, marks the back buffer as being written and fills half
- * of it — then returns 0 without finishing or releasing anything, leaving
- * exactly the state a writer killed mid-publish leaves.  Used by the
- * cmocka suite (a forked child calls it, then is SIGKILLed). */
-int canary__route_publish_stall(canary_seg_t *seg, int route,
-                                const struct canary_table *t);
 
 #endif /* CANARY_INTERNAL_H */

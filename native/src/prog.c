@@ -17,10 +17,13 @@
  * is special, so a worker that dies changes nothing.  A due window is
  * claimed by a CAS of its start time to "now": exactly one caller wins,
  * and there is no lock that a dead winner could leave behind.  The winner
- * then takes the route's writer word (which the next writer takes over if
- * the winner dies) to judge and to publish new effective weights; the
- * weights travel through the normal double-buffered publish, so every
- * worker switches at its next pick.
+ * then tries the route's writer lock (owner.c; the kernel drops it if the
+ * winner dies) to judge and to publish new effective weights; when
+ * another process holds it, the winner gives the window back (a CAS to
+ * the old start) and returns CANARY_EBUSY, so the window stays due and a
+ * later tick judges it: no worker ever waits.  The weights travel through
+ * the normal double-buffered publish, so every worker switches at its
+ * next pick.
  *
  * The window's base snapshots are rewritten by the judge while other
  * workers may read them for the immediate check, so they carry a
@@ -30,7 +33,7 @@
  * Every decision — a judged window, an immediate rollback, an operator
  * action — goes into the route's decision log: a ring of the last
  * CANARY_DECISIONS entries in the segment, so every worker and
- * canarystat read the same list.  Only the holder of the writer word
+ * canarystat read the same list.  Only the holder of the writer lock
  * appends; each slot has its own sequence word for lock-free readers.
  */
 #include "internal.h"
@@ -42,7 +45,6 @@
 #include <string.h>
 #include <time.h>
 
-#define WRITER_TIMEOUT_MS CANARY_WRITER_TIMEOUT_MS
 #define MIN_INTERVAL_MS 100u
 
 static const char *const state_text[] = {"none", "running", "paused",
@@ -142,7 +144,7 @@ struct window_snaps {
 };
 static _Thread_local struct window_snaps snaps;
 
-/* Caller holds the writer word.  Rewrites the window bases from the
+/* Caller holds the writer lock.  Rewrites the window bases from the
  * canary's and stable's current counters, guarded by base_seq. */
 static void rebase(const canary_seg_t *seg, uint32_t route,
                    struct prog_area *pa, uint32_t canary, double now_us) {
@@ -156,6 +158,7 @@ static void rebase(const canary_seg_t *seg, uint32_t route,
   ck_pr_fence_store();
   canary__store_words(&pa->base, &snaps.canary_now,
                       sizeof snaps.canary_now / 8);
+  CANARY_FAULT("prog.rebase"); /* tests: killed with half the bases new */
   canary__store_words(&pa->stable_base, &snaps.stable_now,
                       sizeof snaps.stable_now / 8);
   /* The bases are complete before the sequence turns even. */
@@ -170,7 +173,7 @@ static uint64_t wall_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* Caller holds the writer word: appends `d` to the decision log and
+/* Caller holds the writer lock: appends `d` to the decision log and
  * returns its sequence number. */
 static uint64_t record(struct prog_area *pa, struct canary_decision *d) {
   uint64_t seq = ck_pr_load_64(&pa->decisions) + 1;
@@ -249,7 +252,7 @@ void canary__prog_start(const canary_seg_t *seg, uint32_t route,
   ck_pr_store_32(&pa->state, CANARY_PROG_RUNNING);
 }
 
-/* Caller holds the writer word: publishes the canary at weight w.  A
+/* Caller holds the writer lock: publishes the canary at weight w.  A
  * canary index the table does not have (a corrupt segment) publishes
  * nothing: the weights would not add up. */
 static void publish_step(const canary_seg_t *seg, struct route_hdr *r,
@@ -266,6 +269,7 @@ static void publish_step(const canary_seg_t *seg, struct route_hdr *r,
 static void rollback(const canary_seg_t *seg, struct route_hdr *r,
                      struct prog_area *pa, uint32_t canary) {
   publish_step(seg, r, canary, 0);
+  CANARY_FAULT("rollback.weights");
   /* Weights first: by the time anyone reads "rolled back", no worker
    * picks the canary any more. */
   ck_pr_fence_store();
@@ -316,7 +320,7 @@ static uint32_t canary_weight(const canary_seg_t *seg, struct route_hdr *r,
   return d.effective[canary];
 }
 
-/* Caller holds the writer word: the figures of a judged window into the
+/* Caller holds the writer lock: the figures of a judged window into the
  * status fields. */
 static void store_figures(struct prog_area *pa, uint32_t dry_run,
                           const struct canary_judge_result *j) {
@@ -347,10 +351,14 @@ int canary_prog_status(const canary_seg_t *seg, int route, double now_us,
     return CANARY_EINVAL;
   pa = canary__prog(seg, (uint32_t)route);
   memset(out, 0, sizeof *out);
-  load_params(pa, &p);
   out->state = ck_pr_load_32(&pa->state);
   if (out->state > CANARY_PROG_ROLLED_BACK)
     return CANARY_ECORRUPT;
+  /* State before the parameters it makes valid (pairs with the store
+   * fence before the state in canary__prog_start): a progression that
+   * starts while we look is either not running yet or whole. */
+  ck_pr_fence_load();
+  load_params(pa, &p);
   out->step = ck_pr_load_32(&pa->step);
   out->nsteps = p.nsteps <= CANARY_MAX_STEPS ? p.nsteps : 0;
   out->canary = p.canary;
@@ -423,7 +431,7 @@ int canary__prog_last_judged(const canary_seg_t *seg, int route,
   return 0;
 }
 
-/* Caller holds the writer word and has claimed the window. */
+/* Caller holds the writer lock and has claimed the window. */
 static int judge_window(const canary_seg_t *seg, uint32_t route,
                         struct route_hdr *r, struct prog_area *pa,
                         const struct canary_prog_params *p, double now_us,
@@ -517,7 +525,7 @@ static int immediate_limits(const struct canary_prog_params *p) {
  * elsewhere).  Returns 2 (rolled back), 1 (a dry run's breach recorded)
  * or 0; *decided names the decision recorded.  `p` was loaded from a
  * RUNNING progression whose window opened at `ws`. */
-static int immediate_check(const canary_seg_t *seg, uint32_t route,
+static int immediate_check(canary_seg_t *seg, uint32_t route,
                            struct route_hdr *r, struct prog_area *pa,
                            const struct canary_prog_params *p, uint64_t ws,
                            uint64_t now, uint64_t *decided) {
@@ -531,7 +539,7 @@ static int immediate_check(const canary_seg_t *seg, uint32_t route,
     if (window(seg, route, pa, p->canary) == 0 &&
         judge_snaps(seg, r, p, CANARY_JUDGE_IMMEDIATE, &d.judge) == 0 &&
         d.judge.rollback &&
-        canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) == 0) {
+        canary__lock_try(seg, canary__writer_lock_off(seg, route)) == 0) {
       struct canary_prog_params now_p;
       /* Under the writer word: the progression may have been restarted
        * (other parameters, another canary) since we looked. */
@@ -561,7 +569,7 @@ static int immediate_check(const canary_seg_t *seg, uint32_t route,
         d.failures = ck_pr_load_32(&pa->failures);
         *decided = record(pa, &d);
       }
-      canary__owner_release(&r->writer);
+      canary__lock_release(seg, canary__writer_lock_off(seg, route));
     }
   }
   return rc;
@@ -606,10 +614,17 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
   /* Claim the due window: one CAS winner per window, nothing to leak. */
   if (!ck_pr_cas_64(&pa->window_start_us, ws, now))
     goto done;
-  if (canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) != 0)
-    return CANARY_EBUSY; /* that window goes unjudged; the next one won't */
+  CANARY_FAULT("tick.claimed");
+  rc = canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route));
+  if (rc != 0) {
+    /* Give the window back, so it stays due and a later tick judges it.
+     * The CAS fails, harmlessly, when a publish has restarted the
+     * progression (a new window start) in the meantime. */
+    ck_pr_cas_64(&pa->window_start_us, now, ws);
+    return rc;
+  }
   /* A publish may have restarted the progression between our CAS and the
-   * writer word: then the window start is no longer ours, and the
+   * writer lock: then the window start is no longer ours, and the
    * parameters we loaded may be stale.  Judge only our window, with the
    * parameters in force now. */
   load_params(pa, &p);
@@ -619,7 +634,7 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
       p.canary < seg->max_upstreams)
     rc = judge_window(seg, (uint32_t)route, r, pa, &p, now_us,
                       (double)(now - ws) / 1e3, &decided);
-  canary__owner_release(&r->writer);
+  canary__lock_release(seg, canary__writer_lock_off(seg, (uint32_t)route));
 done:
   if (out != NULL) {
     canary_prog_status(seg, route, now_us, out);
@@ -648,9 +663,13 @@ int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
     return canary__fail(err, err_len, CANARY_EREADONLY,
                         "segment attached read-only");
   pa = canary__prog(seg, (uint32_t)route);
-  if (canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) != 0)
-    return canary__fail(err, err_len, CANARY_EBUSY,
-                        "another process is changing this route");
+  rc = canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route));
+  if (rc != 0)
+    return canary__fail(err, err_len, rc,
+                        rc == CANARY_EBUSY
+                            ? "busy: another process is changing this "
+                              "route; retry"
+                            : "no lock on the segment file (replaced?)");
   state = ck_pr_load_32(&pa->state);
   step = ck_pr_load_32(&pa->step);
   load_params(pa, &p);
@@ -746,7 +765,7 @@ int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
     decided = record(pa, &d);
   }
 out:
-  canary__owner_release(&r->writer);
+  canary__lock_release(seg, canary__writer_lock_off(seg, (uint32_t)route));
   if (out != NULL) {
     canary_prog_status(seg, route, now_us, out);
     out->decided = decided;
@@ -911,7 +930,7 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
     return canary__fail(err, err_len, CANARY_EREADONLY,
                         "segment attached read-only");
   pa = canary__prog(seg, (uint32_t)route);
-  if (canary__owner_acquire(&r->writer, WRITER_TIMEOUT_MS) != 0)
+  if (canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route)) != 0)
     return canary__fail(err, err_len, CANARY_EBUSY,
                         "another process is changing this route");
   state = ck_pr_load_32(&pa->state);
@@ -981,6 +1000,6 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
   rebase(seg, (uint32_t)route, pa, p.canary, now_us);
   rc = changed ? 2 : 1;
 out:
-  canary__owner_release(&r->writer);
+  canary__lock_release(seg, canary__writer_lock_off(seg, (uint32_t)route));
   return rc;
 }

@@ -4,7 +4,8 @@
  * The entry points that change a route's table: a new configuration
  * (which may restart its progression, prog.c) and new effective weights.
  * Both go through the double-buffered publish of table.c under the
- * route's writer word.  table.c knows nothing of progressions and prog.c
+ * route's writer lock (owner.c), tried once: a caller that finds it held
+ * gets CANARY_EBUSY and retries later, it never waits.  table.c knows nothing of progressions and prog.c
  * nothing of this file, so the dependencies run one way:
  * publish.c -> prog.c -> table.c.
  */
@@ -46,10 +47,10 @@ static int same_names(const struct table_data *a, const struct table_data *b) {
   return 1;
 }
 
-/* Caller holds the route's writer word; cur and d have the same names.
+/* Caller holds the route's writer lock; cur and d have the same names.
  * Copies cur's statistics handles to d by name.  0 when one of them no
  * longer names a live slot of the route (a damaged segment): the caller
- * then hands out slots under the claim word instead. */
+ * then hands out slots under the claim lock instead. */
 static int keep_slots(const canary_seg_t *seg, uint32_t route,
                       const struct table_data *cur, struct table_data *d) {
   for (uint32_t i = 0; i < d->n; i++)
@@ -67,10 +68,9 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
                               const struct canary_prog_params *prog,
                               uint64_t config_hash, uint64_t *gen_out,
                               char *err, size_t err_len) {
-  struct seg_header *h;
   struct table_data d, cur;
   struct route_hdr *r;
-  uint64_t gen;
+  uint64_t gen, wlock;
   int rc, claim = 0;
 
   if (seg == NULL)
@@ -89,7 +89,7 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
     if (rc != 0)
       return rc;
   }
-  h = canary__header(seg);
+  wlock = canary__writer_lock_off(seg, (uint32_t)route);
 
   memset(&d, 0, sizeof d);
   d.config_hash = config_hash;
@@ -102,9 +102,9 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
   }
 
   /* Every worker applies the same config change; only the first one
-   * publishes, the rest find it in place (without taking any word) and
-   * keep, for instance, the effective weights a progression has set
-   * since. */
+   * publishes, the rest find it in place and keep (for instance) the
+   * effective weights a progression has set since.  That is the common
+   * case, so it is decided lock-free first, and again under the lock. */
   if (canary__read_table(seg, r, &cur, &gen, 1) == 0 &&
       same_config(&cur, &d)) {
     if (gen_out != NULL)
@@ -112,23 +112,28 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
     return 0;
   }
 
-  /* Statistics slots change hands only under the segment's claim word,
-   * taken before the route's writer word (the order claims use too).  A
-   * change of weights alone needs only the writer word. */
+  /* Statistics slots change hands only under the segment's claim lock,
+   * taken before the route's writer lock (the order claims use too).  A
+   * change of weights alone needs only the writer lock.  Each is tried
+   * once: CANARY_EBUSY at once, nothing changed. */
   for (;;) {
     int have_cur, names_move;
     if (claim) {
-      rc = canary__owner_acquire(&h->claim_owner, CANARY_WRITER_TIMEOUT_MS);
+      rc = canary__lock_try(seg, canary__claim_lock_off());
       if (rc != 0)
         return canary__fail(err, err_len, rc,
-                            "another process is claiming slots");
+                            rc == CANARY_EBUSY
+                                ? "another process is claiming slots"
+                                : "no lock on the segment file (replaced?)");
     }
-    rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
+    rc = canary__lock_try(seg, wlock);
     if (rc != 0) {
       if (claim)
-        canary__owner_release(&h->claim_owner);
+        canary__lock_release(seg, canary__claim_lock_off());
       return canary__fail(err, err_len, rc,
-                          "another process is publishing this route");
+                          rc == CANARY_EBUSY
+                              ? "another process is publishing this route"
+                              : "no lock on the segment file (replaced?)");
     }
     /* Retired while we waited: its slots are no longer its to hand out. */
     if (ck_pr_load_32(&r->state) != ROUTE_READY) {
@@ -144,7 +149,7 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
     names_move = !have_cur || !same_names(&cur, &d) ||
                  !keep_slots(seg, (uint32_t)route, &cur, &d);
     if (names_move && !claim) {
-      canary__owner_release(&r->writer);
+      canary__lock_release(seg, wlock);
       claim = 1;
       continue;
     }
@@ -154,11 +159,17 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
       if (rc != 0)
         goto unlock;
     }
-    /* The progression's window base is the new table's canary: let
-     * canary_hist_snapshot() resolve indexes through d meanwhile. */
+    /* The progression starts before the table that goes with it is
+     * published: the table is the commit point.  A writer killed in
+     * between leaves the old table, which no worker's config matches, so
+     * the next publish of this config (every worker makes one) starts the
+     * progression again and publishes.  Its window base is the new
+     * table's canary: canary_hist_snapshot() resolves indexes through d
+     * meanwhile. */
     canary__snapshot_through(seg, (uint32_t)route, &d);
     canary__prog_start(seg, (uint32_t)route, prog, &d, canary_clock_us());
     canary__snapshot_through(NULL, 0, NULL);
+    CANARY_FAULT("publish.prog_started");
     canary__compute_upper(&d);
     gen = canary__publish_locked(r, &d);
     /* Names that left stop counting only now that no new pick can
@@ -168,9 +179,9 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
                            (uint64_t)canary_clock_us());
     rc = 0;
   unlock:
-    canary__owner_release(&r->writer);
+    canary__lock_release(seg, wlock);
     if (claim)
-      canary__owner_release(&h->claim_owner);
+      canary__lock_release(seg, canary__claim_lock_off());
     if (rc == 0 && gen_out != NULL)
       *gen_out = gen;
     return rc;
@@ -193,10 +204,12 @@ int canary_route_set_effective(canary_seg_t *seg, int route,
   rc = canary__ready_route(seg, route, &r);
   if (rc != 0)
     return canary__fail(err, err_len, rc, "route %d is not claimed", route);
-  rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
+  rc = canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route));
   if (rc != 0)
     return canary__fail(err, err_len, rc,
-                        "another process is publishing this route");
+                        rc == CANARY_EBUSY
+                            ? "another process is publishing this route"
+                            : "no lock on the segment file (replaced?)");
   rc = canary__read_table(seg, r, &d, &gen, 1);
   if (rc == 0 && n != d.n)
     rc = canary__fail(err, err_len, CANARY_EWEIGHTS,
@@ -210,7 +223,7 @@ int canary_route_set_effective(canary_seg_t *seg, int route,
     if (gen_out != NULL)
       *gen_out = gen;
   }
-  canary__owner_release(&r->writer);
+  canary__lock_release(seg, canary__writer_lock_off(seg, (uint32_t)route));
   return rc;
 }
 

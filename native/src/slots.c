@@ -30,7 +30,7 @@
  * cannot count into the next owner: its record is dropped.
  *
  * Ownership changes (hand-out, retirement, revival) happen only under
- * the segment's claim word, so they never race each other and need no
+ * the segment's claim lock, so they never race each other and need no
  * CAS; recorders read a slot's identity lock-free.  A slot's counters are
  * zeroed by the claim-word holder before any table references the slot.
  */
@@ -57,7 +57,7 @@ struct stat_slot *canary__stat_of(const canary_seg_t *seg, uint32_t route,
   st = canary__stat_slot(seg, idx);
   if (ck_pr_load_32(&st->hdr.state) == STAT_FREE)
     return NULL;
-  /* The state is read before the identity it vouches for (the claim word
+  /* The state is read before the identity it vouches for (the claim lock
    * holder stores the identity, fences, then sets the state). */
   ck_pr_fence_load();
   if (ck_pr_load_32(&st->hdr.route) != route ||
@@ -97,7 +97,7 @@ uint32_t canary__stat_snapshot(const canary_seg_t *seg,
   return blocks;
 }
 
-/* ---- hand-out, revival, retirement (claim word held) ------------------ */
+/* ---- hand-out, revival, retirement (claim lock held) ------------------ */
 
 static int name_is(const struct stat_slot *st, const char *name) {
   char cur[CANARY_NAME_MAX];

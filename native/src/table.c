@@ -20,11 +20,13 @@
  *
  *   - A writer killed halfway leaves an odd sequence on the *back* buffer
  *     and an unchanged `generation`, so readers keep using the intact
- *     front buffer.  The next writer takes the writer word over before
- *     rewriting the back buffer.
+ *     front buffer.  The kernel drops the dead writer's lock, and the
+ *     next writer rewrites the back buffer from its sequence on.
  *
- * Writers exclude each other with the route's writer word; no request
- * path ever looks at it.  This file knows nothing of progressions.
+ * Writers exclude each other with the route's writer lock (owner.c); no
+ * request path ever takes it.  The test builds stop a writer at the
+ * fault points below to kill it there.  This file knows nothing of
+ * progressions.
  */
 #include "internal.h"
 
@@ -199,6 +201,8 @@ static void write_data(struct table_buf *b, const struct table_data *d,
   ck_pr_store_64(&b->config_hash, d->config_hash);
   ck_pr_store_32(&b->n, d->n);
   for (uint32_t i = 0; i < CANARY_MAX_UPSTREAMS; i++) {
+    if (i == d->n / 2)
+      CANARY_FAULT("publish.data");
     ck_pr_store_32(&b->weights[i], d->weights[i]);
     ck_pr_store_32(&b->effective[i], d->effective[i]);
     ck_pr_store_32(&b->upper[i], d->upper[i]);
@@ -208,7 +212,7 @@ static void write_data(struct table_buf *b, const struct table_data *d,
     canary__store_words(b->names, d->names, sizeof d->names / 8);
 }
 
-/* Caller holds the route's writer word.  Writes d into the back buffer
+/* Caller holds the route's writer lock.  Writes d into the back buffer
  * and publishes it; returns the new generation. */
 uint64_t canary__publish_locked(struct route_hdr *r,
                                 const struct table_data *d) {
@@ -216,12 +220,15 @@ uint64_t canary__publish_locked(struct route_hdr *r,
   struct table_buf *b = &r->tables[(gen + 1) & 1];
   uint64_t start = begin_write(b);
 
+  CANARY_FAULT("publish.odd");
   write_data(b, d, 1);
   /* All data stores complete before the sequence turns even. */
   ck_pr_fence_store();
+  CANARY_FAULT("publish.even");
   ck_pr_store_64(&b->seq, start + 1);
   /* The buffer is complete before the generation points readers at it. */
   ck_pr_fence_store();
+  CANARY_FAULT("publish.gen");
   ck_pr_store_64(&r->generation, gen + 1);
   return gen + 1;
 }
@@ -283,22 +290,4 @@ int canary__read_table(const canary_seg_t *seg, struct route_hdr *r,
     return 0;
   }
   return CANARY_ECORRUPT;
-}
-
-int canary__route_publish_stall(canary_seg_t *seg, int route,
-                                const struct canary_table *t) {
-  struct route_hdr *r;
-  struct table_buf *b;
-  int rc = canary__ready_route(seg, route, &r);
-  if (rc != 0 || t == NULL)
-    return rc != 0 ? rc : CANARY_EINVAL;
-  rc = canary__owner_acquire(&r->writer, CANARY_WRITER_TIMEOUT_MS);
-  if (rc != 0)
-    return rc;
-  b = &r->tables[(ck_pr_load_64(&r->generation) + 1) & 1];
-  begin_write(b);
-  ck_pr_store_32(&b->n, t->n);
-  for (uint32_t i = 0; i < t->n / 2; i++)
-    ck_pr_store_32(&b->weights[i], t->weights[i]);
-  return 0; /* writer word held, buffer odd: as if killed right here */
 }

@@ -108,7 +108,7 @@ static void test_healthy_canary_walks_every_step(void **state) {
   struct canary_prog_params p;
   struct canary_prog_status st;
   const uint32_t expect[5] = {1000, 2500, 5000, 7500, 10000};
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
@@ -136,7 +136,7 @@ static void test_error_burst_rolls_back_at_once(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   uint32_t gen;
   int route;
 
@@ -164,7 +164,7 @@ static void test_p99_breach_rolls_back_after_failure_limit(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
@@ -192,7 +192,7 @@ static void test_a_good_window_resets_failures(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
@@ -214,7 +214,7 @@ static void test_too_few_requests_never_promote(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
@@ -236,7 +236,7 @@ static void test_time_based_without_limits(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
@@ -261,7 +261,7 @@ static void test_operator_actions(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now = canary_clock_us();
+  double now;
   char err[256];
   int route;
 
@@ -310,7 +310,7 @@ static void test_config_change_restarts_same_config_does_not(void **state) {
   struct canary_prog_status st;
   struct canary_table t;
   const uint32_t w[2] = {9000, 1000};
-  double now = canary_clock_us();
+  double now;
   int route;
 
   runbook(&p);
@@ -334,35 +334,82 @@ static void test_config_change_restarts_same_config_does_not(void **state) {
   assert_int_equal(st.state, CANARY_PROG_RUNNING);
 }
 
+/* N forked workers tick at the same moment, with the same clock, round
+ * after round: each due window must be judged exactly once.  They wait
+ * at a start line (a word in shared memory they spin on) so that they
+ * really race for the window; windows stay inconclusive (no traffic), so
+ * the progression never ends and every round has a window to judge. */
+#define JUDGES 6
+#define JUDGE_ROUNDS 200
+
+struct judge_race {
+  uint32_t round;  /* the start line: children go when it reaches theirs */
+  uint32_t done;   /* ticks finished, over all rounds */
+  uint32_t busy;   /* ticks that found the writer lock held */
+  double now[JUDGE_ROUNDS + 1];
+  uint32_t judged[JUDGE_ROUNDS + 1]; /* ticks that judged, per round */
+};
+
+static void judge_child(canary_seg_t *seg, int route, struct judge_race *sh,
+                        uint32_t rounds) {
+  for (uint32_t r = 1; r <= rounds; r++) {
+    int rc;
+    while (__atomic_load_n(&sh->round, __ATOMIC_ACQUIRE) < r)
+      ; /* spin: a sleep would spread the start over a millisecond */
+    rc = canary_prog_tick(seg, route, sh->now[r], NULL);
+    CHILD_CHECK(rc >= 0 || rc == CANARY_EBUSY, 2);
+    if (rc >= 1)
+      __atomic_add_fetch(&sh->judged[r], 1, __ATOMIC_SEQ_CST);
+    if (rc == CANARY_EBUSY)
+      __atomic_add_fetch(&sh->busy, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&sh->done, 1, __ATOMIC_SEQ_CST);
+  }
+  _exit(0);
+}
+
 static void test_one_judge_per_window_across_processes(void **state) {
   struct test_fx *fx = *state;
   struct canary_prog_params p;
   struct canary_prog_status st;
-  double now;
-  pid_t kids[6];
+  struct judge_race *sh = test_shared_alloc(sizeof *sh);
+  uint32_t rounds = (uint32_t)test_scaled_min(JUDGE_ROUNDS, 20);
+  pid_t kids[JUDGES];
   int route;
 
+  assert_non_null(sh);
   runbook(&p);
   route = route_with(fx, &p);
-  traffic(fx, route, 100, 0, 1000);
-  now = canary_clock_us() + 1.5 * SEC;
-  for (int k = 0; k < 6; k++) {
-    kids[k] = fork();
+  for (uint32_t r = 1; r <= rounds; r++)
+    sh->now[r] = canary_clock_us() + 1.5 * SEC + (double)r * 1.1 * SEC;
+  /* The children tick through the handle they inherit, as nginx workers
+   * use one their master opened: each reopens its lock descriptor. */
+  for (int k = 0; k < JUDGES; k++) {
+    kids[k] = test_fork();
     assert_true(kids[k] >= 0);
-    if (kids[k] == 0) {
-      for (int i = 0; i < 200; i++)
-        canary_prog_tick(fx->seg, route, now, NULL);
-      _exit(0);
-    }
+    if (kids[k] == 0)
+      judge_child(fx->seg, route, sh, rounds);
   }
-  for (int k = 0; k < 6; k++)
-    assert_int_equal(test_wait_status(kids[k]), 0);
-  canary_prog_status(fx->seg, route, now, &st);
-  assert_int_equal(st.evaluations[CANARY_GATE_PASS] +
-                       st.evaluations[CANARY_GATE_FAIL] +
-                       st.evaluations[CANARY_GATE_INCONCLUSIVE],
-                   1);
-  assert_int_equal(st.step, 1);
+  for (uint32_t r = 1; r <= rounds; r++) {
+    uint64_t judged;
+    __atomic_store_n(&sh->round, r, __ATOMIC_RELEASE);
+    while (__atomic_load_n(&sh->done, __ATOMIC_ACQUIRE) < r * JUDGES)
+      usleep(50);
+    canary_prog_status(fx->seg, route, sh->now[r], &st);
+    judged = st.evaluations[CANARY_GATE_PASS] +
+             st.evaluations[CANARY_GATE_FAIL] +
+             st.evaluations[CANARY_GATE_INCONCLUSIVE];
+    if (sh->judged[r] != 1 || judged != r)
+      fail_msg("round %u: %u workers judged the window (%llu windows "
+               "judged in all, want %u)",
+               r, sh->judged[r], (unsigned long long)judged, r);
+    assert_int_equal(sh->busy, 0); /* only the claim winner locks */
+  }
+  for (int k = 0; k < JUDGES; k++)
+    test_wait_ok(kids[k]);
+  assert_int_equal(st.state, CANARY_PROG_RUNNING);
+  assert_int_equal(st.step, 0);
+  assert_int_equal(st.evaluations[CANARY_GATE_INCONCLUSIVE], rounds);
+  test_shared_free(sh, sizeof *sh);
 }
 
 static void test_clock_restart_opens_a_fresh_window(void **state) {

@@ -6,11 +6,9 @@
  * stable and canary when the canary weight goes up; a sticky assignment
  * that changes with a release or differs between Kong nodes; a worker
  * that reads half of one table and half of another while the weights
- * change; a worker killed mid-publish that freezes routing for everyone.
+ * change.  (A worker killed mid-publish: test_faults.c.)
  */
 #include "test_util.h"
-
-#include "internal.h" /* canary__route_publish_stall(), the test hook */
 
 #define R_ROUTES 8u
 #define R_UPSTREAMS 16u
@@ -383,9 +381,9 @@ static void claim_same_key_child(const char *path, struct test_gate *g,
                   CANARY_SEG_ATTACHED,
               2);
   test_gate_wait(g);
-  a = canary_route_claim(seg, "hot", 3, "", 0);
+  a = test_claim_retry(seg, "hot", 3, "", 0);
   snprintf(key, sizeof key, "own-%d", me);
-  b = canary_route_claim(seg, key, strlen(key), "", 0);
+  b = test_claim_retry(seg, key, strlen(key), "", 0);
   test_seg_close(seg);
   CHILD_CHECK(a >= 0 && b >= 0 && a != b, 3);
   _exit(a); /* the parent checks that everybody got the same slot */
@@ -1168,177 +1166,6 @@ static void route_readers_never_see_a_mixed_table(void **state) {
   test_shared_free(sh, sizeof *sh);
 }
 
-/* ---- (e) a publisher killed mid-publish -------------------------------- */
-
-static void stall_child(const char *path, int route, int fd) {
-  canary_seg_t *seg = NULL;
-  struct canary_table t;
-  const uint32_t w[3] = {0, 0, 10000};
-  CHILD_CHECK(test_seg_open(&seg, path, R_ROUTES, R_UPSTREAMS, 0, NULL, 0) ==
-                  CANARY_SEG_ATTACHED,
-              2);
-  test_table(&t, "x", 3, w);
-  CHILD_CHECK(canary__route_publish_stall(seg, route, &t) == 0, 3);
-  CHILD_CHECK(write(fd, "s", 1) == 1, 4);
-  for (;;)
-    pause(); /* until SIGKILL */
-}
-
-static void publish_child(const char *path, int route,
-                          const struct canary_table *t) {
-  canary_seg_t *seg = NULL;
-  CHILD_CHECK(test_seg_open(&seg, path, R_ROUTES, R_UPSTREAMS, 0, NULL, 0) ==
-                  CANARY_SEG_ATTACHED,
-              2);
-  CHILD_CHECK(canary_route_publish(seg, route, t, 0xD, NULL, NULL, 0) == 0, 3);
-  test_seg_close(seg);
-  _exit(0);
-}
-
-/* Readers see table A, fast, while the route's writer word is held. */
-static void assert_still_table_a(canary_seg_t *seg, int r, uint64_t gen_a,
-                                 const struct canary_table *a) {
-  struct canary_route_view v;
-  double t0 = test_now();
-  int rc = canary_route_read(seg, r, &v);
-  double took = test_now() - t0;
-
-  assert_int_equal(rc, 0);
-  if (took > 1.0)
-    fail_msg("canary_route_read took %.3f s behind a stalled writer", took);
-  assert_int_equal(v.generation, gen_a);
-  assert_view_is(&v, a, NULL);
-  for (int i = 0; i < 500; i++) {
-    char key[32];
-    uint32_t g = 0;
-    snprintf(key, sizeof key, "k%d", i);
-    assert_int_equal(canary_route_pick(seg, r, NULL, 0, &g), 0);
-    assert_int_equal(g, (uint32_t)gen_a);
-    assert_int_equal(canary_route_pick(seg, r, key, strlen(key), &g), 0);
-  }
-}
-
-static pid_t start_stalled_writer(struct test_fx *fx, int r) {
-  int pfd[2];
-  char c;
-  pid_t pid;
-
-  assert_int_equal(pipe(pfd), 0);
-  pid = test_fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    close(pfd[0]);
-    stall_child(fx->path, r, pfd[1]);
-  }
-  close(pfd[1]);
-  if (read(pfd[0], &c, 1) != 1) {
-    close(pfd[0]);
-    fail_msg("stalling child exited %d before stalling",
-             test_wait_status(pid));
-  }
-  close(pfd[0]);
-  return pid;
-}
-
-static void after_kill_publish_takes_over(struct test_fx *fx, int r,
-                                          uint64_t gen_a) {
-  struct canary_table c, d;
-  const uint32_t wc[2] = {0, 10000};
-  const uint32_t wd[4] = {2500, 2500, 2500, 2500};
-  struct canary_route_view v;
-  char err[256] = "";
-  uint64_t gen_c = 0;
-  double t0;
-  int rc;
-  pid_t pid;
-
-  test_table(&c, "c", 2, wc);
-  t0 = test_now();
-  rc = canary_route_publish(fx->seg, r, &c, 0xC, &gen_c, err, sizeof err);
-  if (rc != 0)
-    fail_msg("publish after the writer died: %d (%s): %s", rc,
-             canary_strerror(rc), err);
-  assert_true(test_now() - t0 < 2.0);
-  assert_true(gen_c > gen_a);
-  assert_int_equal(canary_route_read(fx->seg, r, &v), 0);
-  assert_int_equal(v.generation, gen_c);
-  assert_view_is(&v, &c, NULL);
-  for (int i = 0; i < 500; i++)
-    assert_int_equal(canary_route_pick(fx->seg, r, NULL, 0, NULL), 1);
-
-  /* The word was released properly: another process publishes too. */
-  test_table(&d, "d", 4, wd);
-  pid = test_fork();
-  assert_true(pid >= 0);
-  if (pid == 0)
-    publish_child(fx->path, r, &d);
-  test_wait_ok(pid);
-  assert_int_equal(canary_route_read(fx->seg, r, &v), 0);
-  assert_true(v.generation > gen_c);
-  assert_view_is(&v, &d, NULL);
-}
-
-static void route_killed_publisher_stalls_nobody(void **state) {
-  struct test_fx *fx = *state;
-  struct canary_table a, b;
-  const uint32_t wa[2] = {10000, 0};
-  const uint32_t wb[2] = {5000, 5000};
-  struct canary_route_view v;
-  char err[256];
-  uint64_t gen_a;
-  double t0;
-  int r = claim(fx->seg, "killed");
-  int rc;
-  pid_t pid;
-
-  test_table(&a, "a", 2, wa);
-  gen_a = publish_ok(fx->seg, r, &a, 0xA);
-  pid = start_stalled_writer(fx, r);
-
-  /* While the stalled writer lives: readers are not held up, and another
-   * writer gets CANARY_EBUSY (bounded wait), not the word. */
-  assert_still_table_a(fx->seg, r, gen_a, &a);
-  test_table(&b, "b", 2, wb);
-  err[0] = '\0';
-  t0 = test_now();
-  rc = canary_route_publish(fx->seg, r, &b, 0xB, NULL, err, sizeof err);
-  assert_int_equal(rc, CANARY_EBUSY);
-  assert_true(err[0] != '\0');
-  assert_true(test_now() - t0 < 10.0);
-  assert_int_equal(canary_route_read(fx->seg, r, &v), 0);
-  assert_int_equal(v.generation, gen_a);
-
-  kill(pid, SIGKILL);
-  assert_int_equal(test_wait_status(pid), 128 + SIGKILL);
-
-  assert_still_table_a(fx->seg, r, gen_a, &a);
-  after_kill_publish_takes_over(fx, r, gen_a);
-}
-
-/* The same, with the killed writer not yet reaped (a zombie still answers
- * kill(pid, 0)). */
-static void route_killed_publisher_zombie_stalls_nobody(void **state) {
-  struct test_fx *fx = *state;
-  struct canary_table a;
-  const uint32_t wa[2] = {10000, 0};
-  siginfo_t si;
-  uint64_t gen_a;
-  int r = claim(fx->seg, "zombie");
-  pid_t pid;
-
-  test_table(&a, "a", 2, wa);
-  gen_a = publish_ok(fx->seg, r, &a, 0xA);
-  pid = start_stalled_writer(fx, r);
-  kill(pid, SIGKILL);
-  memset(&si, 0, sizeof si);
-  assert_int_equal(waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT), 0);
-  assert_int_equal(si.si_pid, pid);
-
-  assert_still_table_a(fx->seg, r, gen_a, &a);
-  after_kill_publish_takes_over(fx, r, gen_a);
-  assert_int_equal(test_wait_status(pid), 128 + SIGKILL);
-}
-
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(route_rejects_bad_indices, setup,
@@ -1370,10 +1197,6 @@ int main(void) {
       cmocka_unit_test(route_sticky_bucket_is_fixed_and_seedless),
       cmocka_unit_test_setup_teardown(route_readers_never_see_a_mixed_table,
                                       setup, teardown),
-      cmocka_unit_test_setup_teardown(route_killed_publisher_stalls_nobody,
-                                      setup, teardown),
-      cmocka_unit_test_setup_teardown(
-          route_killed_publisher_zombie_stalls_nobody, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

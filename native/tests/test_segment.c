@@ -4,11 +4,16 @@
  * What an operator would notice: two workers racing at start-up end up on
  * different segments (split counters and weights diverge); a corrupt file
  * crashes the gateway or is trusted; a read-only canarystat modifies the
- * file; counters reset on `nginx -s reload`.
+ * file; counters reset on `nginx -s reload`; a file that another user can
+ * write (or a symlink planted in its place) is used; a half-made file is
+ * mapped; .bad-* copies fill the disk; a worker waits for ever at start.
  */
 #include "test_util.h"
 
 #include "internal.h" /* header layout, to corrupt files precisely */
+
+#include <grp.h>
+#include <sys/file.h>
 
 #define SEG_ROUTES 8u
 #define SEG_UPSTREAMS 4u
@@ -343,7 +348,7 @@ static void race_child(const char *path, struct test_gate *gate, int me) {
   CHILD_CHECK(rc == CANARY_SEG_CREATED || rc == CANARY_SEG_ATTACHED, 2);
   code = rc == CANARY_SEG_CREATED ? 10 : 11;
   snprintf(key, sizeof key, "child-%d", me);
-  CHILD_CHECK(canary_route_claim(seg, key, strlen(key), "", 0) >= 0, 4);
+  CHILD_CHECK(test_claim_retry(seg, key, strlen(key), "", 0) >= 0, 4);
 
   /* Wait until every child has claimed its route in *this* segment. */
   deadline = test_now() + 10.0;
@@ -824,6 +829,457 @@ static void seg_survives_reopen_with_counters_intact(void **state) {
   t_free(s2);
 }
 
+/* ---- files that are not ours ------------------------------------------ */
+
+/* Both opens (read-write and, when `ro_too`, read-only) of the fixture
+ * path are refused as unsafe with `needle` in the reason, and the file is
+ * left exactly where and as it was: it is not ours to move. */
+static void expect_unsafe(struct test_fx *fx, const char *needle, int ro_too) {
+  canary_seg_t *seg = NULL;
+  unsigned char *before = NULL, *after = NULL;
+  size_t before_len = 0, after_len = 0;
+  char why[512];
+  struct stat st0, st1;
+  int rc;
+
+  assert_int_equal(lstat(fx->path, &st0), 0);
+  if (S_ISREG(st0.st_mode))
+    before = test_read_file(fx->path, &before_len);
+  for (int ro = 0; ro <= ro_too; ro++) {
+    memset(why, 0, sizeof why);
+    rc = test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
+                       ro ? CANARY_SEG_READONLY : 0, why, sizeof why);
+    if (rc != CANARY_EUNSAFE)
+      fail_msg("%s open returned %d (%s), want CANARY_EUNSAFE; why: %s",
+               ro ? "read-only" : "read-write", rc, canary_strerror(rc), why);
+    assert_null(seg);
+    if (strstr(why, needle) == NULL || strstr(why, fx->path) == NULL)
+      fail_msg("reason \"%s\" does not name the file and \"%s\"", why,
+               needle);
+  }
+  assert_string_equal(canary_strerror(CANARY_EUNSAFE),
+                      "segment file is unsafe");
+  assert_int_equal(lstat(fx->path, &st1), 0);
+  assert_int_equal(st1.st_ino, st0.st_ino);
+  assert_int_equal(st1.st_mode, st0.st_mode);
+  assert_int_equal(st1.st_uid, st0.st_uid);
+  if (before != NULL) {
+    after = test_read_file(fx->path, &after_len);
+    assert_int_equal(after_len, before_len);
+    assert_memory_equal(after, before, before_len);
+    t_free(after);
+    t_free(before);
+  }
+  assert_int_equal(bad_files(fx->dir, fx->path, NULL, 0, NULL, NULL), 0);
+}
+
+static void seg_refuses_a_symlink(void **state) {
+  struct test_fx *fx = *state;
+  char target[PATH_MAX];
+  unsigned char *data, *now;
+  size_t len, now_len;
+
+  test_path(target, sizeof target, fx->dir, "real.seg");
+  make_valid_file(target, &data, &len);
+  assert_int_equal(symlink(target, fx->path), 0);
+  expect_unsafe(fx, "symbolic link", 1);
+  now = test_read_file(target, &now_len);
+  assert_int_equal(now_len, len);
+  assert_memory_equal(now, data, len);
+  t_free(now);
+  t_free(data);
+}
+
+static void seg_refuses_group_or_other_access(void **state) {
+  struct test_fx *fx = *state;
+  static const mode_t modes[] = {0640, 0604, 0660, 0644, 0606, 0700, 0610};
+  canary_seg_t *seg = NULL;
+  unsigned char *data;
+  size_t len;
+
+  make_valid_file(fx->path, &data, &len);
+  for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+    char needle[32];
+    assert_int_equal(chmod(fx->path, modes[i]), 0);
+    snprintf(needle, sizeof needle, "mode %04o", (unsigned)modes[i]);
+    expect_unsafe(fx, needle, 1);
+  }
+  /* The same file, made private again, is ours. */
+  assert_int_equal(chmod(fx->path, 0600), 0);
+  assert_int_equal(
+      test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0),
+      CANARY_SEG_ATTACHED);
+  assert_int_equal(canary_route_find(seg, "r", 1), 0);
+  test_seg_close(seg);
+  t_free(data);
+}
+
+static void seg_refuses_what_is_not_a_regular_file(void **state) {
+  struct test_fx *fx = *state;
+  assert_int_equal(mkfifo(fx->path, 0600), 0);
+  /* (and never blocks on the FIFO waiting for a writer) */
+  expect_unsafe(fx, "not a regular file", 1);
+}
+
+#define NOBODY 65534u
+
+/* Root only: a file of another user is refused read-write; root may still
+ * read it (canarystat run by the operator). */
+static void seg_refuses_a_file_of_another_user(void **state) {
+  struct test_fx *fx = *state;
+  canary_seg_t *seg = NULL;
+  unsigned char *data;
+  size_t len;
+
+  if (geteuid() != 0)
+    skip();
+  make_valid_file(fx->path, &data, &len);
+  assert_int_equal(chown(fx->path, NOBODY, NOBODY), 0);
+  expect_unsafe(fx, "owned by uid 65534", 0);
+  assert_int_equal(test_seg_open(&seg, fx->path, 0, 0, CANARY_SEG_READONLY,
+                                 NULL, 0),
+                   CANARY_SEG_ATTACHED);
+  assert_int_equal(canary_route_find(seg, "r", 1), 0);
+  test_seg_close(seg);
+  t_free(data);
+}
+
+/* ---- a root master preparing the file for its workers ------------------ */
+
+/* canary_seg_prepare() with the default statistics pool and grace. */
+static int prepare_for(const char *path, uint32_t routes, uint32_t ups,
+                       uint32_t uid, uint32_t gid, char *why,
+                       size_t why_len) {
+  struct canary_seg_params p = {routes, ups, 0, 0, 0};
+  return canary_seg_prepare(path, &p, uid, gid, why, why_len);
+}
+
+/* A worker: drops to `uid`, then attaches and writes. */
+static void worker_as(const char *path, uint32_t uid) {
+  canary_seg_t *seg = NULL;
+  struct canary_table t;
+  const uint32_t w[2] = {9000, 1000};
+  int route;
+
+  CHILD_CHECK(setgroups(0, NULL) == 0, 2);
+  CHILD_CHECK(setgid((gid_t)uid) == 0 && setuid((uid_t)uid) == 0, 3);
+  CHILD_CHECK(geteuid() == uid, 4);
+  CHILD_CHECK(test_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL,
+                            0) == CANARY_SEG_ATTACHED,
+              5);
+  route = canary_route_claim(seg, "w", 1, "worker", 6);
+  CHILD_CHECK(route >= 0, 6);
+  test_table(&t, "up", 2, w);
+  CHILD_CHECK(canary_route_publish(seg, route, &t, 1, NULL, NULL, 0) == 0, 7);
+  for (int i = 0; i < 10; i++)
+    CHILD_CHECK(canary_route_record(seg, route, 0, 100, 200, -1) == 0, 8);
+  test_seg_close(seg);
+  _exit(0);
+}
+
+static void seg_prepare_rejects_bad_arguments(void **state) {
+  struct test_fx *fx = *state;
+  char why[128];
+  uint32_t me = (uint32_t)geteuid(), gid = (uint32_t)getegid();
+
+  memset(why, 0, sizeof why);
+  assert_int_equal(prepare_for(NULL, 8, 4, me, gid, why, sizeof why),
+                   CANARY_EINVAL);
+  assert_true(why[0] != '\0');
+  assert_int_equal(prepare_for("", 8, 4, me, gid, NULL, 0),
+                   CANARY_EINVAL);
+  assert_int_equal(prepare_for(fx->path, 0, 4, me, gid, NULL, 0),
+                   CANARY_EINVAL);
+  assert_int_equal(prepare_for(fx->path, 8, 17, me, gid, NULL, 0),
+                   CANARY_EINVAL);
+  assert_false(file_exists(fx->path));
+  /* For oneself it is a create that does not map. */
+  assert_int_equal(prepare_for(fx->path, 8, 4, me, gid, why,
+                                      sizeof why),
+                   CANARY_SEG_CREATED);
+  assert_int_equal(prepare_for(fx->path, 8, 4, me, gid, why,
+                                      sizeof why),
+                   CANARY_SEG_ATTACHED);
+}
+
+/* A prepared file has the statistics pool and grace period it was
+ * prepared with, and prepare refuses what open would refuse. */
+static void seg_prepare_sizes_the_statistics_pool(void **state) {
+  struct test_fx *fx = *state;
+  struct canary_seg_params p = {SEG_ROUTES, SEG_UPSTREAMS, 5, 0, 7};
+  struct canary_seg_info info;
+  canary_seg_t *seg = NULL;
+  uint32_t me = (uint32_t)geteuid(), gid = (uint32_t)getegid();
+
+  assert_int_equal(canary_seg_prepare(fx->path, NULL, me, gid, NULL, 0),
+                   CANARY_EINVAL);
+  p.flags = CANARY_SEG_READONLY;
+  assert_int_equal(canary_seg_prepare(fx->path, &p, me, gid, NULL, 0),
+                   CANARY_EINVAL);
+  p.flags = 0;
+  p.max_stat_slots = CANARY_STAT_SLOTS_LIMIT + 1;
+  assert_int_equal(canary_seg_prepare(fx->path, &p, me, gid, NULL, 0),
+                   CANARY_EINVAL);
+  assert_false(file_exists(fx->path));
+  p.max_stat_slots = 5;
+  assert_int_equal(canary_seg_prepare(fx->path, &p, me, gid, NULL, 0),
+                   CANARY_SEG_CREATED);
+  /* Workers asking for other sizes attach the prepared geometry. */
+  assert_int_equal(test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
+                                 0, NULL, 0),
+                   CANARY_SEG_ATTACHED);
+  assert_int_equal(canary_seg_info(seg, &info), 0);
+  assert_int_equal(info.max_stat_slots, 5);
+  assert_int_equal(info.retire_grace_s, 7);
+  assert_int_equal(info.max_routes, SEG_ROUTES);
+  test_seg_close(seg);
+}
+
+static void seg_prepare_gives_the_file_to_the_workers(void **state) {
+  struct test_fx *fx = *state;
+  canary_seg_t *seg = NULL;
+  struct canary_hist_snapshot *snap = t_alloc(sizeof *snap);
+  char why[512] = "", other[PATH_MAX];
+  unsigned char *data;
+  size_t len;
+  struct stat st;
+  pid_t pid;
+  int route;
+
+  if (geteuid() != 0)
+    skip();
+  assert_int_equal(chmod(fx->dir, 0711), 0); /* workers reach the file */
+  assert_int_equal(prepare_for(fx->path, SEG_ROUTES, SEG_UPSTREAMS,
+                                      NOBODY, NOBODY, why, sizeof why),
+                   CANARY_SEG_CREATED);
+  assert_int_equal(stat(fx->path, &st), 0);
+  assert_int_equal(st.st_uid, NOBODY);
+  assert_int_equal(st.st_gid, NOBODY);
+  assert_int_equal(st.st_mode & 07777, 0600);
+
+  pid = test_fork();
+  assert_true(pid >= 0);
+  if (pid == 0)
+    worker_as(fx->path, NOBODY);
+  test_wait_ok(pid);
+
+  /* The workers' file is not root's to write, but root may read it. */
+  expect_unsafe(fx, "owned by uid 65534", 0);
+  assert_int_equal(test_seg_open(&seg, fx->path, 0, 0, CANARY_SEG_READONLY,
+                                 NULL, 0),
+                   CANARY_SEG_ATTACHED);
+  route = canary_route_find(seg, "w", 1);
+  assert_true(route >= 0);
+  assert_int_equal(canary_hist_snapshot(seg, route, 0, snap), 0);
+  assert_int_equal(snap->status[2], 10);
+  test_seg_close(seg);
+
+  /* A restart of the master validates the file and keeps its data. */
+  assert_int_equal(prepare_for(fx->path, SEG_ROUTES, SEG_UPSTREAMS,
+                                      NOBODY, NOBODY, why, sizeof why),
+                   CANARY_SEG_ATTACHED);
+  assert_int_equal(test_seg_open(&seg, fx->path, 0, 0, CANARY_SEG_READONLY,
+                                 NULL, 0),
+                   CANARY_SEG_ATTACHED);
+  assert_int_equal(canary_route_find(seg, "w", 1), route);
+  test_seg_close(seg);
+
+  /* A file root made earlier is given to the workers. */
+  test_path(other, sizeof other, fx->dir, "root.seg");
+  make_valid_file(other, &data, &len);
+  t_free(data);
+  assert_int_equal(prepare_for(other, SEG_ROUTES, SEG_UPSTREAMS, NOBODY,
+                                      NOBODY, why, sizeof why),
+                   CANARY_SEG_ATTACHED);
+  assert_int_equal(stat(other, &st), 0);
+  assert_int_equal(st.st_uid, NOBODY);
+  assert_int_equal(st.st_mode & 07777, 0600);
+
+  /* A third user's file, a file open to others, a symlink: refused. */
+  assert_int_equal(chown(fx->path, 1234, 1234), 0);
+  memset(why, 0, sizeof why);
+  assert_int_equal(prepare_for(fx->path, SEG_ROUTES, SEG_UPSTREAMS,
+                                      NOBODY, NOBODY, why, sizeof why),
+                   CANARY_EUNSAFE);
+  assert_non_null(strstr(why, "owned by uid 1234"));
+  assert_int_equal(stat(fx->path, &st), 0);
+  assert_int_equal(st.st_uid, 1234);
+  assert_int_equal(chown(fx->path, NOBODY, NOBODY), 0);
+  assert_int_equal(chmod(fx->path, 0640), 0);
+  assert_int_equal(prepare_for(fx->path, SEG_ROUTES, SEG_UPSTREAMS,
+                                      NOBODY, NOBODY, why, sizeof why),
+                   CANARY_EUNSAFE);
+  assert_non_null(strstr(why, "mode 0640"));
+  assert_int_equal(unlink(other), 0);
+  assert_int_equal(symlink(fx->path, other), 0);
+  assert_int_equal(prepare_for(other, SEG_ROUTES, SEG_UPSTREAMS, NOBODY,
+                                      NOBODY, why, sizeof why),
+                   CANARY_EUNSAFE);
+  assert_non_null(strstr(why, "symbolic link"));
+  t_free(snap);
+}
+
+/* ---- setting aside, creating ------------------------------------------- */
+
+/* At most three .bad-* copies are kept: the oldest goes first; other
+ * files in the directory are never touched. */
+static void seg_keeps_three_bad_copies(void **state) {
+  struct test_fx *fx = *state;
+  static const char *const keep[] = {"canary.seg.bad-x", "other.seg.bad-1-1",
+                                     "canary.seg.bad-5-5-5"};
+  canary_seg_t *seg = NULL;
+  char p[PATH_MAX], name[PATH_MAX], why[512];
+  long long u = 0;
+  long pid = 0;
+
+  for (int i = 0; i < 3; i++) {
+    char n[64];
+    snprintf(n, sizeof n, "canary.seg.bad-%d-1", 1000 + i);
+    test_path(p, sizeof p, fx->dir, n);
+    assert_int_equal(test_write_file(p, "old", 3), 0);
+  }
+  for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+    test_path(p, sizeof p, fx->dir, keep[i]);
+    assert_int_equal(test_write_file(p, "x", 1), 0);
+  }
+  assert_int_equal(test_write_file(fx->path, "not a segment", 13), 0);
+  assert_int_equal(test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0,
+                                 why, sizeof why),
+                   CANARY_SEG_RECREATED);
+  test_seg_close(seg);
+
+  assert_int_equal(bad_files(fx->dir, fx->path, NULL, 0, NULL, NULL), 3);
+  test_path(p, sizeof p, fx->dir, "canary.seg.bad-1000-1");
+  assert_false(file_exists(p)); /* the oldest */
+  test_path(p, sizeof p, fx->dir, "canary.seg.bad-1001-1");
+  assert_true(file_exists(p));
+  test_path(p, sizeof p, fx->dir, "canary.seg.bad-1002-1");
+  assert_true(file_exists(p));
+  for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+    test_path(p, sizeof p, fx->dir, keep[i]);
+    assert_true(file_exists(p));
+  }
+  /* The newest, the file just set aside, is kept whole. */
+  (void)bad_files(fx->dir, fx->path, name, sizeof name, &u, &pid);
+  for (int i = 0; i < 5; i++) {
+    assert_int_equal(test_write_file(fx->path, "junk", 4), 0);
+    assert_int_equal(test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS,
+                                   0, why, sizeof why),
+                     CANARY_SEG_RECREATED);
+    test_seg_close(seg);
+    assert_true(bad_files(fx->dir, fx->path, NULL, 0, NULL, NULL) <= 3);
+  }
+}
+
+/* Another process holds the bad file locked (as one setting it aside
+ * would, but for ever): the open gives up after a bounded wait, with a
+ * reason, and leaves the file alone. */
+static void flock_child(const char *path, int fd) {
+  int f = open(path, O_RDONLY);
+  CHILD_CHECK(f >= 0, 2);
+  CHILD_CHECK(flock(f, LOCK_EX) == 0, 3);
+  CHILD_CHECK(write(fd, "l", 1) == 1, 4);
+  for (;;)
+    pause();
+}
+
+static void seg_set_aside_wait_is_bounded(void **state) {
+  struct test_fx *fx = *state;
+  canary_seg_t *seg = NULL;
+  char why[512] = "", c;
+  int pfd[2], rc;
+  pid_t pid;
+
+  assert_int_equal(test_write_file(fx->path, "not a segment", 13), 0);
+  assert_int_equal(pipe(pfd), 0);
+  pid = test_fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    close(pfd[0]);
+    flock_child(fx->path, pfd[1]);
+  }
+  close(pfd[1]);
+  assert_int_equal(read(pfd[0], &c, 1), 1);
+  close(pfd[0]);
+
+  rc = test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, why,
+                     sizeof why);
+  if (rc != CANARY_EBUSY)
+    fail_msg("open returned %d (%s): %s", rc, canary_strerror(rc), why);
+  assert_non_null(strstr(why, "locked"));
+  assert_int_equal(bad_files(fx->dir, fx->path, NULL, 0, NULL, NULL), 0);
+
+  kill(pid, SIGKILL);
+  assert_int_equal(test_wait_status(pid), 128 + SIGKILL);
+  assert_int_equal(test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0,
+                                 why, sizeof why),
+                   CANARY_SEG_RECREATED);
+  test_seg_close(seg);
+}
+
+/* Entries of the directory other than `except`. */
+static int other_entries(const char *dir, const char *except) {
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  int n = 0;
+  if (d == NULL)
+    return -1;
+  while ((e = readdir(d)) != NULL)
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+        strcmp(e->d_name, except) != 0)
+      n++;
+  closedir(d);
+  return n;
+}
+
+static void creator_child(const char *path, int fd) {
+  canary_seg_t *seg = NULL;
+  canary__fault_arm("create.written", 1, fd);
+  test_seg_open(&seg, path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0);
+  _exit(2); /* never reached the point */
+}
+
+/* A creator stopped (then killed) with its file complete but not yet
+ * published: nothing half-made is ever at the path; others create and
+ * attach as if it did not exist, and its temporary file is cleared once
+ * it is dead. */
+static void seg_creator_killed_midway_leaves_no_half_file(void **state) {
+  struct test_fx *fx = *state;
+  canary_seg_t *seg = NULL;
+  char got[32] = "";
+  int pfd[2];
+  pid_t pid;
+
+  assert_int_equal(pipe(pfd), 0);
+  pid = test_fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    close(pfd[0]);
+    creator_child(fx->path, pfd[1]);
+  }
+  close(pfd[1]);
+  if (read(pfd[0], got, sizeof got - 1) <= 0)
+    fail_msg("creator exited %d before its fault point",
+             test_wait_status(pid));
+  close(pfd[0]);
+
+  assert_false(file_exists(fx->path));
+  assert_int_equal(other_entries(fx->dir, "canary.seg"), 1); /* its temp */
+  assert_int_equal(
+      test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0),
+      CANARY_SEG_CREATED);
+  assert_int_equal(other_entries(fx->dir, "canary.seg"), 1); /* still its */
+  test_seg_close(seg);
+
+  kill(pid, SIGKILL);
+  assert_int_equal(test_wait_status(pid), 128 + SIGKILL);
+  assert_int_equal(
+      test_seg_open(&seg, fx->path, SEG_ROUTES, SEG_UPSTREAMS, 0, NULL, 0),
+      CANARY_SEG_ATTACHED);
+  test_seg_close(seg);
+  assert_int_equal(other_entries(fx->dir, "canary.seg"), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(seg_open_rejects_bad_arguments, setup,
@@ -851,6 +1307,25 @@ int main(void) {
           seg_readonly_attach_reads_and_refuses_writes, setup, teardown),
       cmocka_unit_test_setup_teardown(seg_survives_reopen_with_counters_intact,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(seg_refuses_a_symlink, setup, teardown),
+      cmocka_unit_test_setup_teardown(seg_refuses_group_or_other_access, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(seg_refuses_what_is_not_a_regular_file,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(seg_refuses_a_file_of_another_user,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(seg_prepare_rejects_bad_arguments, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(seg_prepare_sizes_the_statistics_pool,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          seg_prepare_gives_the_file_to_the_workers, setup, teardown),
+      cmocka_unit_test_setup_teardown(seg_keeps_three_bad_copies, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(seg_set_aside_wait_is_bounded, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(
+          seg_creator_killed_midway_leaves_no_half_file, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

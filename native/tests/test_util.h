@@ -466,6 +466,20 @@ static inline unsigned char *test_read_file(const char *path, size_t *len) {
   return buf;
 }
 
+/* canary_route_claim() the way a caller racing other processes uses it:
+ * the claim lock is tried once, so CANARY_EBUSY means "another process is
+ * claiming right now, try again" (a worker retries at its next tick). */
+static inline int test_claim_retry(canary_seg_t *seg, const char *key,
+                                   size_t key_len, const char *label,
+                                   size_t label_len) {
+  for (;;) {
+    int rc = canary_route_claim(seg, key, key_len, label, label_len);
+    if (rc != CANARY_EBUSY)
+      return rc;
+    usleep(100);
+  }
+}
+
 /* ---- weights tables ------------------------------------------------- */
 
 /* Fills a table with n upstreams named "<prefix><i>" and the weights. */
