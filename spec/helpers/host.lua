@@ -1113,6 +1113,10 @@ function _M.configure_plugin(id, patch)
     write_file(state.config_file, assert(cjson.encode(doc)))
     upstreams = plugin.config.upstreams
   end
+  -- On the local host every worker says which config it runs: wait for
+  -- all of them, so a change that leaves the weights alone (sticky, trace,
+  -- a progression) is in force everywhere too.
+  if not _M.kong() then wait_applied() end
   if upstreams then
     local ms = wait_in_force(id, upstreams, 6)
     _M.propagation_ms[#_M.propagation_ms + 1] = ms or -1
