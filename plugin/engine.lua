@@ -241,6 +241,7 @@ struct canary_seg_params {
   uint32_t max_stat_slots;
   uint32_t flags;
   uint32_t retire_grace_s;
+  uint32_t max_prog_slots;
 };
 struct canary_seg_info {
   uint64_t size;
@@ -258,7 +259,11 @@ struct canary_seg_info {
   uint64_t routes_exhausted;
   uint64_t stat_slots_exhausted;
   uint32_t retire_grace_s;
-  uint32_t pad;
+  uint32_t max_prog_slots;
+  uint64_t prog_bytes;
+  uint32_t prog_slots_used;
+  uint32_t prog_slots_retired;
+  uint64_t prog_slots_exhausted;
 };
 struct canary_table {
   uint32_t n;
@@ -577,8 +582,10 @@ Seg.__index = Seg
 -- Opens (creates, attaches or recreates) the segment at `path`.
 -- opts: max_routes (default 64), max_upstreams per route (16),
 -- max_stat_slots (statistics slots, one per configured upstream; default
--- max_routes * max_upstreams), retire_grace_s (how long a retired slot
--- waits before reuse; default 300), readonly.  Sizes and grace apply to a
+-- max_routes * max_upstreams), max_prog_slots (progression slots, one
+-- per route whose config has a progression; default max_routes),
+-- retire_grace_s (how long a retired slot waits before reuse; default
+-- 300), readonly.  Sizes and grace apply to a
 -- new segment only.  Returns a segment object, or nil and an error.  seg.opened
 -- tells "attached" / "created" / "recreated"; seg.why says why a bad file
 -- was set aside.
@@ -594,6 +601,7 @@ function _M.open(path, opts)
   seg_params.max_stat_slots = opts.max_stat_slots or 0
   seg_params.flags = opts.readonly and 1 or 0
   seg_params.retire_grace_s = opts.retire_grace_s or 0
+  seg_params.max_prog_slots = opts.max_prog_slots or 0
   local rc = C.canary_seg_open_params(seg_out, path, seg_params, msg_buf, 512)
   if rc < 0 then
     return nil, strerror(rc) .. ": " .. ffi_string(msg_buf)
@@ -612,7 +620,7 @@ end
 
 -- For a privileged master process: creates or validates the segment at
 -- `path` as open() would with the same opts (max_routes, max_upstreams,
--- max_stat_slots, retire_grace_s), gives it to opts.uid:opts.gid (the
+-- max_stat_slots, max_prog_slots, retire_grace_s), gives it to opts.uid:opts.gid (the
 -- workers' user), mode 0600, and does not map it.  Returns "created" /
 -- "attached" / "recreated", or nil and an error.
 function _M.prepare(path, opts)
@@ -630,6 +638,7 @@ function _M.prepare(path, opts)
   seg_params.max_stat_slots = opts.max_stat_slots or 0
   seg_params.flags = 0
   seg_params.retire_grace_s = opts.retire_grace_s or 0
+  seg_params.max_prog_slots = opts.max_prog_slots or 0
   local rc = C.canary_seg_prepare(path, seg_params, opts.uid, opts.gid,
                                   msg_buf, 512)
   if rc < 0 then
@@ -661,6 +670,11 @@ function Seg:info()
     stat_slots_retired = info.stat_slots_retired,
     routes_exhausted = tonumber(info.routes_exhausted),
     stat_slots_exhausted = tonumber(info.stat_slots_exhausted),
+    prog_bytes = tonumber(info.prog_bytes),
+    max_prog_slots = info.max_prog_slots,
+    prog_slots_used = info.prog_slots_used,
+    prog_slots_retired = info.prog_slots_retired,
+    prog_slots_exhausted = tonumber(info.prog_slots_exhausted),
     created_unix = tonumber(info.created_unix),
     layout_version = info.layout_version,
     retire_grace_s = info.retire_grace_s,

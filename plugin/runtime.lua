@@ -35,6 +35,12 @@ local DEFAULT_MAX_ROUTES = 64
 -- and canary) and room for routes with more upstreams and for renamed
 -- upstreams during their grace period.  1000 routes: 55 MB.
 local function default_stat_slots(max_routes) return 2 * max_routes + 64 end
+-- Progression slots (about 60 KiB each: the window bases and the
+-- decision log), one per route whose config has a progression: every
+-- route up to 64, and one in 8 beyond.  1000 routes: 189.
+local function default_prog_slots(max_routes)
+  return math.min(max_routes, 64 + math.floor(max_routes / 8))
+end
 
 local state = {
   seg = nil,        -- engine segment, nil when unavailable
@@ -88,6 +94,8 @@ function _M.segment_opts()
     max_upstreams = engine.MAX_UPSTREAMS,
     max_stat_slots = env_number("CANARY_ROUTER_MAX_UPSTREAM_SLOTS",
                                 default_stat_slots(max_routes)),
+    max_prog_slots = env_number("CANARY_ROUTER_MAX_PROGRESSIONS",
+                                default_prog_slots(max_routes)),
     retire_grace_s = env_number("CANARY_ROUTER_RETIRE_GRACE_S",
                                 engine.RETIRE_GRACE_S),
   }

@@ -375,13 +375,17 @@ static int print_json(const canary_seg_t *seg, const char *path) {
   printf(",\"slots\":{\"routes\":{\"live\":%u,\"retired\":%u,"
          "\"free\":%u,\"exhausted\":%llu},\"upstreams\":{\"live\":%u,"
          "\"retired\":%u,\"free\":%u,\"exhausted\":%llu},"
-         "\"retire_grace_s\":%u}",
+         "\"progressions\":{\"live\":%u,\"retired\":%u,\"free\":%u,"
+         "\"exhausted\":%llu},\"retire_grace_s\":%u}",
          info.routes_used - info.routes_retired, info.routes_retired,
          info.max_routes - info.routes_used,
          (unsigned long long)info.routes_exhausted,
          info.stat_slots_used - info.stat_slots_retired,
          info.stat_slots_retired, info.max_stat_slots - info.stat_slots_used,
-         (unsigned long long)info.stat_slots_exhausted, info.retire_grace_s);
+         (unsigned long long)info.stat_slots_exhausted,
+         info.prog_slots_used - info.prog_slots_retired,
+         info.prog_slots_retired, info.max_prog_slots - info.prog_slots_used,
+         (unsigned long long)info.prog_slots_exhausted, info.retire_grace_s);
   printf(",\"data\":[");
   for (uint32_t r = 0; r < info.max_routes; r++) {
     if (canary_route_read(seg, (int)r, &v) != 0 || v.generation == 0)
@@ -443,13 +447,19 @@ static void print_table(const canary_seg_t *seg, const struct sample *a,
   int last_route = -1;
   canary_seg_info(seg, &info);
   printf("segment: %u of %u route slots live (%u retired), %u of %u upstream "
-         "slots live (%u retired)%s\n",
+         "slots live (%u retired), %u of %u progression slots live (%u "
+         "retired)%s\n",
          info.routes_used - info.routes_retired, info.max_routes,
          info.routes_retired, info.stat_slots_used - info.stat_slots_retired,
          info.max_stat_slots, info.stat_slots_retired,
-         info.routes_exhausted + info.stat_slots_exhausted > 0
-             ? "; EXHAUSTED at times: raise CANARY_ROUTER_MAX_ROUTES or "
-               "CANARY_ROUTER_MAX_UPSTREAM_SLOTS"
+         info.prog_slots_used - info.prog_slots_retired, info.max_prog_slots,
+         info.prog_slots_retired,
+         info.routes_exhausted + info.stat_slots_exhausted +
+                     info.prog_slots_exhausted >
+                 0
+             ? "; EXHAUSTED at times: raise CANARY_ROUTER_MAX_ROUTES, "
+               "CANARY_ROUTER_MAX_UPSTREAM_SLOTS or "
+               "CANARY_ROUTER_MAX_PROGRESSIONS"
              : "");
   printf("%-24s %-28s %7s %9s %7s %9s %9s %9s %10s %8s\n", "ROUTE",
          "UPSTREAM", "WEIGHT", "REQ/S", "ERR%", "P50ms", "P95ms", "P99ms",

@@ -321,9 +321,11 @@ typedef struct canary_seg canary_seg_t; /* process-local, opaque */
 
 /* How a new segment is sized (canary_seg_open_params).  Memory is
  * max_routes route slots plus max_stat_slots statistics slots, one per
- * upstream actually configured (see "Statistics slots" below), so a
- * segment follows the configuration instead of reserving
- * CANARY_MAX_UPSTREAMS histograms for every route. */
+ * upstream actually configured (see "Statistics slots" below), plus
+ * max_prog_slots progression slots, one per route with a progression, so
+ * a segment follows the configuration instead of reserving
+ * CANARY_MAX_UPSTREAMS histograms and a progression area for every
+ * route. */
 struct canary_seg_params {
   uint32_t max_routes;     /* 1..65536 */
   uint32_t max_upstreams;  /* upstreams per route, 1..CANARY_MAX_UPSTREAMS */
@@ -334,6 +336,11 @@ struct canary_seg_params {
    * longest request: one still in flight when its route or upstream is
    * removed keeps counting into the retired slot until then. */
   uint32_t retire_grace_s;
+  /* Progression slots, one per route whose configuration has a
+   * progression, 1..max_routes; 0: max_routes (every route may have
+   * one).  A publish with a progression that finds none free fails with
+   * CANARY_EFULL and changes nothing. */
+  uint32_t max_prog_slots;
 };
 
 struct canary_seg_info {
@@ -353,7 +360,13 @@ struct canary_seg_info {
   uint64_t stat_slots_exhausted; /* publishes refused: no free statistics
                                     slot */
   uint32_t retire_grace_s;     /* see canary_seg_params */
-  uint32_t pad;
+  uint32_t max_prog_slots;
+  uint64_t prog_bytes;         /* bytes per progression slot */
+  uint32_t prog_slots_used;    /* progression slots live or retired */
+  uint32_t prog_slots_retired; /* retired progression slots, not yet
+                                  reused */
+  uint64_t prog_slots_exhausted; /* publishes refused: no free
+                                    progression slot */
 };
 
 /* A weights table as the caller publishes it.  weights[i] is on the

@@ -227,6 +227,8 @@ void canary__prog_start(const canary_seg_t *seg, uint32_t route,
   struct prog_area *pa = canary__prog(seg, route);
   struct canary_prog_params none;
 
+  if (pa == NULL)
+    return; /* no progression slot: publish.c released it (p == NULL) */
   if (p == NULL) {
     memset(&none, 0, sizeof none);
     canary__store_words(&pa->params, &none, sizeof none / 8);
@@ -322,10 +324,11 @@ static uint32_t canary_weight(const canary_seg_t *seg, struct route_hdr *r,
 
 /* Caller holds the writer lock: the figures of a judged window into the
  * status fields. */
-static void store_figures(struct prog_area *pa, uint32_t dry_run,
+static void store_figures(struct route_hdr *r, struct prog_area *pa,
+                          uint32_t dry_run,
                           const struct canary_judge_result *j) {
-  ck_pr_inc_64(dry_run ? &pa->dry_evaluations[j->verdict]
-                       : &pa->evaluations[j->verdict]);
+  ck_pr_inc_64(dry_run ? &r->dry_evaluations[j->verdict]
+                       : &r->evaluations[j->verdict]);
   ck_pr_store_32(&pa->last_result, j->verdict);
   ck_pr_store_64(&pa->window_requests, j->canary_requests);
   ck_pr_store_64(&pa->error_rate_bits, dbits(j->canary_error_rate));
@@ -344,13 +347,25 @@ static struct route_hdr *route_of(const canary_seg_t *seg, int route) {
 int canary_prog_status(const canary_seg_t *seg, int route, double now_us,
                        struct canary_prog_status *out) {
   struct canary_prog_params p;
+  struct route_hdr *r = route_of(seg, route);
   struct prog_area *pa;
   uint64_t ws;
 
-  if (out == NULL || route_of(seg, route) == NULL)
+  if (out == NULL || r == NULL)
     return CANARY_EINVAL;
   pa = canary__prog(seg, (uint32_t)route);
   memset(out, 0, sizeof *out);
+  for (int i = 0; i < CANARY_GATE_RESULTS; i++) {
+    out->evaluations[i] = ck_pr_load_64(&r->evaluations[i]);
+    out->dry_evaluations[i] = ck_pr_load_64(&r->dry_evaluations[i]);
+  }
+  if (pa == NULL) {
+    /* No progression slot: none configured. */
+    canary__copy_str(out->reason, sizeof out->reason,
+                     "no progression configured",
+                     strlen("no progression configured"));
+    return 0;
+  }
   out->state = ck_pr_load_32(&pa->state);
   if (out->state > CANARY_PROG_ROLLED_BACK)
     return CANARY_ECORRUPT;
@@ -371,10 +386,6 @@ int canary_prog_status(const canary_seg_t *seg, int route, double now_us,
   out->interval_ms = p.interval_ms;
   out->dry_run = p.dry_run;
   out->analysis = p.judge.analysis;
-  for (int i = 0; i < CANARY_GATE_RESULTS; i++) {
-    out->evaluations[i] = ck_pr_load_64(&pa->evaluations[i]);
-    out->dry_evaluations[i] = ck_pr_load_64(&pa->dry_evaluations[i]);
-  }
   out->window_requests = ck_pr_load_64(&pa->window_requests);
   out->decisions = ck_pr_load_64(&pa->decisions);
   ws = ck_pr_load_64(&pa->window_start_us);
@@ -397,6 +408,8 @@ int canary_prog_decisions(const canary_seg_t *seg, int route,
   if (out == NULL || route_of(seg, route) == NULL)
     return CANARY_EINVAL;
   pa = canary__prog(seg, (uint32_t)route);
+  if (pa == NULL)
+    return 0; /* no progression, no decisions */
   newest = ck_pr_load_64(&pa->decisions);
   /* The count before the entries it announces. */
   ck_pr_fence_load();
@@ -421,6 +434,8 @@ int canary__prog_last_judged(const canary_seg_t *seg, int route,
   if (out == NULL || route_of(seg, route) == NULL)
     return -1;
   pa = canary__prog(seg, (uint32_t)route);
+  if (pa == NULL)
+    return -1;
   seq = ck_pr_load_64(&pa->last_judged);
   /* The sequence before the entry it names. */
   ck_pr_fence_load();
@@ -449,7 +464,7 @@ static int judge_window(const canary_seg_t *seg, uint32_t route,
     memset(&snaps, 0, sizeof snaps); /* judged as empty: inconclusive */
   if (judge_snaps(seg, r, p, 0, &d.judge) != 0)
     return CANARY_ECORRUPT; /* parameters were checked by the caller */
-  store_figures(pa, p->dry_run, &d.judge);
+  store_figures(r, pa, p->dry_run, &d.judge);
   d.origin = CANARY_ORIGIN_WINDOW;
   d.window_ms = window_ms;
   d.dry_run = p->dry_run;
@@ -544,7 +559,8 @@ static int immediate_check(canary_seg_t *seg, uint32_t route,
       /* Under the writer word: the progression may have been restarted
        * (other parameters, another canary) since we looked. */
       load_params(pa, &now_p);
-      if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
+      if (canary__prog(seg, route) == pa &&
+          ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
           memcmp(&now_p, p, sizeof *p) == 0 &&
           !(p->dry_run && ck_pr_load_64(&pa->immediate_ws) == ws)) {
         d.origin = CANARY_ORIGIN_IMMEDIATE;
@@ -554,7 +570,7 @@ static int immediate_check(canary_seg_t *seg, uint32_t route,
         d.step = ck_pr_load_32(&pa->step);
         d.step_weight = canary_weight(seg, r, p->canary);
         d.weight = 0;
-        store_figures(pa, p->dry_run, &d.judge);
+        store_figures(r, pa, p->dry_run, &d.judge);
         if (p->dry_run) {
           ck_pr_store_64(&pa->immediate_ws, ws);
           set_reason(pa, "dry run: would roll back at once: %s",
@@ -588,7 +604,7 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
   if (seg->readonly)
     return CANARY_EREADONLY;
   pa = canary__prog(seg, (uint32_t)route);
-  if (ck_pr_load_32(&pa->state) != CANARY_PROG_RUNNING)
+  if (pa == NULL || ck_pr_load_32(&pa->state) != CANARY_PROG_RUNNING)
     goto done;
   /* State before the parameters it makes valid. */
   ck_pr_fence_load();
@@ -628,7 +644,8 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
    * parameters we loaded may be stale.  Judge only our window, with the
    * parameters in force now. */
   load_params(pa, &p);
-  if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
+  if (canary__prog(seg, (uint32_t)route) == pa &&
+      ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
       ck_pr_load_64(&pa->window_start_us) == now &&
       canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) == 0 &&
       p.canary < seg->max_upstreams)
@@ -662,7 +679,6 @@ int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
   if (seg->readonly)
     return canary__fail(err, err_len, CANARY_EREADONLY,
                         "segment attached read-only");
-  pa = canary__prog(seg, (uint32_t)route);
   rc = canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route));
   if (rc != 0)
     return canary__fail(err, err_len, rc,
@@ -670,6 +686,13 @@ int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
                             ? "busy: another process is changing this "
                               "route; retry"
                             : "no lock on the segment file (replaced?)");
+  /* Under the writer lock: the route's progression slot stays its own. */
+  pa = canary__prog(seg, (uint32_t)route);
+  if (pa == NULL) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "no progression configured on this route");
+    goto out;
+  }
   state = ck_pr_load_32(&pa->state);
   step = ck_pr_load_32(&pa->step);
   load_params(pa, &p);
@@ -797,7 +820,7 @@ int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
   if (seg->readonly)
     return CANARY_EREADONLY;
   pa = canary__prog(seg, (uint32_t)route);
-  if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING) {
+  if (pa != NULL && ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING) {
     /* State before the parameters it makes valid. */
     ck_pr_fence_load();
     load_params(pa, &p);
@@ -929,10 +952,16 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
   if (seg->readonly)
     return canary__fail(err, err_len, CANARY_EREADONLY,
                         "segment attached read-only");
-  pa = canary__prog(seg, (uint32_t)route);
   if (canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route)) != 0)
     return canary__fail(err, err_len, CANARY_EBUSY,
                         "another process is changing this route");
+  /* Under the writer lock: the route's progression slot stays its own. */
+  pa = canary__prog(seg, (uint32_t)route);
+  if (pa == NULL) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "no progression configured on this route");
+    goto out;
+  }
   state = ck_pr_load_32(&pa->state);
   step = ck_pr_load_32(&pa->step);
   load_params(pa, &p);
@@ -982,7 +1011,7 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
   ck_pr_store_64(&pa->p95_bits, dbits(st->p95_us));
   ck_pr_store_64(&pa->p99_bits, dbits(st->p99_us));
   if (judged)
-    ck_pr_inc_64(&pa->evaluations[st->last_result]);
+    ck_pr_inc_64(&r->evaluations[st->last_result]);
   set_reason(pa, "%s", reason);
   if (changed) {
     if (st->state == CANARY_PROG_ROLLED_BACK) {
