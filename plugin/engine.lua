@@ -460,10 +460,12 @@ local prog_status_buf = ffi_new("struct canary_prog_status")
 local decisions_buf = ffi_new("struct canary_decision[50]")
 local summary_buf = ffi_new("struct canary_hist_summary")
 local prom_out = ffi_new("canary_prom_t *[1]")
--- One piece of a scrape; each canary_prom_next() writes at most this,
--- a fraction of a millisecond of work.
-local CHUNK_CAP = 64 * 1024
-local chunk_buf = ffi_new("char[?]", CHUNK_CAP)
+-- A piece of a scrape is one or more canary_prom_next() steps, each
+-- writing at most STEP_CAP bytes (about 0.1 ms of work) or reading a few
+-- dozen routes, into one buffer of PIECE_CAP bytes.
+local STEP_CAP = 64 * 1024
+local PIECE_CAP = 512 * 1024
+local chunk_buf = ffi_new("char[?]", PIECE_CAP)
 local render_cap = 256 * 1024
 local render_buf
 
@@ -1275,26 +1277,34 @@ end
 local Scrape = {}
 Scrape.__index = Scrape
 
--- A scrape in pieces: scrape:next() returns the next piece of the
--- exposition (possibly ""), and true while more follows; nil and an
--- error on failure.  Each call does a bounded amount of work (a few
--- dozen routes read, or at most 64 KiB written), so the caller can
--- yield to its event loop between pieces.  The pieces concatenated are
--- one valid exposition.
+-- A scrape in pieces: scrape:next(budget_us) returns the next piece of
+-- the exposition (possibly ""), and true while more follows; nil and an
+-- error on failure.  A piece is as many engine steps (each a few dozen
+-- routes read, or at most 64 KiB written: about 0.1 ms) as fit in
+-- budget_us microseconds of this call (one step without a budget), so
+-- the caller can yield to its event loop between pieces without paying
+-- a yield, a string and a write for every step.  The pieces
+-- concatenated are one valid exposition.
 function Seg:scrape()
   local rc = C.canary_prom_begin(self.h, prom_out)
   if rc < 0 then return nil, strerror(rc) end
   return setmetatable({ p = ffi_gc(prom_out[0], C.canary_prom_end) }, Scrape)
 end
 
-function Scrape:next()
+function Scrape:next(budget_us)
   if self.p == nil then return nil, "scrape already finished" end
-  local rc = C.canary_prom_next(self.p, chunk_buf, CHUNK_CAP, len_out)
-  if rc < 0 then
-    self:close()
-    return nil, strerror(rc)
-  end
-  local piece = ffi_string(chunk_buf, len_out[0])
+  local deadline = budget_us and C.canary_clock_us() + budget_us or 0
+  local used, rc = 0
+  repeat
+    rc = C.canary_prom_next(self.p, chunk_buf + used, STEP_CAP, len_out)
+    if rc < 0 then
+      self:close()
+      return nil, strerror(rc)
+    end
+    used = used + tonumber(len_out[0])
+  until rc == 0 or used + STEP_CAP > PIECE_CAP or
+        C.canary_clock_us() >= deadline
+  local piece = ffi_string(chunk_buf, used)
   if rc == 0 then self:close() end
   return piece, rc == 1
 end
