@@ -412,6 +412,7 @@ struct canary_hist_summary {
                                         uint8_t *flags_out);
  int canary_trace_id_valid(const char *s, size_t len);
  double canary_clock_us(void);
+ double canary_thread_cpu_us(void);
  int canary_prom_render(const canary_seg_t *seg, char *buf,
                                   size_t cap, size_t *len_out);
 typedef struct canary_prom canary_prom_t;
@@ -1350,6 +1351,11 @@ end
 
 function _M.now_us()
   return C.canary_clock_us()
+end
+
+-- CPU time of this worker in microseconds.
+function _M.cpu_us()
+  return C.canary_thread_cpu_us()
 end
 
 return _M

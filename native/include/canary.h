@@ -838,6 +838,11 @@ CANARY_API int canary_trace_id_valid(const char *s, size_t len);
  * LuaJIT reads it without boxing).  Comparable across processes. */
 CANARY_API double canary_clock_us(void);
 
+/* CPU time of the calling thread in microseconds: what the work between
+ * two calls cost it, whatever else the machine ran meanwhile (the status
+ * endpoint reports its scrapes' holds with it). */
+CANARY_API double canary_thread_cpu_us(void);
+
 /* ---- prometheus ---------------------------------------------------- */
 
 /* Renders every live route in the Prometheus text exposition format
