@@ -465,7 +465,7 @@ local prom_out = ffi_new("canary_prom_t *[1]")
 -- writing at most STEP_CAP bytes (about 0.1 ms of work) or reading a few
 -- dozen routes, into one buffer of PIECE_CAP bytes.
 local STEP_CAP = 64 * 1024
-local PIECE_CAP = 512 * 1024
+local PIECE_CAP = 256 * 1024
 local chunk_buf = ffi_new("char[?]", PIECE_CAP)
 local render_cap = 256 * 1024
 local render_buf

@@ -289,6 +289,12 @@ describe("canary-router over a gateway's life", function()
     local text = assert(small:render())
     assert.matches('canary_slots_exhausted_total{pool="progressions"} 1', text, 1, true)
     assert.matches('canary_slots{pool="progressions",state="live"} 1', text, 1, true)
+    -- and canarystat shows the pool
+    local p = io.popen("build/canarystat --json --segment " .. dir .. "/progs.seg")
+    local stat = require("cjson.safe").decode(p:read("*a"))
+    p:close()
+    assert.same({ live = 1, retired = 0, free = 0, exhausted = 1 },
+                stat and stat.slots.progressions)
     -- prog-1 drops its progression: its slot retires, not for prog-2
     -- within its grace
     handler:configure({ plain, config("prog-1"), second })
