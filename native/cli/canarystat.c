@@ -182,6 +182,9 @@ static void action_text(const struct canary_decision *d, char *buf,
   case CANARY_DO_RESUME:
     snprintf(what, sizeof what, "resume");
     break;
+  case CANARY_DO_SWITCH:
+    snprintf(what, sizeof what, "switch to green");
+    break;
   default:
     snprintf(what, sizeof what, "%s",
              d->judge.verdict == CANARY_GATE_FAIL ? "hold: window failed"
@@ -339,13 +342,16 @@ static void json_route(const canary_seg_t *seg, int route,
     struct canary_decision *log = calloc(CANARY_DECISIONS, sizeof *log);
     int n =
         log ? canary_prog_decisions(seg, route, 0, log, CANARY_DECISIONS) : 0;
-    printf(",\"progression\":{\"state\":\"%s\",\"step\":%u,\"steps\":%u,"
+    printf(",\"progression\":{\"state\":\"%s\",\"strategy\":\"%s\","
+           "\"phase\":\"%s\",\"step\":%u,\"steps\":%u,"
            "\"canary\":%u,\"step_weight\":%u,\"failures\":%u,"
            "\"last_result\":\"%s\",\"dry_run\":%s,\"analysis\":\"%s\","
            "\"evaluations\":{\"pass\":%llu,"
            "\"fail\":%llu,\"inconclusive\":%llu},\"reason\":",
-           prog_state[ps.state], ps.step + 1, ps.nsteps, ps.canary + 1,
-           ps.step_weight, ps.failures,
+           prog_state[ps.state],
+           ps.strategy == CANARY_STRATEGY_BLUE_GREEN ? "blue_green" : "canary",
+           canary_prog_phase(ps.strategy, ps.state, ps.step), ps.step + 1,
+           ps.nsteps, ps.canary + 1, ps.step_weight, ps.failures,
            gate_text[ps.last_result < 3 ? ps.last_result : 0],
            ps.dry_run ? "true" : "false", analysis_text[ps.analysis ? 1 : 0],
            (unsigned long long)ps.evaluations[0],
@@ -485,8 +491,9 @@ static void print_table(const canary_seg_t *seg, const struct sample *a,
         ps.state != CANARY_PROG_NONE && b[i].upstream + 1 == v.n) {
       struct canary_decision d;
       printf("  progression: %s%s, step %u/%u (%.2f%%): %s\n",
-             prog_state[ps.state], ps.dry_run ? " (dry run)" : "", ps.step + 1,
-             ps.nsteps, ps.step_weight / 100.0, ps.reason);
+             canary_prog_phase(ps.strategy, ps.state, ps.step),
+             ps.dry_run ? " (dry run)" : "", ps.step + 1, ps.nsteps,
+             ps.step_weight / 100.0, ps.reason);
       if (canary_prog_decisions(seg, b[i].route, 0, &d, 1) == 1) {
         char when[40], what[160];
         iso_time(d.unix_ms, when, sizeof when);

@@ -62,8 +62,10 @@
 #define CANARY_MAGIC 0x4745535952414e43ULL /* "CNRYSEG" little-endian */
 /* 2: statistics slot pools, retired route slots (slots.c, claim.c).
  * 3: writer words became lock bytes (owner.c); a version-2 process would
- * not see a version-3 process's locks, so the two must not share a file. */
-#define CANARY_LAYOUT_VERSION 3u
+ * not see a version-3 process's locks, so the two must not share a file.
+ * 4: progression parameters gained the strategy and the blue/green
+ * windows, and the progression area its phase start and passes. */
+#define CANARY_LAYOUT_VERSION 4u
 #define CANARY_HEADER_BYTES 4096u
 #define CANARY_CACHELINE 64u
 #define CANARY_STRIPES 64u /* last one shared */
@@ -224,6 +226,8 @@ struct prog_area {
   uint64_t last_judged;  /* seq of the newest conclusive judgement */
   uint64_t immediate_ws; /* dry run: window whose immediate breach is
                             already recorded */
+  uint64_t phase_start_us; /* blue/green: preview start, or the switch */
+  uint64_t phase_passes;   /* blue/green: windows passed since the switch */
   char reason[CANARY_REASON_MAX];
   struct canary_prog_params params;
   struct canary_hist_snapshot base;        /* canary at window start */
