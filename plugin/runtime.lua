@@ -250,7 +250,9 @@ end
 local function cookie_pattern(name)
   name = opt(name)
   if not name then return nil end
-  return "%f[^;%s]" .. name:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0") ..
+  -- %z: a cookie first in the header follows the subject's start, which
+  -- Lua's frontier sees as a NUL byte.
+  return "%f[^;%s%z]" .. name:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0") ..
          "=([^;]*)"
 end
 
