@@ -364,6 +364,39 @@ static void test_actions_in_every_phase(void **state) {
   assert_int_equal(green(fx, route), CANARY_WEIGHT_SCALE);
 }
 
+/* A dry run judges the preview and records the switch it would make,
+ * and green never gets public traffic. */
+static void test_dry_run_only_records(void **state) {
+  struct test_fx *fx = *state;
+  struct canary_prog_params p;
+  struct canary_prog_status st;
+  struct canary_decision d;
+  uint64_t gen;
+  double now;
+  int route;
+
+  blue_green(&p);
+  p.dry_run = 1;
+  route = bg_route(fx, &p, 1);
+  now = canary_clock_us();
+  gen = generation(fx, route);
+  for (int w = 0; w < 2; w++) {
+    traffic(fx, route, 1, 60, 0, 5000);
+    now += 5.01 * SEC;
+    assert_int_equal(canary_prog_tick(fx->seg, route, now, &st), 1);
+    assert_int_equal(canary_prog_decisions(fx->seg, route, 0, &d, 1), 1);
+    assert_int_equal(d.action, CANARY_DO_SWITCH);
+    assert_int_equal(d.dry_run, 1);
+    assert_int_equal(d.weight, CANARY_WEIGHT_SCALE);
+  }
+  assert_int_equal(st.state, CANARY_PROG_RUNNING);
+  assert_int_equal(st.step, 0);
+  assert_int_equal(st.dry_evaluations[CANARY_GATE_PASS], 2);
+  assert_non_null(strstr(st.reason, "dry run: would switch"));
+  assert_int_equal(generation(fx, route), gen);
+  assert_int_equal(green(fx, route), 0);
+}
+
 /* Forked pickers on one segment while a forked worker's tick switches:
  * every pick of the old generation went to blue, every pick of the new
  * one to green, and no other generation was ever seen. */
@@ -502,6 +535,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(
           test_immediate_switch_back_and_failed_preview, setup,
           test_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_dry_run_only_records, setup,
+                                      test_fx_teardown),
       cmocka_unit_test_setup_teardown(test_actions_in_every_phase, setup,
                                       test_fx_teardown),
       cmocka_unit_test_setup_teardown(
