@@ -84,8 +84,8 @@ local function get(headers, src)
     assert.equal(200, status)
     h = hdrs
   else
-    local status
-    status, _, h = host.request("GET", "/ai/bg", { headers = headers })
+    local status, _, hdrs = host.request("GET", "/ai/bg", { headers = headers })
+    h = hdrs
     assert.equal(200, status)
   end
   return h["x-canary-upstream"], tonumber(h["x-canary-generation"])
