@@ -31,18 +31,6 @@ end
 
 -- A fresh blue/green release (a changed config always restarts it).
 local serial = 0
-local function start_release(p)
-  serial = serial + 1
-  local prog = {
-    strategy = "blue_green", interval = 1, pre_promotion = 3600,
-    post_promotion = 60, min_requests = 10 + serial, failure_limit = 1,
-    max_error_rate = 1, max_p99_ms = 2000,
-  }
-  for k, v in pairs(p or {}) do prog[k] = v end
-  local ok, status, body = host.configure_plugin(PLUGIN_ID, { progression = prog })
-  assert.is_true(ok, tostring(status) .. " " .. cjson.encode(body))
-end
-
 local function instance()
   local status, body = host.admin("GET", "/canary-router/status")
   assert.equal(200, status)
@@ -61,6 +49,25 @@ local function wait_for(pred, seconds)
     socket.sleep(0.05)
   until socket.gettime() > deadline
   return inst, false
+end
+
+local function start_release(p)
+  serial = serial + 1
+  local prog = {
+    strategy = "blue_green", interval = 1, pre_promotion = 3600,
+    post_promotion = 60, min_requests = 10 + serial, failure_limit = 1,
+    max_error_rate = 1, max_p99_ms = 2000,
+  }
+  for k, v in pairs(p or {}) do prog[k] = v end
+  local gen = instance().generation or 0
+  local ok, status, body = host.configure_plugin(PLUGIN_ID, { progression = prog })
+  assert.is_true(ok, tostring(status) .. " " .. cjson.encode(body))
+  -- The weights stay 100/0, so configure_plugin cannot see the change on
+  -- real Kong: the new release is published when the generation moves.
+  local inst, started = wait_for(function(i)
+    return i.progression and i.generation > gen and i.progression.phase == "preview"
+  end, 6)
+  assert.is_true(started, cjson.encode(inst))
 end
 
 local function action(name)
@@ -145,7 +152,7 @@ describe("blue/green release in the local Kong host", function()
   end)
 
   it("switches every request to green in one generation after a passing preview", function()
-    start_release({ pre_promotion = 2, post_promotion = 2 })
+    start_release({ pre_promotion = 3, post_promotion = 2 })
     local g0 = instance().generation
     assert.same({ [BLUE] = 0, [GREEN] = 40 }, count(40, { ["X-Canary"] = "always" }, TESTER))
     local job = load.start { url = URL, seconds = 6, connections = 4 }
@@ -225,10 +232,10 @@ describe("blue/green release in the local Kong host", function()
   end)
 
   it("pauses an inconclusive preview until promoted, and abort switches back at once", function()
-    start_release({ pre_promotion = 1, min_requests = 100000 })
+    start_release({ pre_promotion = 2, min_requests = 100000 })
     local inst, ok = wait_for(function(i)
       return i.progression.phase == "paused"
-    end, 4)
+    end, 5)
     assert.is_true(ok, cjson.encode(inst.progression))
     assert.matches("preview inconclusive", inst.progression.reason, 1, true)
     assert.equal("pause", inst.decisions[1].event)
