@@ -948,8 +948,12 @@ end
 
 -- One decision as a plain table, the shape GET /canary-router/status and
 -- canarystat --json give it.
-local function decision_table(d)
+-- `strategy` (a canary_prog_strategy number) names the phase the
+-- decision left the progression in: blue/green's step after it is 1 when
+-- it left green with all the weight (nothing moves in a dry run).
+local function decision_table(d, strategy)
   local j = d.judge
+  local after = d.dry_run ~= 0 and d.step or (d.weight == 10000 and 1 or 0)
   local unix_ms = tonumber(d.unix_ms)
   local out = {
     seq = tonumber(d.seq),
@@ -963,6 +967,7 @@ local function decision_table(d)
     step_weight = d.step_weight / 100,
     weight = d.weight / 100,
     state = _M.PROG_STATE[d.state] or "unknown",
+    phase = ffi_string(C.canary_prog_phase(strategy, d.state, after)),
     failures = d.failures,
     window_s = g6(d.window_ms / 1e3),
     reason = ffi_string(j.reason),
@@ -1010,8 +1015,12 @@ function Seg:decisions(route, from_seq, max)
   local n = C.canary_prog_decisions(self.h, route, from_seq or 0,
                                     decisions_buf, max)
   if n < 0 then return nil, strerror(n) end
+  local strategy = 0
+  if C.canary_prog_status(self.h, route, 0, prog_status_buf) == 0 then
+    strategy = prog_status_buf.strategy
+  end
   local list = {}
-  for i = 0, n - 1 do list[i + 1] = decision_table(decisions_buf[i]) end
+  for i = 0, n - 1 do list[i + 1] = decision_table(decisions_buf[i], strategy) end
   return list
 end
 

@@ -196,6 +196,8 @@ describe("blue/green release in the local Kong host", function()
     end
     assert.is_table(switch, cjson.encode(inst.decisions))
     assert.equal("pass", switch.verdict)
+    assert.equal("post_promotion", switch.phase)
+    assert.equal("promoted", inst.decisions[1].phase)
     assert.equal(0, switch.step_weight)
     assert.equal(100, switch.weight)
     assert.same({ [BLUE] = 0, [GREEN] = 50 }, count(50))
@@ -222,6 +224,7 @@ describe("blue/green release in the local Kong host", function()
     assert.matches("switched back to blue", inst.progression.reason, 1, true)
     assert.equal("rollback", inst.decisions[1].event)
     assert.equal("fail", inst.decisions[1].verdict)
+    assert.equal("rolled_back", inst.decisions[1].phase)
     assert.equal(g_switch + 1, inst.generation)
     assert.equal(100, inst.upstreams[1].effective_weight)
     for _ = 1, 100 do
@@ -229,6 +232,23 @@ describe("blue/green release in the local Kong host", function()
       assert.equal(BLUE, up)
       assert.equal(g_switch + 1, gen)
     end
+    -- canarystat reads the same phases (rolled back: nothing is judged
+    -- any more, so the two reads agree)
+    local p = io.popen("build/canarystat --json --segment " .. host.segment_path())
+    local cli = cjson.decode(p:read("*a"))
+    p:close()
+    local mine
+    for _, r in ipairs(cli.data) do if r.plugin_id == PLUGIN_ID then mine = r end end
+    assert.equal("blue_green", mine.progression.strategy)
+    assert.equal("rolled_back", mine.progression.phase)
+    local phases, want = {}, {}
+    for i = 1, 3 do
+      phases[i] = { mine.decisions[i].event, mine.decisions[i].phase }
+      want[i] = { inst.decisions[i].event, inst.decisions[i].phase }
+    end
+    assert.same(want, phases)
+    assert.same({ { "rollback", "rolled_back" }, { "switch", "post_promotion" } },
+                { phases[1], phases[2] })
   end)
 
   it("pauses an inconclusive preview until promoted, and abort switches back at once", function()
@@ -239,6 +259,7 @@ describe("blue/green release in the local Kong host", function()
     assert.is_true(ok, cjson.encode(inst.progression))
     assert.matches("preview inconclusive", inst.progression.reason, 1, true)
     assert.equal("pause", inst.decisions[1].event)
+    assert.equal("paused", inst.decisions[1].phase)
     assert.equal(0, inst.upstreams[2].effective_weight)
     local status, body = action("promote")
     assert.equal(200, status)

@@ -226,8 +226,14 @@ static void json_side(const char *name, double error_rate, double p50,
   putchar('}');
 }
 
-static void json_decision(const struct canary_decision *d) {
+/* `strategy` names the phase the decision left the progression in: a
+ * blue/green step after it is 1 when green was left with all the weight
+ * (nothing moves in a dry run), as the status API reckons it. */
+static void json_decision(const struct canary_decision *d,
+                          uint32_t strategy) {
   const struct canary_judge_result *j = &d->judge;
+  uint32_t after = d->dry_run ? d->step
+                              : (uint32_t)(d->weight == CANARY_WEIGHT_SCALE);
   char buf[160];
   int first = 1;
 
@@ -241,12 +247,13 @@ static void json_decision(const struct canary_decision *d) {
   action_text(d, buf, sizeof buf);
   json_str(buf);
   printf(",\"dry_run\":%s,\"step\":%u,\"step_weight\":%g,\"weight\":%g,"
-         "\"state\":\"%s\",\"failures\":%u,\"window_s\":",
+         "\"state\":\"%s\",\"phase\":\"%s\",\"failures\":%u,"
+         "\"window_s\":",
          d->dry_run ? "true" : "false", d->step + 1, d->step_weight / 100.0,
          d->weight / 100.0,
          d->state <= CANARY_PROG_ROLLED_BACK ? prog_state[d->state]
                                              : "unknown",
-         d->failures);
+         canary_prog_phase(strategy, d->state, after), d->failures);
   num(d->window_ms / 1e3);
   if (d->origin != CANARY_ORIGIN_OPERATOR && j->verdict < 3) {
     printf(",\"verdict\":\"%s\",\"analysis\":\"%s\","
@@ -362,7 +369,7 @@ static void json_route(const canary_seg_t *seg, int route,
     for (int i = 0; i < n; i++) {
       if (i)
         putchar(',');
-      json_decision(&log[i]);
+      json_decision(&log[i], ps.strategy);
     }
     putchar(']');
     free(log);
