@@ -104,14 +104,19 @@ end
 function _M.prepare_master()
   if not (ngx and ngx.get_phase and ngx.get_phase() == "init") then return end
   local conf = kong and kong.configuration
-  local user = conf and conf.nginx_user
-  if type(user) ~= "string" or user == "" then return end
+  if not conf then return end
   local ok, err = engine.load()
   if not ok then
     ngx.log(ngx.ERR, "canary-router engine unavailable: ", err)
     return
   end
   if engine.euid() ~= 0 then return end
+  -- nginx_main_user is the `user` directive, nginx_user its older alias.
+  -- Kong's conf_loader drops it when it says "nobody", and drops its
+  -- default "kong kong" when the system has no kong user: a root master
+  -- then runs its workers as nginx's built-in default user, nobody.
+  local user = conf.nginx_main_user or conf.nginx_user
+  if type(user) ~= "string" or user == "" then user = "nobody" end
   local name, group = user:match("^%s*(%S+)%s*(%S*)")
   local uid, gid, uerr = engine.user_ids(name, group ~= "" and group or nil)
   if not uid then

@@ -601,6 +601,36 @@ describe("canary-router handler (unit)", function()
     os.execute("rm -rf " .. sub)
   end)
 
+  -- Kong drops nginx_main_user when it says "nobody", and its default
+  -- "kong kong" when the system has no kong user (conf_loader); a root
+  -- master then runs its workers as nginx's default user, nobody.
+  it("prepares the segment for nobody when Kong leaves the user directive out", function()
+    local engine = require "kong.plugins.canary-router.engine"
+    if engine.euid() ~= 0 then
+      pending("needs a root master (run as root, as CI does)")
+      return
+    end
+    local sub = tmpdir()
+    local p = io.popen("id -u nobody")
+    local nobody = tonumber(p:read("*l"))
+    p:close()
+    local outer_kong, outer_ngx = _G.kong, _G.ngx
+    local logged = {}
+    _G.ngx = { ERR = "err", WARN = "warn", get_phase = function() return "init" end,
+               log = function(...) logged[#logged + 1] = table.concat({ ... }) end }
+    _G.kong = { configuration = { prefix = sub } }
+    local saved_env = os.getenv("CANARY_ROUTER_SEGMENT")
+    assert.is_nil(saved_env) -- segment_path() then follows the prefix
+    runtime.prepare_master()
+    _G.kong, _G.ngx = outer_kong, outer_ngx
+    assert.same({}, logged)
+    p = io.popen("stat -c '%u %a' " .. sub .. "/canary-router.seg")
+    local owner = p:read("*l")
+    p:close()
+    assert.equal(nobody .. " 600", owner)
+    os.execute("rm -rf " .. sub)
+  end)
+
   it("reports every path it tried when the library cannot be found", function()
     local fresh = dofile("plugin/engine.lua")
     local saved = package.cpath
