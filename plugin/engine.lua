@@ -88,6 +88,10 @@ enum canary_prog_state {
   CANARY_PROG_PROMOTED = 3,
   CANARY_PROG_ROLLED_BACK = 4
 };
+enum canary_prog_strategy {
+  CANARY_STRATEGY_CANARY = 0,
+  CANARY_STRATEGY_BLUE_GREEN = 1
+};
 enum canary_prog_on_success {
   CANARY_PROG_PROMOTE = 0,
   CANARY_PROG_HOLD = 1
@@ -182,6 +186,10 @@ struct canary_prog_params {
   uint32_t on_success;
   uint32_t dry_run;
   struct canary_judge_params judge;
+  uint32_t strategy;
+  uint32_t pre_promotion_ms;
+  uint32_t post_promotion_ms;
+  uint32_t pad;
 };
 enum canary_decision_origin {
   CANARY_ORIGIN_WINDOW = 0,
@@ -196,7 +204,8 @@ enum canary_decision_action {
   CANARY_DO_ROLLBACK = 4,
   CANARY_DO_ABORT = 5,
   CANARY_DO_RESUME = 6,
-  CANARY_DO_ACTIONS = 7
+  CANARY_DO_SWITCH = 7,
+  CANARY_DO_ACTIONS = 8
 };
 struct canary_decision {
   uint64_t seq;
@@ -233,6 +242,9 @@ struct canary_prog_status {
   double p95_us;
   double p99_us;
   char reason[CANARY_REASON_MAX];
+  uint32_t strategy;
+  uint32_t pad;
+  double phase_age_ms;
 };
 typedef struct canary_seg canary_seg_t;
 struct canary_seg_params {
@@ -345,6 +357,8 @@ struct canary_hist_summary {
                                      uint64_t from_seq,
                                      struct canary_decision *out,
                                      uint32_t max);
+ const char *canary_prog_phase(uint32_t strategy, uint32_t state,
+                                         uint32_t step);
  int canary_prog_status(const canary_seg_t *seg, int route,
                                   double now_us,
                                   struct canary_prog_status *out);
@@ -484,6 +498,8 @@ _M.PROG_STATE = { [0] = "none", [1] = "running", [2] = "paused",
                   [3] = "promoted", [4] = "rolled_back" }
 _M.GATE = { [0] = "pass", [1] = "fail", [2] = "inconclusive" }
 _M.ANALYSIS = { threshold = 0, statistical = 1 }
+_M.STRATEGY = { canary = 0, blue_green = 1 }
+local STRATEGY_NAME = { [0] = "canary", [1] = "blue_green" }
 local ANALYSIS_NAME = { [0] = "threshold", [1] = "statistical" }
 local ORIGIN = { [0] = "window", [1] = "immediate", [2] = "operator" }
 local CHECK = { [1] = "pass", [2] = "fail", [3] = "skipped" }
@@ -759,7 +775,9 @@ end
 -- "statistical"), confidence and allowed_increase (fractions), and
 -- optional limits: max_error_rate, max_error_rate_delta and
 -- rollback_error_rate (fractions), max_p95_us, max_p99_us, and the
--- ratios max_p95_ratio, max_p99_ratio, rollback_p99_ratio.
+-- ratios max_p95_ratio, max_p99_ratio, rollback_p99_ratio; strategy
+-- ("canary"/"blue_green") with pre_promotion_ms and post_promotion_ms
+-- for blue_green (whose steps are 0 and 10000).
 local function fill_prog(p)
   ffi_fill(prog_buf, ffi.sizeof(prog_buf))
   if #p.steps > 20 then return nil, "more than 20 steps" end
@@ -774,6 +792,13 @@ local function fill_prog(p)
   prog_buf.failure_limit = p.failure_limit or 1
   prog_buf.on_success = p.on_success == "hold" and 1 or 0
   prog_buf.dry_run = p.dry_run and 1 or 0
+  local strategy = _M.STRATEGY[p.strategy or "canary"]
+  if not strategy then
+    return nil, "unknown strategy '" .. tostring(p.strategy) .. "'"
+  end
+  prog_buf.strategy = strategy
+  prog_buf.pre_promotion_ms = p.pre_promotion_ms or 0
+  prog_buf.post_promotion_ms = p.post_promotion_ms or 0
   local j = prog_buf.judge
   j.analysis = analysis
   j.min_requests = p.min_requests or 0
@@ -813,6 +838,11 @@ end
 local function prog_status_table(s)
   return {
     state = _M.PROG_STATE[s.state] or "unknown",
+    strategy = STRATEGY_NAME[s.strategy] or "unknown",
+    -- blue/green's phases (preview, post_promotion, ...); the state
+    -- for the canary strategy
+    phase = ffi_string(C.canary_prog_phase(s.strategy, s.state, s.step)),
+    phase_age_ms = s.phase_age_ms,
     step = s.step + 1,
     steps = s.nsteps,
     canary = s.canary + 1,
@@ -912,6 +942,8 @@ local function action_text(d)
     what = "abort"
   elseif a == 6 then
     what = "resume"
+  elseif a == 7 then
+    what = "switch to green"
   else
     what = d.judge.verdict == 1 and "hold: window failed" or "hold: inconclusive"
   end
@@ -933,8 +965,12 @@ end
 
 -- One decision as a plain table, the shape GET /canary-router/status and
 -- canarystat --json give it.
-local function decision_table(d)
+-- `strategy` (a canary_prog_strategy number) names the phase the
+-- decision left the progression in: blue/green's step after it is 1 when
+-- it left green with all the weight (nothing moves in a dry run).
+local function decision_table(d, strategy)
   local j = d.judge
+  local after = d.dry_run ~= 0 and d.step or (d.weight == 10000 and 1 or 0)
   local unix_ms = tonumber(d.unix_ms)
   local out = {
     seq = tonumber(d.seq),
@@ -948,6 +984,7 @@ local function decision_table(d)
     step_weight = d.step_weight / 100,
     weight = d.weight / 100,
     state = _M.PROG_STATE[d.state] or "unknown",
+    phase = ffi_string(C.canary_prog_phase(strategy, d.state, after)),
     failures = d.failures,
     window_s = g6(d.window_ms / 1e3),
     reason = ffi_string(j.reason),
@@ -995,8 +1032,12 @@ function Seg:decisions(route, from_seq, max)
   local n = C.canary_prog_decisions(self.h, route, from_seq or 0,
                                     decisions_buf, max)
   if n < 0 then return nil, strerror(n) end
+  local strategy = 0
+  if C.canary_prog_status(self.h, route, 0, prog_status_buf) == 0 then
+    strategy = prog_status_buf.strategy
+  end
   local list = {}
-  for i = 0, n - 1 do list[i + 1] = decision_table(decisions_buf[i]) end
+  for i = 0, n - 1 do list[i + 1] = decision_table(decisions_buf[i], strategy) end
   return list
 end
 

@@ -182,6 +182,9 @@ static void action_text(const struct canary_decision *d, char *buf,
   case CANARY_DO_RESUME:
     snprintf(what, sizeof what, "resume");
     break;
+  case CANARY_DO_SWITCH:
+    snprintf(what, sizeof what, "switch to green");
+    break;
   default:
     snprintf(what, sizeof what, "%s",
              d->judge.verdict == CANARY_GATE_FAIL ? "hold: window failed"
@@ -223,8 +226,14 @@ static void json_side(const char *name, double error_rate, double p50,
   putchar('}');
 }
 
-static void json_decision(const struct canary_decision *d) {
+/* `strategy` names the phase the decision left the progression in: a
+ * blue/green step after it is 1 when green was left with all the weight
+ * (nothing moves in a dry run), as the status API reckons it. */
+static void json_decision(const struct canary_decision *d,
+                          uint32_t strategy) {
   const struct canary_judge_result *j = &d->judge;
+  uint32_t after = d->dry_run ? d->step
+                              : (uint32_t)(d->weight == CANARY_WEIGHT_SCALE);
   char buf[160];
   int first = 1;
 
@@ -238,12 +247,13 @@ static void json_decision(const struct canary_decision *d) {
   action_text(d, buf, sizeof buf);
   json_str(buf);
   printf(",\"dry_run\":%s,\"step\":%u,\"step_weight\":%g,\"weight\":%g,"
-         "\"state\":\"%s\",\"failures\":%u,\"window_s\":",
+         "\"state\":\"%s\",\"phase\":\"%s\",\"failures\":%u,"
+         "\"window_s\":",
          d->dry_run ? "true" : "false", d->step + 1, d->step_weight / 100.0,
          d->weight / 100.0,
          d->state <= CANARY_PROG_ROLLED_BACK ? prog_state[d->state]
                                              : "unknown",
-         d->failures);
+         canary_prog_phase(strategy, d->state, after), d->failures);
   num(d->window_ms / 1e3);
   if (d->origin != CANARY_ORIGIN_OPERATOR && j->verdict < 3) {
     printf(",\"verdict\":\"%s\",\"analysis\":\"%s\","
@@ -339,13 +349,16 @@ static void json_route(const canary_seg_t *seg, int route,
     struct canary_decision *log = calloc(CANARY_DECISIONS, sizeof *log);
     int n =
         log ? canary_prog_decisions(seg, route, 0, log, CANARY_DECISIONS) : 0;
-    printf(",\"progression\":{\"state\":\"%s\",\"step\":%u,\"steps\":%u,"
+    printf(",\"progression\":{\"state\":\"%s\",\"strategy\":\"%s\","
+           "\"phase\":\"%s\",\"step\":%u,\"steps\":%u,"
            "\"canary\":%u,\"step_weight\":%u,\"failures\":%u,"
            "\"last_result\":\"%s\",\"dry_run\":%s,\"analysis\":\"%s\","
            "\"evaluations\":{\"pass\":%llu,"
            "\"fail\":%llu,\"inconclusive\":%llu},\"reason\":",
-           prog_state[ps.state], ps.step + 1, ps.nsteps, ps.canary + 1,
-           ps.step_weight, ps.failures,
+           prog_state[ps.state],
+           ps.strategy == CANARY_STRATEGY_BLUE_GREEN ? "blue_green" : "canary",
+           canary_prog_phase(ps.strategy, ps.state, ps.step), ps.step + 1,
+           ps.nsteps, ps.canary + 1, ps.step_weight, ps.failures,
            gate_text[ps.last_result < 3 ? ps.last_result : 0],
            ps.dry_run ? "true" : "false", analysis_text[ps.analysis ? 1 : 0],
            (unsigned long long)ps.evaluations[0],
@@ -356,7 +369,7 @@ static void json_route(const canary_seg_t *seg, int route,
     for (int i = 0; i < n; i++) {
       if (i)
         putchar(',');
-      json_decision(&log[i]);
+      json_decision(&log[i], ps.strategy);
     }
     putchar(']');
     free(log);
@@ -495,8 +508,9 @@ static void print_table(const canary_seg_t *seg, const struct sample *a,
         ps.state != CANARY_PROG_NONE && b[i].upstream + 1 == v.n) {
       struct canary_decision d;
       printf("  progression: %s%s, step %u/%u (%.2f%%): %s\n",
-             prog_state[ps.state], ps.dry_run ? " (dry run)" : "", ps.step + 1,
-             ps.nsteps, ps.step_weight / 100.0, ps.reason);
+             canary_prog_phase(ps.strategy, ps.state, ps.step),
+             ps.dry_run ? " (dry run)" : "", ps.step + 1, ps.nsteps,
+             ps.step_weight / 100.0, ps.reason);
       if (canary_prog_decisions(seg, b[i].route, 0, &d, 1) == 1) {
         char when[40], what[160];
         iso_time(d.unix_ms, when, sizeof when);

@@ -119,6 +119,23 @@ enum canary_prog_state {
   CANARY_PROG_ROLLED_BACK = 4 /* canary at 0 after a failed gate or abort */
 };
 
+/* How a progression releases the new version. */
+enum canary_prog_strategy {
+  /* Weight steps (steps[]), judged one window of interval_ms each. */
+  CANARY_STRATEGY_CANARY = 0,
+  /* Blue/green on exactly two upstreams: blue (0, stable) and green (1,
+   * `canary`).  Step 0 is the preview: green has effective weight 0 and
+   * serves only requests an override sends it, judged as one window of
+   * pre_promotion_ms; a pass switches all traffic to green in one
+   * publish (step 1), an inconclusive preview pauses until promoted by
+   * hand.  Step 1 is post-promotion validation: windows of interval_ms
+   * judged on green alone; a failure switches back to blue in one
+   * publish (ROLLED_BACK); once post_promotion_ms have passed with a
+   * passing window and no failure since, PROMOTED.  steps must be
+   * {0, CANARY_WEIGHT_SCALE}. */
+  CANARY_STRATEGY_BLUE_GREEN = 1
+};
+
 /* What happens after the last step's window passes. */
 enum canary_prog_on_success {
   CANARY_PROG_PROMOTE = 0, /* state PROMOTED, canary stays at the last step */
@@ -251,6 +268,12 @@ struct canary_prog_params {
   uint32_t dry_run;        /* 1: judge and record every window, never
                               change weights or state */
   struct canary_judge_params judge;
+  uint32_t strategy;          /* canary_prog_strategy */
+  uint32_t pre_promotion_ms;  /* blue/green: preview window, >= 100;
+                                 0 for the canary strategy */
+  uint32_t post_promotion_ms; /* blue/green: validation after the switch,
+                                 >= 100; 0 for the canary strategy */
+  uint32_t pad;
 };
 
 /* Where a decision came from. */
@@ -269,7 +292,8 @@ enum canary_decision_action {
   CANARY_DO_ROLLBACK = 4, /* by the gates */
   CANARY_DO_ABORT = 5,    /* operator rollback */
   CANARY_DO_RESUME = 6,
-  CANARY_DO_ACTIONS = 7
+  CANARY_DO_SWITCH = 7, /* blue/green: all traffic switched to green */
+  CANARY_DO_ACTIONS = 8
 };
 
 /* One entry of a route's decision log. */
@@ -315,6 +339,10 @@ struct canary_prog_status {
   double p95_us;
   double p99_us;
   char reason[CANARY_REASON_MAX]; /* last decision, for humans */
+  uint32_t strategy;              /* canary_prog_strategy */
+  uint32_t pad;
+  double phase_age_ms; /* blue/green: since the preview started or
+                          the switch to green; 0 otherwise */
 };
 
 typedef struct canary_seg canary_seg_t; /* process-local, opaque */
@@ -598,6 +626,15 @@ CANARY_API int canary_prog_decisions(const canary_seg_t *seg, int route,
                                      struct canary_decision *out,
                                      uint32_t max);
 
+/* The phase name of a progression: for the canary strategy its state
+ * ("none", "running", "paused", "promoted", "rolled_back"); for
+ * blue/green "none", "preview" (running, step 0), "post_promotion"
+ * (running, step 1), "paused", "promoted" or "rolled_back".  "unknown"
+ * for values out of range.  Metrics, the status API and canarystat use
+ * these names.  Pure; never NULL. */
+CANARY_API const char *canary_prog_phase(uint32_t strategy, uint32_t state,
+                                         uint32_t step);
+
 /* Reads the route's progression status.  Lock-free; read-only safe. */
 CANARY_API int canary_prog_status(const canary_seg_t *seg, int route,
                                   double now_us,
@@ -608,7 +645,9 @@ CANARY_API int canary_prog_status(const canary_seg_t *seg, int route,
  * canary_prog_judge(), and every node applies the outcome with
  * canary_prog_apply().  canary_prog_breach() is canary_prog_tick() without
  * the window judging: it checks only the immediate rollback limit on this
- * node's traffic since the last state applied.  Safe across processes;
+ * node's traffic since the last state applied.  Blue/green progressions
+ * are node-scoped: canary_prog_judge() and canary_prog_apply() refuse
+ * them (CANARY_EINVAL, CANARY_ESTATE).  Safe across processes;
  * returns 0, 2 (rolled back) or a negative error, and fills `out` (may be
  * NULL). */
 CANARY_API int canary_prog_breach(canary_seg_t *seg, int route, double now_us,

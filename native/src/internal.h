@@ -72,9 +72,11 @@
 /* 2: statistics slot pools, retired route slots (slots.c, claim.c).
  * 3: writer words became lock bytes (owner.c); a version-2 process would
  * not see a version-3 process's locks, so the two must not share a file.
- * 4: progression areas left the route slots for a pool of their own
+ * 4: progression parameters gained the strategy and the blue/green
+ * windows, and the progression area its phase start and passes.
+ * 5: progression areas left the route slots for a pool of their own
  * (progslots.c). */
-#define CANARY_LAYOUT_VERSION 4u
+#define CANARY_LAYOUT_VERSION 5u
 #define CANARY_HEADER_BYTES 4096u
 #define CANARY_CACHELINE 64u
 #define CANARY_STRIPES 64u /* last one shared */
@@ -124,7 +126,7 @@ struct seg_header {
    * then cost a reader three cache lines per counter set, not 64. */
   uint64_t stripes_used;
   uint32_t stripe_lock[CANARY_STRIPES - 1];
-  /* Geometry of the progression pool (layout 4).  It comes after the
+  /* Geometry of the progression pool (layout 5).  It comes after the
    * lock bytes, whose offsets helpers outside the engine know, and the
    * checksum covers it too (header_checksum). */
   uint32_t max_prog_slots;
@@ -250,6 +252,8 @@ struct prog_area {
   uint64_t last_judged;  /* seq of the newest conclusive judgement */
   uint64_t immediate_ws; /* dry run: window whose immediate breach is
                             already recorded */
+  uint64_t phase_start_us; /* blue/green: preview start, or the switch */
+  uint64_t phase_passes;   /* blue/green: windows passed since the switch */
   char reason[CANARY_REASON_MAX];
   struct canary_prog_params params;
   struct canary_hist_snapshot base;        /* canary at window start */

@@ -80,6 +80,7 @@ static_assert(UNIT_MAX < CANARY_PROM_CHUNK_MIN,
 struct prom_route {
   size_t label_off, label_len; /* escaped route label, in text */
   uint32_t state, step;        /* progression */
+  uint32_t strategy;           /* canary_prog_strategy */
   uint32_t dry;                /* dry run configured, or dry windows judged */
   uint32_t judged;             /* the last conclusive window is known */
   uint32_t judged_dry;         /* ... and was judged in a dry run */
@@ -433,6 +434,11 @@ static int gather_route(struct canary_prom *p, uint32_t i) {
   }
   if (pa != NULL && pr->state != CANARY_PROG_NONE) {
     pr->dry |= ck_pr_load_32((uint32_t *)(uintptr_t)&pa->params.dry_run) != 0;
+    pr->strategy =
+        ck_pr_load_32((uint32_t *)(uintptr_t)&pa->params.strategy) ==
+                CANARY_STRATEGY_BLUE_GREEN
+            ? CANARY_STRATEGY_BLUE_GREEN
+            : CANARY_STRATEGY_CANARY;
     gather_gates(seg, i, pr, &p->decision);
   }
   rs = canary__route_stripes(seg, i);
@@ -637,7 +643,21 @@ static void unit_step(struct out *o, const struct canary_prom *p, size_t i) {
   put(o, "\n", 1);
 }
 
+/* A blue/green route reports its phases (canary_prog_phase()) instead of
+ * the canary's states: its running state is "preview" or
+ * "post_promotion". */
 static void unit_state(struct out *o, const struct canary_prom *p, size_t i) {
+  static const char *const bg_phases[] = {"none",           "preview",
+                                          "post_promotion", "paused",
+                                          "promoted",       "rolled_back"};
+  const struct prom_route *r = &p->routes[i];
+  if (r->strategy == CANARY_STRATEGY_BLUE_GREEN) {
+    const char *now = canary_prog_phase(r->strategy, r->state, r->step);
+    for (size_t k = 0; k < sizeof bg_phases / sizeof bg_phases[0]; k++)
+      route_line(o, p, "canary_progression_state", r, "state", bg_phases[k],
+                 strcmp(now, bg_phases[k]) == 0);
+    return;
+  }
   for (uint32_t st = CANARY_PROG_NONE; st <= CANARY_PROG_ROLLED_BACK; st++)
     route_line(o, p, "canary_progression_state", &p->routes[i], "state",
                prog_state_text[st], p->routes[i].state == st);
