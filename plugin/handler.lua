@@ -82,6 +82,27 @@ end
 local req_set_header = ngx and ngx.req and ngx.req.set_header
 local resp_header = ngx and ngx.header
 
+-- A request's state, from access to header_filter: one table sized for
+-- its fields at once (no rehash as they are set), kept in ngx.ctx under
+-- the plugin's own key.  kong.ctx.plugin would do the same with a
+-- namespace lookup and a table that grows field by field; it is used
+-- where there is no ngx (the unit specs' stub).
+local new_tab = require "table.new"
+local CTX_KEY = "canary_router"
+local function new_request_state()
+  local r = new_tab(0, 8)
+  if ngx then
+    ngx.ctx[CTX_KEY] = r
+  else
+    kong.ctx.plugin.r = r
+  end
+  return r
+end
+local function request_state()
+  if ngx then return ngx.ctx[CTX_KEY] end
+  return kong.ctx.plugin.r
+end
+
 -- First value of a header (`var` is its nginx variable, "http_x_y").
 local function header(name, var)
   if ngx_var then
@@ -227,12 +248,11 @@ local function set_stable(c)
     log_once("err", "canary-router: stable upstream '" .. c.stable ..
                     "' refused: " .. tostring(err))
   end
-  return 1
 end
 
 function CanaryRouter:access(conf)
   local c = runtime.get(conf)
-  local ctx = kong.ctx.plugin
+  local ctx = new_request_state()
   ctx.c = c
 
   if state.lib_ok then
@@ -256,7 +276,7 @@ function CanaryRouter:access(conf)
   end
 
   if not c.route then
-    ctx.up = set_stable(c)
+    set_stable(c)
     ctx.name = c.stable
     return
   end
@@ -279,7 +299,7 @@ function CanaryRouter:access(conf)
     log_once("err", "canary-router: engine pick failed for " .. c.key ..
                     " (" .. tostring(gen) .. "); failing open to " ..
                     c.stable)
-    ctx.up = set_stable(c)
+    set_stable(c)
     ctx.name = c.stable
     ctx.stat = runtime.stat(c, c.stable)
     ctx.t_sent = now_us()
@@ -291,10 +311,9 @@ function CanaryRouter:access(conf)
     seg:event(c.route, EVENT.FALLBACK)
     log_once("err", "canary-router: upstream '" .. name .. "' refused (" ..
                     tostring(err) .. "); sending its traffic to " .. c.stable)
-    idx = set_stable(c)
+    set_stable(c)
     name = c.stable
   end
-  ctx.up = idx
   ctx.name = name
   ctx.gen = ok and gen or nil -- no table chose a fallback
   -- The statistics of the upstream that serves, by the handle of the
@@ -313,7 +332,8 @@ end
 -- recorded; a request whose client went away before any response is not
 -- a response either.
 function CanaryRouter:header_filter(conf)
-  local ctx = kong.ctx.plugin
+  local ctx = request_state()
+  if not ctx then return end
   local c = ctx.c
   if not c then return end
   if c.echo and ctx.trace_id then
