@@ -3,6 +3,7 @@
 -- from wrk and the demo upstreams' run-time latency/error controls.
 
 local host = require "helpers.host"
+local poll = require "helpers.poll"
 local load = require "helpers.load"
 local cjson = require "cjson.safe"
 local socket = require "socket"
@@ -34,26 +35,10 @@ local function start_progression(p)
   assert.is_true(ok, tostring(status) .. " " .. cjson.encode(body))
 end
 
-local function instance()
-  local status, body = host.admin("GET", "/canary-router/status")
-  assert.equal(200, status)
-  for _, d in ipairs(body.data) do
-    if d.plugin_id == PLUGIN_ID then return d end
-  end
-  error("instance not in status")
-end
+local function instance() return poll.instance(host, PLUGIN_ID) end
 
 -- Polls the status until pred(instance) or the timeout; returns it.
-local function wait_for(pred, seconds)
-  local deadline = socket.gettime() + seconds
-  local inst
-  repeat
-    inst = instance()
-    if pred(inst) then return inst, true end
-    socket.sleep(0.05)
-  until socket.gettime() > deadline
-  return inst, false
-end
+local function wait_for(pred, seconds) return poll.until_true(instance, pred, seconds) end
 
 local function canary_share(n)
   local canary = 0

@@ -5,6 +5,7 @@
 -- gateway does.
 
 local host = require "helpers.host"
+local poll = require "helpers.poll"
 local load = require "helpers.load"
 local release = require "helpers.release"
 local engine = require "kong.plugins.canary-router.engine"
@@ -47,25 +48,9 @@ local function start_progression(p)
   assert.is_true(status == 200 or status == 201, cjson.encode(body))
 end
 
-local function instance()
-  local status, body = host.admin("GET", "/canary-router/status")
-  assert.equal(200, status)
-  for _, d in ipairs(body.data) do
-    if d.plugin_id == PLUGIN_ID then return d end
-  end
-  error("instance not in status")
-end
+local function instance() return poll.instance(host, PLUGIN_ID) end
 
-local function wait_for(pred, seconds)
-  local deadline = socket.gettime() + seconds
-  local inst
-  repeat
-    inst = instance()
-    if pred(inst) then return inst, true end
-    socket.sleep(0.05)
-  until socket.gettime() > deadline
-  return inst, false
-end
+local function wait_for(pred, seconds) return poll.until_true(instance, pred, seconds) end
 
 -- Decisions of the current progression: those after `since` (a seq).
 local function decisions_after(inst, since)

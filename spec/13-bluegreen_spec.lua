@@ -8,6 +8,7 @@
 -- request.
 
 local host = require "helpers.host"
+local poll = require "helpers.poll"
 local load = require "helpers.load"
 local release = require "helpers.release"
 local cjson = require "cjson.safe"
@@ -31,25 +32,9 @@ end
 
 -- A fresh blue/green release (a changed config always restarts it).
 local serial = 0
-local function instance()
-  local status, body = host.admin("GET", "/canary-router/status")
-  assert.equal(200, status)
-  for _, d in ipairs(body.data) do
-    if d.plugin_id == PLUGIN_ID then return d end
-  end
-  error("instance not in status")
-end
+local function instance() return poll.instance(host, PLUGIN_ID) end
 
-local function wait_for(pred, seconds)
-  local deadline = socket.gettime() + seconds
-  local inst
-  repeat
-    inst = instance()
-    if pred(inst) then return inst, true end
-    socket.sleep(0.05)
-  until socket.gettime() > deadline
-  return inst, false
-end
+local function wait_for(pred, seconds) return poll.until_true(instance, pred, seconds) end
 
 local function start_release(p)
   serial = serial + 1
