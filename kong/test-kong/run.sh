@@ -15,25 +15,29 @@
 #      it stays untouched), which the generated kong.conf puts on
 #      lua_package_path / lua_package_cpath, as README's install section
 #      tells an operator with a separate tree.
-#   2. Each setup runs the same spec files as `make test`, with
+#   2. Each setup runs the same spec files as `make test` (integration,
+#      progression, analysis, chaos, hostile, Kong setups, and the
+#      cluster specs with two Kong nodes sharing a redis-server), with
 #      spec/helpers/host.lua driving `kong start/reload/stop` instead of the
 #      local host (CANARY_TEST_KONG=<setup>):
 #        dbless        database = off; config with POST /config
 #        postgres      database = postgres on a private PostgreSQL this
 #                      script starts (kong/test-kong/pg.sh, 127.0.0.1:54329)
 #                      and removes afterwards, even on failure; `kong
-#                      migrations bootstrap`; config with `kong config
-#                      db_import`, changes with PATCH
+#                      migrations bootstrap`, then copies of that
+#                      database for the cluster specs' other nodes;
+#                      config with `kong config db_import`, changes
+#                      with PATCH
 #        unprivileged  DB-less, workers as nobody:nogroup, root-owned prefix
 #      Workers run as root in the first two (like the local host started
 #      as root); the third is the one that proves the unprivileged case.
 #   3. Each setup prints "<setup>: N passed, N failed"; the target fails
 #      when any spec failed or errored.
 #
-# Environment: SPECS (spec files, default the four above plus the
-# Kong setups spec), PG_PORT (54329), CANARY_CHAOS_RELOADS (reloads under
-# load in the chaos spec; 10 here, 50 in `make test`: Kong's master runs
-# its whole init again at each reload, seconds on a busy two-core machine).
+# Environment: SPECS (spec files, default the ones above), PG_PORT
+# (54329), CANARY_CHAOS_RELOADS (reloads under load in the chaos spec;
+# 10 here, 50 in `make test`: Kong's master runs its whole init again at
+# each reload, seconds on a busy two-core machine).
 
 set -euo pipefail
 
@@ -58,7 +62,7 @@ for s in "${SETUPS[@]}"; do
     echo "test-kong: unknown setup '$s' (dbless, postgres, unprivileged)" >&2; exit 1 ;;
   esac
 done
-SPECS=${SPECS:-spec/10-integration_spec.lua spec/11-progression_spec.lua spec/20-chaos_spec.lua spec/21-hostile_spec.lua spec/30-kong_spec.lua}
+SPECS=${SPECS:-spec/10-integration_spec.lua spec/11-progression_spec.lua spec/12-analysis_spec.lua spec/20-chaos_spec.lua spec/21-hostile_spec.lua spec/30-kong_spec.lua spec/31-cluster_spec.lua spec/32-cluster_tls_spec.lua}
 PG_PORT=${PG_PORT:-54329}
 export CANARY_CHAOS_RELOADS=${CANARY_CHAOS_RELOADS:-10}
 
@@ -133,6 +137,11 @@ for setup in "${SETUPS[@]}"; do
       continue
     fi
     echo "$out" | tail -n 1
+    # Specs that run several nodes side by side give each its own
+    # database (spec/helpers/host.lua): copies of the migrated one.
+    for db in kong_node2 kong_node3; do
+      bash "$ROOT/kong/test-kong/pg.sh" copy "$PG_DIR" "$PG_PORT" kong "$db"
+    done
   fi
   summary=$WORK/summary-$setup.txt
   rm -f "$summary"
