@@ -68,7 +68,7 @@ copy() {
   local from=${4:-} to=${5:-}
   [[ "$from" =~ ^[a-z_][a-z0-9_]*$ && "$to" =~ ^[a-z_][a-z0-9_]*$ ]] ||
     die "copy needs two database names (lower case, digits, _)"
-  psql_pg -c "DROP DATABASE IF EXISTS $to"
+  PGOPTIONS="-c client_min_messages=warning" psql_pg -c "DROP DATABASE IF EXISTS $to"
   # a template must have no other session: nothing may use FROM meanwhile
   psql_pg -c "CREATE DATABASE $to OWNER kong TEMPLATE $from"
 }
