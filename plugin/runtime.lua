@@ -50,11 +50,13 @@ local compiled = setmetatable({}, { __mode = "k" })
 -- Compiled configs by plugin instance key, for the Admin API.
 local by_key = {}
 -- Compiled configs whose claim or publish found another worker holding
--- the segment's lock: retried by the periodic tick, never waited for.
+-- the segment's lock: retried from a timer a few milliseconds later (the
+-- lock is held for microseconds), never waited for.
 local pending = {}
 -- The live keys of a retirement that found the claim lock held (nil:
--- none), retried by the tick like a pending publish.
+-- none), retried like a pending publish.
 local retire_pending = nil
+local schedule_retry, retry_busy -- defined with the tick below
 
 local function log_once(level, msg)
   if state.warned[msg] then return end
@@ -102,14 +104,19 @@ end
 function _M.prepare_master()
   if not (ngx and ngx.get_phase and ngx.get_phase() == "init") then return end
   local conf = kong and kong.configuration
-  local user = conf and conf.nginx_user
-  if type(user) ~= "string" or user == "" then return end
+  if not conf then return end
   local ok, err = engine.load()
   if not ok then
     ngx.log(ngx.ERR, "canary-router engine unavailable: ", err)
     return
   end
   if engine.euid() ~= 0 then return end
+  -- nginx_main_user is the `user` directive, nginx_user its older alias.
+  -- Kong's conf_loader drops it when it says "nobody", and drops its
+  -- default "kong kong" when the system has no kong user: a root master
+  -- then runs its workers as nginx's built-in default user, nobody.
+  local user = conf.nginx_main_user or conf.nginx_user
+  if type(user) ~= "string" or user == "" then user = "nobody" end
   local name, group = user:match("^%s*(%S+)%s*(%S*)")
   local uid, gid, uerr = engine.user_ids(name, group ~= "" and group or nil)
   if not uid then
@@ -350,6 +357,7 @@ local function publish(c)
   if not route then
     if code == engine.E.BUSY then
       pending[c] = true
+      schedule_retry()
       return nil, err
     end
     pending[c] = nil
@@ -366,7 +374,12 @@ local function publish(c)
                                       c.prog)
   if not gen then
     if busy then
+      -- Most often another worker is publishing this very config.  Until
+      -- the retry, serve and record whatever table the route has (pick
+      -- names each request's upstream by the generation it used).
       pending[c] = true
+      schedule_retry()
+      if not c.route and seg:read(route) then c.route = route end
       return nil, perr
     end
     pending[c] = nil
@@ -455,6 +468,23 @@ end
 -- decision a tick made is logged and notified by this worker (the one
 -- that made it).  Runs from a timer, which also retries an unavailable
 -- segment and keeps Kong 3.4's instances in sync.
+-- Claims, publishes and retirements that found another worker's lock
+-- held: tried again.  True while some are still pending.
+function retry_busy(seg)
+  if retire_pending then
+    local _, _, busy = seg:retire_except(retire_pending)
+    if not busy then retire_pending = nil end
+  end
+  for c in pairs(pending) do
+    if by_key[c.key] == c and is_current(c) then
+      publish(c)
+    else
+      pending[c] = nil -- replaced, removed or superseded since
+    end
+  end
+  return retire_pending ~= nil or next(pending) ~= nil
+end
+
 function _M.tick()
   local seg = state.seg
   if not seg then
@@ -475,19 +505,7 @@ function _M.tick()
     last_sync = now_s()
     _M.sync()
   end
-  -- Claims, publishes and retirements that found another worker's lock
-  -- held.
-  if retire_pending then
-    local _, _, busy = seg:retire_except(retire_pending)
-    if not busy then retire_pending = nil end
-  end
-  for c in pairs(pending) do
-    if by_key[c.key] == c and is_current(c) then
-      publish(c)
-    else
-      pending[c] = nil -- replaced, removed or superseded since
-    end
-  end
+  retry_busy(seg)
   for _, c in pairs(by_key) do
     if c.cluster and c.route then
       local ok, err = cluster.tick(c, seg)
@@ -505,6 +523,29 @@ function _M.tick()
       end
     end
   end
+end
+
+-- Retries from a timer, a few milliseconds apart and then less often,
+-- until nothing is left pending; the tick retries too.
+local retry_scheduled, retry_delay = false, 0
+local RETRY_MIN, RETRY_MAX = 0.002, 0.25
+
+local function on_retry(premature)
+  retry_scheduled = false
+  if premature or not state.seg then return end
+  if retry_busy(state.seg) then
+    schedule_retry()
+  else
+    retry_delay = 0
+  end
+end
+
+function schedule_retry()
+  if retry_scheduled or not (ngx and ngx.timer) then return end
+  retry_delay = retry_delay * 2
+  if retry_delay < RETRY_MIN then retry_delay = RETRY_MIN end
+  if retry_delay > RETRY_MAX then retry_delay = RETRY_MAX end
+  retry_scheduled = ngx.timer.at(retry_delay, on_retry) and true or false
 end
 
 -- Kong calls a plugin's configure() from 3.5 on; 3.4 has no such phase
@@ -627,6 +668,7 @@ local function retire_others(live, now_us)
   for key in pairs(live) do keys[#keys + 1] = key end
   local n, err, busy = seg:retire_except(keys, now_us)
   retire_pending = busy and keys or nil
+  if busy then schedule_retry() end
   if not n and not busy then
     log_once("warn", "canary-router cannot retire the route slots of " ..
                      "removed instances yet: " .. tostring(err))

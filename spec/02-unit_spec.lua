@@ -525,6 +525,58 @@ describe("canary-router handler (unit)", function()
     assert.same({}, k.logged)
   end)
 
+  -- A worker that finds the lock busy must not wait for its next tick
+  -- (a second or more) to route and record: the lock is held for
+  -- microseconds, so it tries again from a timer milliseconds later.
+  it("retries a busy claim from a timer within milliseconds, not at the tick", function()
+    local seglock = require "helpers.seglock"
+    local path = dir .. "/canary-router.seg"
+    local key = "busy-timer-instance"
+    local timers = {}
+    local fake_ngx = { timer = { at = function(delay, fn)
+      timers[#timers + 1] = { delay = delay, fn = fn }
+      return true
+    end } }
+    local function canary_share(conf, n)
+      local canary = 0
+      for _ = 1, n do
+        if request(conf).upstream == "automation-service-canary" then
+          canary = canary + 1
+        end
+      end
+      return canary
+    end
+
+    local held = assert(seglock.hold(path, seglock.CLAIM))
+    local conf = config({ __plugin_id = key })
+    local k = stub_kong(dir)
+    _G.kong = k
+    _G.ngx = fake_ngx
+    handler:configure({ conf })
+    _G.ngx = nil
+    assert.equal(1, #timers)
+    assert.is_true(timers[1].delay < 0.01)
+    assert.equal(0, canary_share(conf, 200))
+    -- still held: the retry schedules the next one, a little later
+    _G.kong = k
+    _G.ngx = fake_ngx
+    timers[1].fn(false)
+    _G.ngx = nil
+    assert.equal(2, #timers)
+    assert.is_true(timers[2].delay > timers[1].delay)
+    seglock.release(held)
+    -- free: the timer installs the instance, no tick needed, no more timers
+    _G.kong = k
+    _G.ngx = fake_ngx
+    timers[2].fn(false)
+    _G.ngx = nil
+    assert.equal(2, #timers)
+    assert.same({}, k.logged)
+    assert.is_true(math.abs(canary_share(conf, 2000) - 200) <= 10)
+    _G.kong = k
+    handler:configure({})
+  end)
+
   it("creates the segment through a master's prepare for the workers' user", function()
     local engine = require "kong.plugins.canary-router.engine"
     local sub = tmpdir()
@@ -546,6 +598,36 @@ describe("canary-router handler (unit)", function()
     assert.matches("segment file is unsafe", err, 1, true)
     assert.has_error(function() engine.prepare(sub .. "/seg", {}) end,
                      "prepare: opts.uid and opts.gid must be numbers")
+    os.execute("rm -rf " .. sub)
+  end)
+
+  -- Kong drops nginx_main_user when it says "nobody", and its default
+  -- "kong kong" when the system has no kong user (conf_loader); a root
+  -- master then runs its workers as nginx's default user, nobody.
+  it("prepares the segment for nobody when Kong leaves the user directive out", function()
+    local engine = require "kong.plugins.canary-router.engine"
+    if engine.euid() ~= 0 then
+      pending("needs a root master (run as root, as CI does)")
+      return
+    end
+    local sub = tmpdir()
+    local p = io.popen("id -u nobody")
+    local nobody = tonumber(p:read("*l"))
+    p:close()
+    local outer_kong, outer_ngx = _G.kong, _G.ngx
+    local logged = {}
+    _G.ngx = { ERR = "err", WARN = "warn", get_phase = function() return "init" end,
+               log = function(...) logged[#logged + 1] = table.concat({ ... }) end }
+    _G.kong = { configuration = { prefix = sub } }
+    local saved_env = os.getenv("CANARY_ROUTER_SEGMENT")
+    assert.is_nil(saved_env) -- segment_path() then follows the prefix
+    runtime.prepare_master()
+    _G.kong, _G.ngx = outer_kong, outer_ngx
+    assert.same({}, logged)
+    p = io.popen("stat -c '%u %a' " .. sub .. "/canary-router.seg")
+    local owner = p:read("*l")
+    p:close()
+    assert.equal(nobody .. " 600", owner)
     os.execute("rm -rf " .. sub)
   end)
 

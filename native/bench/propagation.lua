@@ -2,7 +2,13 @@
 -- weights (POST /config, DB-less: the host's default mode, where Kong
 -- answers PATCH with 405) returns until every worker routes with them.
 --
---   luajit propagation.lua PROXY_PORT ADMIN_PORT PLUGIN_ID TRIALS
+--   luajit propagation.lua PROXY_PORT ADMIN_PORT PLUGIN_ID TRIALS [MODE]
+--
+-- MODE is `config` (the default: DB-less, GET and POST /config, merged
+-- as JSON), `file:PATH` (DB-less: the operator's own declarative file,
+-- PATH, its two `{ name: ..., weight: N }` upstream lines rewritten and
+-- POSTed to /config, for a Kong whose GET /config exports YAML) or
+-- `patch` (a node with a database: PATCH /plugins/{id}, answered 200).
 --
 -- Opens keep-alive connections to the proxy until each of the gateway's
 -- workers serves two of them (the owner of each server-side socket is
@@ -37,6 +43,7 @@ end
 
 local PROXY, ADMIN = tonumber(arg[1]), tonumber(arg[2])
 local PLUGIN_ID, TRIALS = arg[3], tonumber(arg[4] or 20)
+local MODE = arg[5] or "config"
 local STABLE, CANARY = "automation-service", "automation-service-canary"
 local TIMEOUT_MS = 5000
 
@@ -136,9 +143,39 @@ end
 
 local function patch(target)
   local w_stable = target == STABLE and 100 or 0
+  local upstreams = { { name = STABLE, weight = w_stable },
+                      { name = CANARY, weight = 100 - w_stable } }
+  local file = MODE:match("^file:(.+)$")
+  if file then
+    local f = assert(io.open(file))
+    local yml = f:read("*a")
+    f:close()
+    local n
+    yml, n = yml:gsub("{ name: (automation%-service[%w-]*), weight: %d+ }", function(name)
+      return ("{ name: %s, weight: %d }"):format(name, name == STABLE and w_stable
+                                                              or 100 - w_stable)
+    end)
+    if n ~= 2 then fail(file .. ": expected two upstream lines, found " .. n) end
+    local body = require("dkjson").encode({ config = yml })
+    local status, resp = admin_request("POST", "http://127.0.0.1:" .. ADMIN .. "/config", body)
+    if status ~= 201 then
+      fail("POST /config answered " .. tostring(status) .. " " .. tostring(resp))
+    end
+    return
+  end
+  if MODE == "patch" then
+    local body = ('{"config":{"upstreams":[{"name":"%s","weight":%d},' ..
+                  '{"name":"%s","weight":%d}]}}'):format(STABLE, w_stable,
+                                                         CANARY, 100 - w_stable)
+    local status, resp = admin_request("PATCH", "http://127.0.0.1:" .. ADMIN ..
+                                       "/plugins/" .. PLUGIN_ID, body)
+    if status ~= 200 then
+      fail("PATCH /plugins answered " .. tostring(status) .. " " .. tostring(resp))
+    end
+    return
+  end
   local status, body = plugin_config.set(admin_request, "http://127.0.0.1:" .. ADMIN, PLUGIN_ID,
-    { upstreams = { { name = STABLE, weight = w_stable },
-                    { name = CANARY, weight = 100 - w_stable } } })
+    { upstreams = upstreams })
   if status ~= 201 then
     fail("POST /config answered " .. tostring(status) .. " " .. tostring(body))
   end

@@ -29,6 +29,13 @@ awk '
       printf "record_x2_speedup_vs_mutex %.2f x\n", v["baseline_record_mutex_x2_ns"] / v["engine_record_x2_ns"]
       printf "record_x2_speedup_vs_shdict %.2f x\n", v["baseline_record_shdict_x2_ns"] / v["engine_record_x2_ns"]
     }
+    # Real Kong (KONG_ENV) against the local host, both measured here.
+    if (v["propagation_median_ms"] > 0) {
+      if (v["kong_dbless_propagation_median_ms"] > 0)
+        printf "kong_dbless_propagation_vs_host %.2f x\n", v["kong_dbless_propagation_median_ms"] / v["propagation_median_ms"]
+      if (v["kong_postgres_propagation_median_ms"] > 0)
+        printf "kong_postgres_propagation_vs_host %.2f x\n", v["kong_postgres_propagation_median_ms"] / v["propagation_median_ms"]
+    }
   }' "$out" | tee -a "$out"
 
 awk -v date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" -v host="$(uname -srm)" '

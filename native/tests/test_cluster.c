@@ -8,34 +8,9 @@
 
 #define SEC 1e6 /* microseconds */
 
-static int route_with(struct test_fx *fx, struct canary_prog_params *p) {
-  struct canary_table t;
-  const uint32_t w[2] = {9000, 1000};
-  char err[256] = "";
-  int route = canary_route_claim(fx->seg, "r", 1, "ai", 2), rc;
-  test_table(&t, "up", 2, w);
-  rc = canary_route_publish_prog(fx->seg, route, &t, p, 7, NULL, err,
-                                 sizeof err);
-  if (rc != 0)
-    fprintf(stderr, "publish_prog: %s\n", err);
-  assert_int_equal(rc, 0);
-  return route;
-}
-
 static void runbook(struct canary_prog_params *p) {
   const uint32_t steps[3] = {1000, 5000, 10000};
-  memset(p, 0, sizeof *p);
-  p->canary = 1;
-  p->nsteps = 3;
-  memcpy(p->steps, steps, sizeof steps);
-  p->interval_ms = 1000;
-  p->failure_limit = 2;
-  p->on_success = CANARY_PROG_PROMOTE;
-  test_judge_unset(&p->judge);
-  p->judge.min_requests = 50;
-  p->judge.max_error_rate = 0.01;
-  p->judge.max_p95_us = 1000 * 1000.0;
-  p->judge.max_p99_us = 2000 * 1000.0;
+  test_runbook(p, steps, 3, 2);
 }
 
 /* A window of n requests at latency_us, `errors` of them 503. */
@@ -160,7 +135,7 @@ static void test_apply_rejects_bad_states(void **state) {
       canary_prog_apply(fx->seg, 99, 7, &st, 0, 0, err, sizeof err),
       CANARY_EINVAL);
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   assert_int_equal(
       canary_prog_apply(fx->seg, route, 7, NULL, 0, 0, err, sizeof err),
       CANARY_EINVAL);
@@ -192,7 +167,7 @@ static void test_apply_sets_weights_without_judging(void **state) {
   int route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   running_at(&st, 1);
   st.last_result = CANARY_GATE_PASS;
   snprintf(st.reason, sizeof st.reason, "cluster says 50");
@@ -237,7 +212,7 @@ static void test_apply_from_many_processes_publishes_once(void **state) {
   int changed = 0, route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   canary_effective(fx, route, &gen0);
   running_at(&st, 2);
   for (int k = 0; k < 6; k++) {
@@ -271,7 +246,7 @@ static void test_breach_rolls_back_but_never_judges_a_window(void **state) {
 
   runbook(&p);
   p.judge.rollback_error_rate = 0.10;
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   for (int i = 0; i < 100; i++)
     assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 200, -1), 0);
   /* Windows long past their end: a node-scoped tick would step up. */
@@ -304,7 +279,7 @@ static void test_apply_restarts_the_local_window(void **state) {
   runbook(&p);
   p.judge.rollback_error_rate = 0.10;
   p.judge.min_requests = 10;
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   for (int i = 0; i < 5; i++)
     assert_int_equal(canary_route_record(fx->seg, route, 1, 1000, 503, -1), 0);
   running_at(&st, 1);
@@ -332,7 +307,7 @@ static void test_judge_agrees_with_a_node_tick(void **state) {
   runbook(&p);
   p.nsteps = 3;
   p.failure_limit = 2;
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   running_at(&cur, 0);
   for (int w = 0; w < 5; w++) {
     assert_int_equal(canary_hist_snapshot(fx->seg, route, 1, &before), 0);

@@ -10,34 +10,9 @@
 
 /* Stable 90 %, canary 10 %; a five-step progression with the runbook's
  * gates over 1 s windows. */
-static int route_with(struct test_fx *fx, struct canary_prog_params *p) {
-  struct canary_table t;
-  const uint32_t w[2] = {9000, 1000};
-  char err[256] = "";
-  int route = canary_route_claim(fx->seg, "r", 1, "ai", 2), rc;
-  test_table(&t, "up", 2, w);
-  rc = canary_route_publish_prog(fx->seg, route, &t, p, 7, NULL, err,
-                                 sizeof err);
-  if (rc != 0)
-    fprintf(stderr, "publish_prog: %s\n", err);
-  assert_int_equal(rc, 0);
-  return route;
-}
-
 static void runbook(struct canary_prog_params *p) {
   const uint32_t steps[5] = {1000, 2500, 5000, 7500, 10000};
-  memset(p, 0, sizeof *p);
-  p->canary = 1;
-  p->nsteps = 5;
-  memcpy(p->steps, steps, sizeof steps);
-  p->interval_ms = 1000;
-  p->failure_limit = 3;
-  p->on_success = CANARY_PROG_PROMOTE;
-  test_judge_unset(&p->judge);
-  p->judge.min_requests = 50;
-  p->judge.max_error_rate = 0.01;
-  p->judge.max_p95_us = 1000 * 1000.0;
-  p->judge.max_p99_us = 2000 * 1000.0;
+  test_runbook(p, steps, 5, 3);
 }
 
 /* n canary responses: `errors` of them 503, all at latency_us. */
@@ -112,7 +87,7 @@ static void test_healthy_canary_walks_every_step(void **state) {
   int route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   for (int step = 0; step < 5; step++) {
     assert_int_equal(canary_effective(fx, route), expect[step]);
@@ -142,7 +117,7 @@ static void test_error_burst_rolls_back_at_once(void **state) {
 
   runbook(&p);
   p.judge.rollback_error_rate = 0.10;
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us();           /* the window opened at the publish */
   traffic(fx, route, 100, 20, 5000); /* 20 % errors */
   /* Well inside the window: the immediate limit does not wait. */
@@ -168,7 +143,7 @@ static void test_p99_breach_rolls_back_after_failure_limit(void **state) {
   int route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   for (uint32_t w = 1; w <= 3; w++) {
     traffic(fx, route, 95, 0, 20000);
@@ -196,7 +171,7 @@ static void test_a_good_window_resets_failures(void **state) {
   int route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   traffic(fx, route, 100, 50, 1000);
   now += 1.01 * SEC;
@@ -218,7 +193,7 @@ static void test_too_few_requests_never_promote(void **state) {
   int route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   for (int w = 0; w < 4; w++) {
     traffic(fx, route, 10, 0, 1000); /* below min_requests 50 */
@@ -242,7 +217,7 @@ static void test_time_based_without_limits(void **state) {
   runbook(&p);
   p.judge.max_error_rate = p.judge.max_p95_us = p.judge.max_p99_us = -1;
   p.on_success = CANARY_PROG_HOLD;
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   for (int w = 0; w < 5; w++) {
     now += 1.01 * SEC;
@@ -266,7 +241,7 @@ static void test_operator_actions(void **state) {
   int route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   assert_int_equal(canary_prog_action(fx->seg, route, CANARY_ACT_RESUME, now,
                                       NULL, err, sizeof err),
@@ -314,7 +289,7 @@ static void test_config_change_restarts_same_config_does_not(void **state) {
   int route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   traffic(fx, route, 100, 0, 1000);
   now += 1.01 * SEC;
@@ -378,7 +353,7 @@ static void test_one_judge_per_window_across_processes(void **state) {
 
   assert_non_null(sh);
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   for (uint32_t r = 1; r <= rounds; r++)
     sh->now[r] = canary_clock_us() + 1.5 * SEC + (double)r * 1.1 * SEC;
   /* The children tick through the handle they inherit, as nginx workers
@@ -419,7 +394,7 @@ static void test_clock_restart_opens_a_fresh_window(void **state) {
   int route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   /* The window opened "in the future" of a clock that restarted. */
   assert_int_equal(canary_prog_tick(fx->seg, route, 1.0 * SEC, &st), 0);
   traffic(fx, route, 100, 0, 1000);
@@ -460,7 +435,7 @@ static void test_latency_regression_against_stable(void **state) {
   int route;
 
   relative(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   /* 60 ms against 20 ms: 3x stable, far below max_p99_ms 2000. */
   stable_traffic(fx, route, 900, 0, 20000);
@@ -515,7 +490,7 @@ static void test_stable_is_judged_over_the_same_window(void **state) {
   int route;
 
   relative(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   /* Window 1: both sides slow alike (a slow dependency): passes. */
   stable_traffic(fx, route, 900, 0, 100000);
@@ -543,7 +518,7 @@ static void test_immediate_p99_ratio_rolls_back_mid_window(void **state) {
 
   runbook(&p);
   p.judge.rollback_p99_ratio = 3;
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   stable_traffic(fx, route, 450, 0, 10000);
   traffic(fx, route, 50, 0, 25000); /* 2.5x: below the limit */
@@ -572,7 +547,7 @@ static void test_a_shared_outage_does_not_roll_back(void **state) {
   p.judge.max_error_rate = -1;
   p.judge.max_error_rate_delta = 0.02;
   p.failure_limit = 1;
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   for (int w = 0; w < 4; w++) {
     stable_traffic(fx, route, 900, 45, 20000); /* 5 % on both sides */
@@ -599,7 +574,7 @@ static void test_statistical_canary_equal_to_stable_promotes(void **state) {
   test_judge_unset(&p.judge);
   p.judge.analysis = CANARY_ANALYSIS_STATISTICAL;
   p.judge.min_requests = 100;
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us();        /* the window opened at the publish */
   for (int i = 0; i < 300; i++) { /* the same spread on both sides */
     stable_traffic(fx, route, 1, 0, 18000 + 13 * (uint64_t)i);
@@ -635,7 +610,7 @@ static void test_dry_run_records_and_changes_nothing(void **state) {
   p.failure_limit = 2;
   p.judge.rollback_error_rate = 0.5;
   p.dry_run = 1;
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   /* The configured weights, not the first step's. */
   assert_int_equal(canary_effective(fx, route), 1000);
@@ -714,7 +689,7 @@ static void test_decision_log_keeps_the_last_50_newest_first(void **state) {
   int route;
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   assert_int_equal(canary_prog_decisions(fx->seg, route, 0, log, 50), 0);
   for (int i = 1; i <= 60; i++) {
@@ -793,7 +768,7 @@ static void test_decision_log_readers_never_see_torn_entries(void **state) {
   pid_t kids[2];
 
   runbook(&p);
-  route = route_with(fx, &p);
+  route = test_route_with(fx, &p);
   now = canary_clock_us(); /* the window opened at the publish */
   test_table(&t, "up", 2, w);
   for (int k = 0; k < 2; k++) {

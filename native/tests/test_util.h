@@ -506,4 +506,44 @@ static inline void test_judge_unset(struct canary_judge_params *j) {
   j->allowed_increase = 0.25;
 }
 
+/* ---- progressions --------------------------------------------------- */
+
+/* The runbook's progression over `nsteps` steps (weights on 0..10000) of
+ * upstream 1: promote at the end, the runbook's absolute gates (error
+ * rate 1 %, p95 1 s, p99 2 s) over 1 s windows of at least 50 requests,
+ * `failure_limit` failed windows in a row pause. */
+static inline void test_runbook(struct canary_prog_params *p,
+                                const uint32_t *steps, uint32_t nsteps,
+                                uint32_t failure_limit) {
+  memset(p, 0, sizeof *p);
+  p->canary = 1;
+  p->nsteps = nsteps;
+  memcpy(p->steps, steps, nsteps * sizeof *steps);
+  p->interval_ms = 1000;
+  p->failure_limit = failure_limit;
+  p->on_success = CANARY_PROG_PROMOTE;
+  test_judge_unset(&p->judge);
+  p->judge.min_requests = 50;
+  p->judge.max_error_rate = 0.01;
+  p->judge.max_p95_us = 1000 * 1000.0;
+  p->judge.max_p99_us = 2000 * 1000.0;
+}
+
+/* Claims route "r" (label "ai") and publishes stable "up0" 90 % and
+ * canary "up1" 10 % with progression p; returns the route. */
+static inline int test_route_with(struct test_fx *fx,
+                                  const struct canary_prog_params *p) {
+  struct canary_table t;
+  const uint32_t w[2] = {9000, 1000};
+  char err[256] = "";
+  int route = canary_route_claim(fx->seg, "r", 1, "ai", 2), rc;
+  test_table(&t, "up", 2, w);
+  rc = canary_route_publish_prog(fx->seg, route, &t, p, 7, NULL, err,
+                                 sizeof err);
+  if (rc != 0)
+    fprintf(stderr, "publish_prog: %s\n", err);
+  assert_int_equal(rc, 0);
+  return route;
+}
+
 #endif /* CANARY_TEST_UTIL_H */

@@ -43,6 +43,7 @@ function _M.init(opts)
   -- The global exists before any plugin module is loaded, as in Kong.
   _G.kong = pdk.new {
     prefix = prefix,
+    user = opts.user,
     config = opts.config,
     plugins = opts.plugins,
     runtime = runtime,

@@ -70,6 +70,7 @@ http {
             database = "${database}",
             worker_consistency = "${worker_consistency}",
             worker_state_update_frequency = ${worker_state_update_frequency},
+            user = "${user}",
         }
     }
 

@@ -328,6 +328,10 @@ function _M.new(opts)
     version_num = mode.version_num,
     configuration = {
       prefix = opts.prefix,
+      -- The `user` directive, as Kong's conf_loader leaves it: nil when
+      -- there is none (a root master then runs its workers as nobody).
+      nginx_main_user = opts.user ~= "" and opts.user or nil,
+      nginx_user = opts.user ~= "" and opts.user or nil,
       database = mode.database,
       worker_consistency = mode.worker_consistency,
       worker_state_update_frequency = mode.worker_state_update_frequency,
