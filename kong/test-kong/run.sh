@@ -16,8 +16,10 @@
 #      lua_package_path / lua_package_cpath, as README's install section
 #      tells an operator with a separate tree.
 #   2. Each setup runs the same spec files as `make test` (integration,
-#      progression, analysis, chaos, hostile, Kong setups, and the
-#      cluster specs with two Kong nodes sharing a redis-server), with
+#      progression, analysis, Kong's runloop as a probe plugin sees it
+#      (the parts of spec/12-kong for this version and setup), chaos,
+#      hostile, Kong setups, and the cluster specs with two Kong nodes
+#      sharing a redis-server), with
 #      spec/helpers/host.lua driving `kong start/reload/stop` instead of the
 #      local host (CANARY_TEST_KONG=<setup>):
 #        dbless        database = off; config with POST /config
@@ -66,7 +68,7 @@ done
 # The cluster specs run in the DB-less and PostgreSQL setups: what the
 # unprivileged one changes (the workers' user, the segment's owner) is
 # proven by the others there, and two more Kong nodes would take minutes.
-SINGLE_SPECS="spec/10-integration_spec.lua spec/11-progression_spec.lua spec/12-analysis_spec.lua spec/20-chaos_spec.lua spec/21-hostile_spec.lua spec/30-kong_spec.lua"
+SINGLE_SPECS="spec/10-integration_spec.lua spec/11-progression_spec.lua spec/12-analysis_spec.lua spec/12-kong_spec.lua spec/20-chaos_spec.lua spec/21-hostile_spec.lua spec/30-kong_spec.lua"
 CLUSTER_SPECS="spec/31-cluster_spec.lua spec/32-cluster_tls_spec.lua"
 setup_specs() {
   if [ -n "${SPECS:-}" ]; then echo "$SPECS"
@@ -85,6 +87,7 @@ kong_sh() {
 KONG_VERSION=$(kong_sh kong version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -n 1) ||
   true
 [ -n "$KONG_VERSION" ] || { echo "test-kong: 'kong version' failed after sourcing $KONG_ENV" >&2; exit 1; }
+export CANARY_KONG_VERSION=$KONG_VERSION
 WORK=$ROOT/build/test-kong/$KONG_VERSION
 TREE=$WORK/tree
 mkdir -p "$WORK"

@@ -647,6 +647,7 @@ local OWN_SETTINGS = {
   nginx_worker_processes = true, nginx_main_env = true, nginx_user = true,
   lua_package_path = true, lua_package_cpath = true, anonymous_reports = true,
   pg_host = true, pg_port = true, pg_user = true, pg_password = true, pg_database = true,
+  worker_consistency = true, worker_state_update_frequency = true,
 }
 
 local function kong_conf_text(opts)
@@ -675,8 +676,9 @@ local function kong_conf_text(opts)
     "anonymous_reports = off",
     "nginx_main_env = CANARY_ROUTER_SEGMENT",
     -- the rock's tree, as README tells an operator with a separate tree
-    "lua_package_path = " .. tree .. "/share/lua/5.1/?.lua;" .. tree ..
-      "/share/lua/5.1/?/init.lua;;",
+    -- (and a spec's own plugins first, as on the local host)
+    "lua_package_path = " .. (opts.lua_path and (opts.lua_path .. ";") or "") .. tree ..
+      "/share/lua/5.1/?.lua;" .. tree .. "/share/lua/5.1/?/init.lua;;",
     "lua_package_cpath = " .. tree .. "/lib/lua/5.1/?.so;;",
   }) do
     lines[#lines + 1] = l
@@ -685,6 +687,9 @@ local function kong_conf_text(opts)
     lines[#lines + 1] = "nginx_user = nobody nogroup"
   else
     lines[#lines + 1] = "nginx_user = root root"
+  end
+  for _, k in ipairs { "worker_consistency", "worker_state_update_frequency" } do
+    if opts[k] ~= nil then lines[#lines + 1] = k .. " = " .. tostring(opts[k]) end
   end
   if KONG_SETUP == "postgres" then
     for _, l in ipairs({ "database = postgres", "pg_host = 127.0.0.1", "pg_port = " .. pg_port(),
@@ -840,6 +845,8 @@ local function kong_start(opts)
     segment_env = opts.segment,
     config = doc, config_file = prefix .. "/kong.json",
     conf = prefix .. "/kong.conf",
+    database = KONG_SETUP == "postgres" and "postgres" or "off",
+    worker_state_update_frequency = opts.worker_state_update_frequency or 5,
   }
   if KONG_SETUP == "postgres" then
     state.pg_database = pg_take()
@@ -1016,6 +1023,21 @@ end
 -- "unprivileged"), or nil on the local host.
 function _M.kong()
   return KONG_SETUP
+end
+
+
+--- The version of the installed Kong the specs run on ("3.9.1"), or nil
+-- on the local host.
+function _M.kong_version()
+  if not KONG_SETUP then
+    return nil
+  end
+  local v = os.getenv("CANARY_KONG_VERSION")
+  if not v or v == "" then
+    local _, out = kong_cli("version")
+    v = out:match("(%d+%.%d+%.%d+)")
+  end
+  return v
 end
 
 
@@ -1252,6 +1274,16 @@ function _M.configure_plugin(id, patch)
     end
     local ms = wait_in_force(id, upstreams, 6, new)
     _M.propagation_ms[#_M.propagation_ms + 1] = ms or -1
+    if new then return true, status, body end
+  end
+  if _M.kong() then
+    -- Nothing the segment publishes changed (or not our plugin): what
+    -- Kong's own propagation takes, the reconfigure event DB-less
+    -- (milliseconds; canary-router's crud event in DB mode), the
+    -- rebuild timer for another plugin with a database.
+    local other = type(old_entity) == "table" and old_entity.name ~= "canary-router"
+    socket.sleep((other and state.database ~= "off")
+                 and state.worker_state_update_frequency + 0.3 or 0.3)
   end
   return true, status, body
 end
