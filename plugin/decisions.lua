@@ -1,6 +1,7 @@
 -- What becomes of a progression decision in the worker that made it:
 -- one error-log line, and, for a decision that changes state (step up,
--- pause, promote, rollback, abort, resume), one notification
+-- pause, promote, rollback, abort, resume, blue/green's switch), one
+-- notification
 -- (notify.lua).  The engine records every decision in the segment, and
 -- tells only the caller that recorded it (canary_prog_tick's and
 -- canary_prog_action's `decided`), so each decision is reported exactly
@@ -18,7 +19,7 @@ local _M = {}
 -- Events that change a progression's state; a dry run changes nothing.
 local STATE_CHANGES = {
   step_up = true, pause = true, promote = true, rollback = true,
-  abort = true, resume = true,
+  abort = true, resume = true, switch = true,
 }
 _M.STATE_CHANGES = STATE_CHANGES
 

@@ -88,6 +88,10 @@ enum canary_prog_state {
   CANARY_PROG_PROMOTED = 3,
   CANARY_PROG_ROLLED_BACK = 4
 };
+enum canary_prog_strategy {
+  CANARY_STRATEGY_CANARY = 0,
+  CANARY_STRATEGY_BLUE_GREEN = 1
+};
 enum canary_prog_on_success {
   CANARY_PROG_PROMOTE = 0,
   CANARY_PROG_HOLD = 1
@@ -182,6 +186,10 @@ struct canary_prog_params {
   uint32_t on_success;
   uint32_t dry_run;
   struct canary_judge_params judge;
+  uint32_t strategy;
+  uint32_t pre_promotion_ms;
+  uint32_t post_promotion_ms;
+  uint32_t pad;
 };
 enum canary_decision_origin {
   CANARY_ORIGIN_WINDOW = 0,
@@ -196,7 +204,8 @@ enum canary_decision_action {
   CANARY_DO_ROLLBACK = 4,
   CANARY_DO_ABORT = 5,
   CANARY_DO_RESUME = 6,
-  CANARY_DO_ACTIONS = 7
+  CANARY_DO_SWITCH = 7,
+  CANARY_DO_ACTIONS = 8
 };
 struct canary_decision {
   uint64_t seq;
@@ -233,6 +242,9 @@ struct canary_prog_status {
   double p95_us;
   double p99_us;
   char reason[CANARY_REASON_MAX];
+  uint32_t strategy;
+  uint32_t pad;
+  double phase_age_ms;
 };
 typedef struct canary_seg canary_seg_t;
 struct canary_seg_params {
@@ -241,6 +253,7 @@ struct canary_seg_params {
   uint32_t max_stat_slots;
   uint32_t flags;
   uint32_t retire_grace_s;
+  uint32_t max_prog_slots;
 };
 struct canary_seg_info {
   uint64_t size;
@@ -258,7 +271,11 @@ struct canary_seg_info {
   uint64_t routes_exhausted;
   uint64_t stat_slots_exhausted;
   uint32_t retire_grace_s;
-  uint32_t pad;
+  uint32_t max_prog_slots;
+  uint64_t prog_bytes;
+  uint32_t prog_slots_used;
+  uint32_t prog_slots_retired;
+  uint64_t prog_slots_exhausted;
 };
 struct canary_table {
   uint32_t n;
@@ -340,6 +357,8 @@ struct canary_hist_summary {
                                      uint64_t from_seq,
                                      struct canary_decision *out,
                                      uint32_t max);
+ const char *canary_prog_phase(uint32_t strategy, uint32_t state,
+                                         uint32_t step);
  int canary_prog_status(const canary_seg_t *seg, int route,
                                   double now_us,
                                   struct canary_prog_status *out);
@@ -407,6 +426,7 @@ struct canary_hist_summary {
                                         uint8_t *flags_out);
  int canary_trace_id_valid(const char *s, size_t len);
  double canary_clock_us(void);
+ double canary_thread_cpu_us(void);
  int canary_prom_render(const canary_seg_t *seg, char *buf,
                                   size_t cap, size_t *len_out);
 typedef struct canary_prom canary_prom_t;
@@ -455,10 +475,12 @@ local prog_status_buf = ffi_new("struct canary_prog_status")
 local decisions_buf = ffi_new("struct canary_decision[50]")
 local summary_buf = ffi_new("struct canary_hist_summary")
 local prom_out = ffi_new("canary_prom_t *[1]")
--- One piece of a scrape; each canary_prom_next() writes at most this,
--- a fraction of a millisecond of work.
-local CHUNK_CAP = 64 * 1024
-local chunk_buf = ffi_new("char[?]", CHUNK_CAP)
+-- A piece of a scrape is one or more canary_prom_next() steps, each
+-- writing at most STEP_CAP bytes (about 0.1 ms of work) or reading a few
+-- dozen routes, into one buffer of PIECE_CAP bytes.
+local STEP_CAP = 64 * 1024
+local PIECE_CAP = 256 * 1024
+local chunk_buf = ffi_new("char[?]", PIECE_CAP)
 local render_cap = 256 * 1024
 local render_buf
 
@@ -476,6 +498,8 @@ _M.PROG_STATE = { [0] = "none", [1] = "running", [2] = "paused",
                   [3] = "promoted", [4] = "rolled_back" }
 _M.GATE = { [0] = "pass", [1] = "fail", [2] = "inconclusive" }
 _M.ANALYSIS = { threshold = 0, statistical = 1 }
+_M.STRATEGY = { canary = 0, blue_green = 1 }
+local STRATEGY_NAME = { [0] = "canary", [1] = "blue_green" }
 local ANALYSIS_NAME = { [0] = "threshold", [1] = "statistical" }
 local ORIGIN = { [0] = "window", [1] = "immediate", [2] = "operator" }
 local CHECK = { [1] = "pass", [2] = "fail", [3] = "skipped" }
@@ -577,8 +601,10 @@ Seg.__index = Seg
 -- Opens (creates, attaches or recreates) the segment at `path`.
 -- opts: max_routes (default 64), max_upstreams per route (16),
 -- max_stat_slots (statistics slots, one per configured upstream; default
--- max_routes * max_upstreams), retire_grace_s (how long a retired slot
--- waits before reuse; default 300), readonly.  Sizes and grace apply to a
+-- max_routes * max_upstreams), max_prog_slots (progression slots, one
+-- per route whose config has a progression; default max_routes),
+-- retire_grace_s (how long a retired slot waits before reuse; default
+-- 300), readonly.  Sizes and grace apply to a
 -- new segment only.  Returns a segment object, or nil and an error.  seg.opened
 -- tells "attached" / "created" / "recreated"; seg.why says why a bad file
 -- was set aside.
@@ -594,6 +620,7 @@ function _M.open(path, opts)
   seg_params.max_stat_slots = opts.max_stat_slots or 0
   seg_params.flags = opts.readonly and 1 or 0
   seg_params.retire_grace_s = opts.retire_grace_s or 0
+  seg_params.max_prog_slots = opts.max_prog_slots or 0
   local rc = C.canary_seg_open_params(seg_out, path, seg_params, msg_buf, 512)
   if rc < 0 then
     return nil, strerror(rc) .. ": " .. ffi_string(msg_buf)
@@ -612,7 +639,7 @@ end
 
 -- For a privileged master process: creates or validates the segment at
 -- `path` as open() would with the same opts (max_routes, max_upstreams,
--- max_stat_slots, retire_grace_s), gives it to opts.uid:opts.gid (the
+-- max_stat_slots, max_prog_slots, retire_grace_s), gives it to opts.uid:opts.gid (the
 -- workers' user), mode 0600, and does not map it.  Returns "created" /
 -- "attached" / "recreated", or nil and an error.
 function _M.prepare(path, opts)
@@ -630,6 +657,7 @@ function _M.prepare(path, opts)
   seg_params.max_stat_slots = opts.max_stat_slots or 0
   seg_params.flags = 0
   seg_params.retire_grace_s = opts.retire_grace_s or 0
+  seg_params.max_prog_slots = opts.max_prog_slots or 0
   local rc = C.canary_seg_prepare(path, seg_params, opts.uid, opts.gid,
                                   msg_buf, 512)
   if rc < 0 then
@@ -661,6 +689,11 @@ function Seg:info()
     stat_slots_retired = info.stat_slots_retired,
     routes_exhausted = tonumber(info.routes_exhausted),
     stat_slots_exhausted = tonumber(info.stat_slots_exhausted),
+    prog_bytes = tonumber(info.prog_bytes),
+    max_prog_slots = info.max_prog_slots,
+    prog_slots_used = info.prog_slots_used,
+    prog_slots_retired = info.prog_slots_retired,
+    prog_slots_exhausted = tonumber(info.prog_slots_exhausted),
     created_unix = tonumber(info.created_unix),
     layout_version = info.layout_version,
     retire_grace_s = info.retire_grace_s,
@@ -742,7 +775,9 @@ end
 -- "statistical"), confidence and allowed_increase (fractions), and
 -- optional limits: max_error_rate, max_error_rate_delta and
 -- rollback_error_rate (fractions), max_p95_us, max_p99_us, and the
--- ratios max_p95_ratio, max_p99_ratio, rollback_p99_ratio.
+-- ratios max_p95_ratio, max_p99_ratio, rollback_p99_ratio; strategy
+-- ("canary"/"blue_green") with pre_promotion_ms and post_promotion_ms
+-- for blue_green (whose steps are 0 and 10000).
 local function fill_prog(p)
   ffi_fill(prog_buf, ffi.sizeof(prog_buf))
   if #p.steps > 20 then return nil, "more than 20 steps" end
@@ -757,6 +792,13 @@ local function fill_prog(p)
   prog_buf.failure_limit = p.failure_limit or 1
   prog_buf.on_success = p.on_success == "hold" and 1 or 0
   prog_buf.dry_run = p.dry_run and 1 or 0
+  local strategy = _M.STRATEGY[p.strategy or "canary"]
+  if not strategy then
+    return nil, "unknown strategy '" .. tostring(p.strategy) .. "'"
+  end
+  prog_buf.strategy = strategy
+  prog_buf.pre_promotion_ms = p.pre_promotion_ms or 0
+  prog_buf.post_promotion_ms = p.post_promotion_ms or 0
   local j = prog_buf.judge
   j.analysis = analysis
   j.min_requests = p.min_requests or 0
@@ -796,6 +838,11 @@ end
 local function prog_status_table(s)
   return {
     state = _M.PROG_STATE[s.state] or "unknown",
+    strategy = STRATEGY_NAME[s.strategy] or "unknown",
+    -- blue/green's phases (preview, post_promotion, ...); the state
+    -- for the canary strategy
+    phase = ffi_string(C.canary_prog_phase(s.strategy, s.state, s.step)),
+    phase_age_ms = s.phase_age_ms,
     step = s.step + 1,
     steps = s.nsteps,
     canary = s.canary + 1,
@@ -895,6 +942,8 @@ local function action_text(d)
     what = "abort"
   elseif a == 6 then
     what = "resume"
+  elseif a == 7 then
+    what = "switch to green"
   else
     what = d.judge.verdict == 1 and "hold: window failed" or "hold: inconclusive"
   end
@@ -916,8 +965,12 @@ end
 
 -- One decision as a plain table, the shape GET /canary-router/status and
 -- canarystat --json give it.
-local function decision_table(d)
+-- `strategy` (a canary_prog_strategy number) names the phase the
+-- decision left the progression in: blue/green's step after it is 1 when
+-- it left green with all the weight (nothing moves in a dry run).
+local function decision_table(d, strategy)
   local j = d.judge
+  local after = d.dry_run ~= 0 and d.step or (d.weight == 10000 and 1 or 0)
   local unix_ms = tonumber(d.unix_ms)
   local out = {
     seq = tonumber(d.seq),
@@ -931,6 +984,7 @@ local function decision_table(d)
     step_weight = d.step_weight / 100,
     weight = d.weight / 100,
     state = _M.PROG_STATE[d.state] or "unknown",
+    phase = ffi_string(C.canary_prog_phase(strategy, d.state, after)),
     failures = d.failures,
     window_s = g6(d.window_ms / 1e3),
     reason = ffi_string(j.reason),
@@ -978,8 +1032,12 @@ function Seg:decisions(route, from_seq, max)
   local n = C.canary_prog_decisions(self.h, route, from_seq or 0,
                                     decisions_buf, max)
   if n < 0 then return nil, strerror(n) end
+  local strategy = 0
+  if C.canary_prog_status(self.h, route, 0, prog_status_buf) == 0 then
+    strategy = prog_status_buf.strategy
+  end
   local list = {}
-  for i = 0, n - 1 do list[i + 1] = decision_table(decisions_buf[i]) end
+  for i = 0, n - 1 do list[i + 1] = decision_table(decisions_buf[i], strategy) end
   return list
 end
 
@@ -1261,26 +1319,34 @@ end
 local Scrape = {}
 Scrape.__index = Scrape
 
--- A scrape in pieces: scrape:next() returns the next piece of the
--- exposition (possibly ""), and true while more follows; nil and an
--- error on failure.  Each call does a bounded amount of work (a few
--- dozen routes read, or at most 64 KiB written), so the caller can
--- yield to its event loop between pieces.  The pieces concatenated are
--- one valid exposition.
+-- A scrape in pieces: scrape:next(budget_us) returns the next piece of
+-- the exposition (possibly ""), and true while more follows; nil and an
+-- error on failure.  A piece is as many engine steps (each a few dozen
+-- routes read, or at most 64 KiB written: about 0.1 ms) as fit in
+-- budget_us microseconds of this call (one step without a budget), so
+-- the caller can yield to its event loop between pieces without paying
+-- a yield, a string and a write for every step.  The pieces
+-- concatenated are one valid exposition.
 function Seg:scrape()
   local rc = C.canary_prom_begin(self.h, prom_out)
   if rc < 0 then return nil, strerror(rc) end
   return setmetatable({ p = ffi_gc(prom_out[0], C.canary_prom_end) }, Scrape)
 end
 
-function Scrape:next()
+function Scrape:next(budget_us)
   if self.p == nil then return nil, "scrape already finished" end
-  local rc = C.canary_prom_next(self.p, chunk_buf, CHUNK_CAP, len_out)
-  if rc < 0 then
-    self:close()
-    return nil, strerror(rc)
-  end
-  local piece = ffi_string(chunk_buf, len_out[0])
+  local deadline = budget_us and C.canary_clock_us() + budget_us or 0
+  local used, rc = 0
+  repeat
+    rc = C.canary_prom_next(self.p, chunk_buf + used, STEP_CAP, len_out)
+    if rc < 0 then
+      self:close()
+      return nil, strerror(rc)
+    end
+    used = used + tonumber(len_out[0])
+  until rc == 0 or used + STEP_CAP > PIECE_CAP or
+        C.canary_clock_us() >= deadline
+  local piece = ffi_string(chunk_buf, used)
   if rc == 0 then self:close() end
   return piece, rc == 1
 end
@@ -1326,6 +1392,11 @@ end
 
 function _M.now_us()
   return C.canary_clock_us()
+end
+
+-- CPU time of this worker in microseconds.
+function _M.cpu_us()
+  return C.canary_thread_cpu_us()
 end
 
 return _M

@@ -264,8 +264,10 @@ function CanaryRouter:access(conf)
 
   local seg = state.seg
   local idx, gen = override(c), nil
-  -- A client chose the upstream: counted apart, never judged by a gate.
-  ctx.forced = idx ~= nil
+  -- A client chose the upstream: counted apart, never judged by a gate;
+  -- except blue/green's green, whose preview requests are what its
+  -- pre-promotion window judges.
+  ctx.forced = idx ~= nil and idx ~= c.green
   if not idx then
     local key = c.sticky_sources[1] and sticky_key(c)
     idx, gen = seg:pick(c.route, key)
@@ -294,6 +296,7 @@ function CanaryRouter:access(conf)
   end
   ctx.up = idx
   ctx.name = name
+  ctx.gen = ok and gen or nil -- no table chose a fallback
   -- The statistics of the upstream that serves, by the handle of the
   -- table the pick used: a publish before the log phase cannot move
   -- this request's count to another name.
@@ -318,6 +321,9 @@ function CanaryRouter:header_filter(conf)
   end
   if c.response_header and ctx.name then
     set_response_header(c.response_header, ctx.name, c.response_raw)
+  end
+  if c.generation_header and ctx.gen then
+    set_response_header(c.generation_header, ctx.gen, c.generation_raw)
   end
   local t_sent = ctx.t_sent
   if not (t_sent and c.route and ctx.stat) then return end

@@ -35,6 +35,12 @@ local DEFAULT_MAX_ROUTES = 64
 -- and canary) and room for routes with more upstreams and for renamed
 -- upstreams during their grace period.  1000 routes: 55 MB.
 local function default_stat_slots(max_routes) return 2 * max_routes + 64 end
+-- Progression slots (about 60 KiB each: the window bases and the
+-- decision log), one per route whose config has a progression: every
+-- route up to 64, and one in 8 beyond.  1000 routes: 189.
+local function default_prog_slots(max_routes)
+  return math.min(max_routes, 64 + math.floor(max_routes / 8))
+end
 
 local state = {
   seg = nil,        -- engine segment, nil when unavailable
@@ -90,6 +96,8 @@ function _M.segment_opts()
     max_upstreams = engine.MAX_UPSTREAMS,
     max_stat_slots = env_number("CANARY_ROUTER_MAX_UPSTREAM_SLOTS",
                                 default_stat_slots(max_routes)),
+    max_prog_slots = env_number("CANARY_ROUTER_MAX_PROGRESSIONS",
+                                default_prog_slots(max_routes)),
     retire_grace_s = env_number("CANARY_ROUTER_RETIRE_GRACE_S",
                                 engine.RETIRE_GRACE_S),
   }
@@ -257,7 +265,9 @@ end
 local function cookie_pattern(name)
   name = opt(name)
   if not name then return nil end
-  return "%f[^;%s]" .. name:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0") ..
+  -- %z: a cookie first in the header follows the subject's start, which
+  -- Lua's frontier sees as a NUL byte.
+  return "%f[^;%s%z]" .. name:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0") ..
          "=([^;]*)"
 end
 
@@ -294,7 +304,13 @@ local function compile(conf)
   end
   c.stable = c.names[1]
   local prog = opt(conf.progression)
-  c.canary = (prog and opt(prog.canary)) or c.names[#c.names]
+  c.canary = (prog and (opt(prog.canary) or opt(prog.preview))) or
+             c.names[#c.names]
+  -- Blue/green: green's preview requests come through overrides, and
+  -- they are what its pre-promotion window judges, so a request forced
+  -- to green is recorded like any other (see handler.lua).
+  c.blue_green = prog ~= nil and opt(prog.strategy) == "blue_green"
+  c.green = c.blue_green and c.index_of[c.canary] or nil
 
   local sticky = opt(conf.sticky) or {}
   c.sticky_sources = {}
@@ -333,6 +349,8 @@ local function compile(conf)
   c.override_var = c.override_header and header_var(c.override_header)
   c.trace_raw = raw_header(c.trace_header)
   c.response_raw = c.response_header and raw_header(c.response_header)
+  c.generation_header = opt(conf.generation_header)
+  c.generation_raw = c.generation_header and raw_header(c.generation_header)
 
   c.hash = config_hash(conf)
   -- Everything the operator configured: equal configs compile alike.
@@ -404,14 +422,31 @@ end
 -- The plugin's `progression` record in engine units (percentages to
 -- 0..10000 weights and fractions, seconds and ms to ms and us), or nil.
 function _M.progression(p, index_of)
-  if p == nil or p == ngx_null or opt(p.canary) == nil then return nil end
+  if p == nil or p == ngx_null then return nil end
+  local blue_green = opt(p.strategy) == "blue_green"
+  local canary = opt(p.canary)
   local steps = {}
-  for i, pct in ipairs(opt(p.steps) or {}) do steps[i] = floor(pct * 100 + 0.5) end
+  if blue_green then
+    -- green is the preview upstream, else the second of the two
+    canary = opt(p.preview)
+    if canary == nil then
+      for name, i in pairs(index_of) do
+        if i == 2 then canary = name end
+      end
+    end
+    steps = { 0, 10000 }
+  else
+    for i, pct in ipairs(opt(p.steps) or {}) do steps[i] = floor(pct * 100 + 0.5) end
+  end
+  if canary == nil or index_of[canary] == nil then return nil end
   local function rate(v) return v and v ~= ngx_null and v / 100 or nil end
   local function us(v) return v and v ~= ngx_null and v * 1000 or nil end
   return {
-    canary = index_of[p.canary],
+    canary = index_of[canary],
     steps = steps,
+    strategy = blue_green and "blue_green" or "canary",
+    pre_promotion_ms = blue_green and (opt(p.pre_promotion) or 300) * 1000 or 0,
+    post_promotion_ms = blue_green and (opt(p.post_promotion) or 600) * 1000 or 0,
     interval_ms = floor((opt(p.interval) or 300) * 1000),
     min_requests = opt(p.min_requests) or 0,
     failure_limit = opt(p.failure_limit) or 3,

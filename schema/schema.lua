@@ -34,6 +34,9 @@ local ipairs = ipairs
 local abs = math.abs
 local floor = math.floor
 local fmt = string.format
+-- A JSON or database null (Kong's validators hand optional fields to
+-- the config-wide rule as ngx.null).
+local null = ngx and ngx.null or require("cjson").null
 local match = string.match
 local check_name = engine.check_name
 local check_table = engine.check_table
@@ -153,6 +156,53 @@ local function validate_notify_header(line)
 end
 
 
+local function set(v)
+  return v ~= nil and v ~= null
+end
+
+-- A blue/green release: blue is the first upstream (all public
+-- traffic), green the other one (progression.preview), which only
+-- overrides from override.allow_from reach until the switch.
+local function validate_blue_green(config, progression)
+  local upstreams = config.upstreams
+  if #upstreams ~= 2 then
+    return nil, fmt("progression.strategy: 'blue_green' needs exactly two " ..
+                    "upstreams, blue (the first) and green (got %d)", #upstreams)
+  end
+  if set(progression.canary) then
+    return nil, "progression.canary: applies to strategy 'canary'; " ..
+                "blue_green names green in progression.preview"
+  end
+  local preview = progression.preview
+  if set(preview) and preview ~= upstreams[2].name then
+    if preview == upstreams[1].name then
+      return nil, fmt("progression.preview: '%s' is blue, the stable upstream " ..
+                      "(the first of upstreams), and cannot be green", preview)
+    end
+    return nil, fmt("progression.preview: '%s' is not one of the configured " ..
+                    "upstreams", preview)
+  end
+  if upstreams[1].weight ~= 100 then
+    return nil, "upstreams: with strategy 'blue_green' blue (the first) " ..
+                "has weight 100 and green 0 until the switch"
+  end
+  if progression.scope == "cluster" then
+    return nil, "progression.scope: strategy 'blue_green' is judged by " ..
+                "each node ('node'), not 'cluster'"
+  end
+  local ov = config.override
+  if type(ov) ~= "table" or not (set(ov.header) or set(ov.cookie)) then
+    return nil, "override: strategy 'blue_green' previews green through " ..
+                "override.header or override.cookie; set one"
+  end
+  if type(ov.allow_from) ~= "table" or #ov.allow_from == 0 then
+    return nil, "override.allow_from: required with strategy 'blue_green' " ..
+                "(the sources that may preview green)"
+  end
+  return true
+end
+
+
 -- The config as a whole, with its defaults; runs once every field is
 -- valid.  progression is null (not a table) when absent.
 local function validate_config(config)
@@ -178,8 +228,19 @@ local function validate_config(config)
     end
   end
 
-  local canary = progression.canary
   local upstreams = config.upstreams
+  if progression.strategy == "blue_green" then
+    return validate_blue_green(config, progression)
+  end
+  for _, f in ipairs({ "preview", "pre_promotion", "post_promotion" }) do
+    if set(progression[f]) then
+      return nil, fmt("progression.%s: applies to strategy 'blue_green'", f)
+    end
+  end
+  local canary = progression.canary
+  if not set(canary) then
+    return nil, "progression.canary: required with strategy 'canary'"
+  end
   if canary == upstreams[1].name then
     return nil, fmt("progression.canary: '%s' is the stable upstream " ..
                     "(the first of upstreams) and cannot be the canary", canary)
@@ -411,12 +472,23 @@ return {
             },
           },
           {
+            generation_header = typedefs.header_name {
+              description = "Response header carrying the generation of the " ..
+                            "weights table that chose the upstream (the status " ..
+                            "API's generation, low 32 bits), for example " ..
+                            "X-Canary-Generation; absent on requests an override " ..
+                            "chose. Unset: no such header is sent.",
+              required = false,
+            },
+          },
+          {
             progression = {
               description = "Automatic progression of the canary through weight " ..
-                            "steps, gated by its error rate and latency, with " ..
-                            "automatic rollback, judged by each node on its own " ..
-                            "traffic or by the cluster through Redis (scope). " ..
-                            "Unset: the configured weights apply as they are.",
+                            "steps, or a blue/green release (strategy), gated by " ..
+                            "its error rate and latency, with automatic " ..
+                            "rollback, judged by each node on its own traffic " ..
+                            "or by the cluster through Redis (scope). Unset: " ..
+                            "the configured weights apply as they are.",
               type = "record",
               required = false,
               fields = {
@@ -424,11 +496,60 @@ return {
                   canary = {
                     description = "Name of the upstream whose weight the progression " ..
                                   "raises: one of upstreams, other than the first " ..
-                                  "(the stable upstream).",
+                                  "(the stable upstream). Required with strategy " ..
+                                  "'canary', not set with 'blue_green'.",
                     type = "string",
-                    required = true,
+                    required = false,
                     len_min = 1,
                     len_max = NAME_MAX,
+                  },
+                },
+                {
+                  strategy = {
+                    description = "How the new version is released: 'canary' " ..
+                                  "(weight steps) or 'blue_green' (green, the " ..
+                                  "preview upstream, gets only allowed overrides, " ..
+                                  "is judged over pre_promotion, then takes all " ..
+                                  "traffic at once and is judged over " ..
+                                  "post_promotion, with blue as the rollback " ..
+                                  "target).",
+                    type = "string",
+                    required = true,
+                    default = "canary",
+                    one_of = { "canary", "blue_green" },
+                  },
+                },
+                {
+                  preview = {
+                    description = "blue_green: name of green, the upstream " ..
+                                  "previewed and then switched to; the second of " ..
+                                  "the two upstreams (blue is the first). Unset: " ..
+                                  "the second upstream.",
+                    type = "string",
+                    required = false,
+                    len_min = 1,
+                    len_max = NAME_MAX,
+                  },
+                },
+                {
+                  pre_promotion = {
+                    description = "blue_green: seconds green's preview requests " ..
+                                  "are judged before the switch (one window), " ..
+                                  "1 to 86400. Unset: 300.",
+                    type = "integer",
+                    required = false,
+                    between = { 1, 86400 },
+                  },
+                },
+                {
+                  post_promotion = {
+                    description = "blue_green: seconds green is judged after the " ..
+                                  "switch, in windows of interval, while blue " ..
+                                  "stays the rollback target; 1 to 86400. Unset: " ..
+                                  "600.",
+                    type = "integer",
+                    required = false,
+                    between = { 1, 86400 },
                   },
                 },
                 {

@@ -113,6 +113,7 @@ local DEFAULTS = {
 
 local PROGRESSION_DEFAULTS = {
   canary = "b",
+  strategy = "canary",
   steps = { 10, 25, 50, 75, 100 },
   interval = 300,
   min_requests = 100,
@@ -321,7 +322,16 @@ describe("canary-router schema", function()
 
       it("without a canary", function()
         rejects(config { progression = {} },
-                { progression = { canary = "required field missing" } })
+                "progression.canary: required with strategy 'canary'")
+        rejects(config { progression = { canary = null } },
+                "progression.canary: required with strategy 'canary'")
+      end)
+
+      it("with blue/green settings under the canary strategy", function()
+        for _, f in ipairs({ "preview", "pre_promotion", "post_promotion" }) do
+          rejects(config { progression = { canary = "b", [f] = f == "preview" and "b" or 60 } },
+                  "progression." .. f .. ": applies to strategy 'blue_green'")
+        end
       end)
 
       it("naming an upstream that is not configured", function()
@@ -427,6 +437,84 @@ describe("canary-router schema", function()
         -- The config-wide rule runs after every field validated, as in Kong.
         rejects(config { progression = { canary = "c" }, sticky = { by = "x" } },
                 { sticky = { by = "expected one of: none, header, cookie, consumer, ip" } })
+      end)
+    end)
+
+    describe("a blue/green progression", function()
+
+      local function bg(extra, top)
+        local c = config {
+          upstreams = { { name = "blue", weight = 100 }, { name = "green", weight = 0 } },
+          override = { header = "X-Canary", allow_from = { "10.0.0.0/8" } },
+        }
+        c.progression = { strategy = "blue_green" }
+        for k, v in pairs(extra or {}) do c.progression[k] = v end
+        for k, v in pairs(top or {}) do c[k] = v end
+        return c
+      end
+
+      it("with a strategy other than canary or blue_green", function()
+        rejects(bg { strategy = "rolling" },
+                { progression = { strategy = "expected one of: canary, blue_green" } })
+      end)
+
+      it("on other than two upstreams", function()
+        rejects(bg({}, { upstreams = { { name = "blue", weight = 100 },
+                                       { name = "green", weight = 0 },
+                                       { name = "teal", weight = 0 } } }),
+                "progression.strategy: 'blue_green' needs exactly two upstreams, "
+                .. "blue (the first) and green (got 3)")
+      end)
+
+      it("with a canary, or a preview that is not green", function()
+        rejects(bg { canary = "green" },
+                "progression.canary: applies to strategy 'canary'; blue_green "
+                .. "names green in progression.preview")
+        rejects(bg { preview = "blue" },
+                "progression.preview: 'blue' is blue, the stable upstream (the "
+                .. "first of upstreams), and cannot be green")
+        rejects(bg { preview = "teal" },
+                "progression.preview: 'teal' is not one of the configured upstreams")
+      end)
+
+      it("with green configured to take public traffic", function()
+        rejects(bg({}, { upstreams = { { name = "blue", weight = 90 },
+                                       { name = "green", weight = 10 } } }),
+                "upstreams: with strategy 'blue_green' blue (the first) has "
+                .. "weight 100 and green 0 until the switch")
+      end)
+
+      it("in cluster scope", function()
+        rejects(bg { scope = "cluster", redis = { host = "127.0.0.1" } },
+                "progression.scope: strategy 'blue_green' is judged by each node "
+                .. "('node'), not 'cluster'")
+      end)
+
+      it("without an override header or cookie, or without allow_from", function()
+        rejects(bg({}, { override = { allow_from = { "10.0.0.0/8" } } }),
+                "override: strategy 'blue_green' previews green through "
+                .. "override.header or override.cookie; set one")
+        rejects(bg({}, { override = { cookie = "canary" } }),
+                "override.allow_from: required with strategy 'blue_green' "
+                .. "(the sources that may preview green)")
+      end)
+
+      it("with windows out of range", function()
+        rejects(bg { pre_promotion = 0, post_promotion = 86401 },
+                { progression = { pre_promotion = "value should be between 1 and 86400",
+                                  post_promotion = "value should be between 1 and 86400" } })
+      end)
+
+      it("accepts the runbook's release, green named or not", function()
+        local got = accepts(bg { pre_promotion = 300, post_promotion = 600,
+                                 max_error_rate = 1, max_p99_ms = 500 })
+        assert.equal("blue_green", got.progression.strategy)
+        assert.is_nil(got.progression.canary)
+        assert.is_nil(got.progression.preview)
+        got = accepts(bg({ preview = "green" }, { override = { cookie = "canary",
+                                                               allow_from = { "::1" } } }))
+        assert.equal("green", got.progression.preview)
+        assert.is_nil(got.progression.pre_promotion)
       end)
     end)
 
@@ -559,6 +647,7 @@ describe("canary-router schema", function()
       expected.override.header = null
       expected.override.cookie = null
       expected.response_header = null
+      expected.generation_header = null
       expected.progression = null
       assert.same(expected, process(config(), { nulls = true }))
     end)
@@ -594,7 +683,9 @@ describe("canary-router schema", function()
         trace = { header = "X-Request-Id", traceparent = false, sampled = false,
                   echo_downstream = false },
         response_header = "X-Canary-Upstream",
-        progression = { canary = "svc-v3", steps = { 5, 12.5, 50, 100 }, interval = 60,
+        generation_header = "X-Canary-Generation",
+        progression = { canary = "svc-v3", strategy = "canary",
+                        steps = { 5, 12.5, 50, 100 }, interval = 60,
                         min_requests = 0, max_error_rate = 1.5, max_p95_ms = 250,
                         max_p99_ms = 800.5, failure_limit = 1, rollback_error_rate = 5,
                         on_success = "hold", max_p95_ratio = 1.5, max_p99_ratio = 2,
@@ -765,7 +856,7 @@ describe("canary-router schema", function()
       -- a new progression needs its canary
       local no_progression = accepts(validator.merge_patch(old, { progression = null }))
       rejects(validator.merge_patch(no_progression, { progression = { interval = 10 } }),
-              { progression = { canary = "required field missing" } })
+              "progression.canary: required with strategy 'canary'")
     end)
 
     it("keeps the old config when the patch has none, and modifies neither", function()
@@ -818,7 +909,13 @@ describe("canary-router schema", function()
         ["upstreams"] = "required",
         ["upstreams[].name"] = "required",
         ["upstreams[].weight"] = "required",
-        ["progression.canary"] = "required",
+        ["generation_header"] = "optional",
+        -- required with strategy canary, not set with blue_green
+        ["progression.canary"] = "optional",
+        -- blue_green's; unset: the second upstream, 300 s, 600 s
+        ["progression.preview"] = "optional",
+        ["progression.pre_promotion"] = "optional",
+        ["progression.post_promotion"] = "optional",
         -- optional: unset means "off"
         ["override.header"] = "optional",
         ["override.cookie"] = "optional",
@@ -853,7 +950,7 @@ describe("canary-router schema", function()
           assert.is_true(f.field.required, f.path .. " has a default but is optional")
         end
       end
-      assert.equal(23, seen)
+      assert.equal(27, seen)
     end)
 
     it("the records' defaults agree with their fields' defaults", function()

@@ -253,4 +253,65 @@ describe("canary-router over a gateway's life", function()
     end
     assert.equal(10, canary) -- its 90/10 split again
   end)
+
+  it("gives progression slots only to instances with a progression, fails open without",
+     function()
+    local small = assert(engine.open(dir .. "/progs.seg", {
+      max_routes = 4, max_upstreams = 16, max_stat_slots = 8, retire_grace_s = 1,
+      max_prog_slots = 1,
+    }))
+    runtime.state.seg = small
+    seg = small
+    runtime.sweep({})
+    local function progressive(id)
+      return config(id, { progression = { canary = CANARY, steps = { 10, 50, 100 },
+                                          interval = 60 } })
+    end
+    local plain, first, second = config("plain"), progressive("prog-1"), progressive("prog-2")
+    local k = stub_kong()
+    _G.kong = k
+    handler:configure({ plain, first, second })
+    assert.matches("cannot publish weights for prog-2: no free progression slot: " ..
+                   "all 1 are in use or retired less than 1 s ago " ..
+                   "(raise CANARY_ROUTER_MAX_PROGRESSIONS)",
+                   table.concat(k.logged, "\n"), 1, true)
+    -- the plain instance took none, and still splits 90/10
+    local info = small:info()
+    assert.equal(1, info.prog_slots_used)
+    assert.equal(1, info.prog_slots_exhausted)
+    local canary = 0
+    for _ = 1, 100 do
+      if request(plain).upstream == CANARY then canary = canary + 1 end
+    end
+    assert.equal(10, canary)
+    -- the refused one fails open to its stable upstream
+    for _ = 1, 20 do assert.equal(STABLE, request(second).upstream) end
+    local text = assert(small:render())
+    assert.matches('canary_slots_exhausted_total{pool="progressions"} 1', text, 1, true)
+    assert.matches('canary_slots{pool="progressions",state="live"} 1', text, 1, true)
+    -- and canarystat shows the pool
+    local p = io.popen("build/canarystat --json --segment " .. dir .. "/progs.seg")
+    local stat = require("cjson.safe").decode(p:read("*a"))
+    p:close()
+    assert.same({ live = 1, retired = 0, free = 0, exhausted = 1 },
+                stat and stat.slots.progressions)
+    -- prog-1 drops its progression: its slot retires, not for prog-2
+    -- within its grace
+    handler:configure({ plain, config("prog-1"), second })
+    assert.equal(1, small:info().prog_slots_retired)
+    local c2 = runtime.get(second)
+    assert.equal("none", c2.route and small:prog_status(c2.route).state or "none")
+    -- prog-1 takes its progression back, into its own slot
+    first = progressive("prog-1")
+    handler:configure({ plain, first, second })
+    assert.equal(0, small:info().prog_slots_retired)
+    assert.equal("running", small:prog_status(runtime.get(first).route).state)
+    -- prog-1 goes away (long enough ago): prog-2 gets the slot
+    runtime.sweep({ plain, second }, 1)
+    handler:configure({ plain, second })
+    c2 = runtime.get(second)
+    assert.truthy(c2.route)
+    local st = assert(small:prog_status(c2.route))
+    assert.equal("running", st.state)
+  end)
 end)

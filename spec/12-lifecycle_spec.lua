@@ -169,6 +169,15 @@ describe("canary-router over a gateway's life (local Kong host)", function()
     assert.equal(400, routes)
     assert.equal(40, prom.sum(text, "canary_upstream_latency_seconds_count",
                               { route = "route-007" }))
+    -- its last line says in how many pieces it held the worker's event
+    -- loop, and for how long at most and in all
+    local pieces, longest, all, longest_cpu, all_cpu = text:match(
+      "\n# canary%-router scrape: (%d+) pieces, longest (%d+) us, (%d+) us in all; " ..
+      "CPU: longest (%d+) us, (%d+) us in all\n$")
+    assert.truthy(pieces, text:sub(-200))
+    assert.is_true(tonumber(pieces) > 1, pieces)
+    assert.is_true(tonumber(longest) <= tonumber(all))
+    assert.is_true(tonumber(longest_cpu) <= tonumber(all_cpu))
   end)
 
   it("keeps 68 plugin instances over a 12-slot segment's life working", function()

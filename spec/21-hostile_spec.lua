@@ -815,8 +815,8 @@ describe("hostile input", function()
                            "generated", "rejected", "override", "override_denied", "fallback",
                            "engine_error", "none", "running", "paused", "promoted",
                            "rolled_back", "pass", "fail", "inconclusive", "0.5", "0.95",
-                           "0.99", "+Inf", "routes", "upstreams", "live", "retired",
-                           "free" }) do
+                           "0.99", "+Inf", "routes", "upstreams", "progressions", "live",
+                           "retired", "free" }) do
         allowed[v] = true
       end
       for v in pairs(prom.label_values(text)) do

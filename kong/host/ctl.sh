@@ -71,7 +71,10 @@ PREFIX=$(cd "$PREFIX" && pwd)
 PIDFILE=$PREFIX/logs/nginx.pid
 SETTINGS=$PREFIX/.kong_host
 
-command -v nginx >/dev/null || die "nginx not found (apt-get install nginx-light libnginx-mod-http-lua)"
+# Debian's nginx, whose lua module the config loads: not an OpenResty
+# nginx a sourced Kong environment puts first on PATH.
+NGINX=${CANARY_HOST_NGINX:-/usr/sbin/nginx}
+[ -x "$NGINX" ] || die "$NGINX not found (apt-get install nginx-light libnginx-mod-http-lua)"
 command -v luajit >/dev/null || die "luajit not found (apt-get install luajit2)"
 
 master_pid() {
@@ -160,7 +163,7 @@ render_conf() {
 }
 
 nginx_cmd() {
-  CANARY_ROUTER_SEGMENT=${OPT[segment]} nginx -p "$PREFIX/" -c conf/nginx.conf "$@"
+  CANARY_ROUTER_SEGMENT=${OPT[segment]} "$NGINX" -p "$PREFIX/" -c conf/nginx.conf "$@"
 }
 
 http_code() {

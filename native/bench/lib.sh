@@ -175,7 +175,7 @@ start_upstreams() { # prefix port...
 # ---- the local Kong host -----------------------------------------------
 
 # host_start PREFIX CONFIG PROXY ADMIN STATUS [PLUGINS]: kong/host/ctl.sh
-# with 2 workers (the machine's core count), plugins canary-router by
+# with 2 workers (the machine's core count; $HOST_WORKERS), plugins canary-router by
 # default.  native/bench/noop_plugin is on LUA_PATH for the bench-noop
 # plugin (stage_cpu.sh).
 host_start() {
@@ -190,7 +190,7 @@ host_start() {
     bash "$BENCH_ROOT/kong/host/ctl.sh" start --prefix "$prefix" --config "$config" \
     --plugins "$plugins" --proxy-listen "127.0.0.1:$proxy" \
     --admin-listen "127.0.0.1:$admin" --status-listen "127.0.0.1:$status" \
-    --workers 2 --log-level warn >&2
+    --workers "${HOST_WORKERS:-2}" --log-level warn >&2
 }
 
 # Restarts a started host with `reuseport` on its proxy listener, Kong

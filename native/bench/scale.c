@@ -6,12 +6,17 @@
  *
  * Prints "name value unit" lines:
  *
- *   scale_route_bytes, scale_stat_slot_bytes
- *       canary_seg_info.route_bytes and .stat_bytes: a route costs a
- *       route slot plus one statistics slot per configured upstream;
+ *   scale_route_bytes, scale_stat_slot_bytes, scale_prog_slot_bytes
+ *       canary_seg_info.route_bytes, .stat_bytes and .prog_bytes: a
+ *       route costs a route slot plus one statistics slot per configured
+ *       upstream, plus a progression slot when it has a progression;
  *   scale_segment_bytes_<R>_routes
  *       the whole file for R routes sized as the plugin sizes it by
- *       default (CANARY_ROUTER_MAX_ROUTES=R, statistics slots 2R + 64);
+ *       default (CANARY_ROUTER_MAX_ROUTES=R, statistics slots 2R + 64,
+ *       progression slots min(R, 64 + R/8));
+ *   scale_segment_bytes_<R>_routes_all_progressions
+ *       the same with a progression slot for every route
+ *       (CANARY_ROUTER_MAX_PROGRESSIONS=R);
  *   scale_render_<R>x2_ms, scale_render_<R>x2_max_ms
  *       canary_prom_render() of R routes x 2 upstreams with data: median
  *       and worst CPU time of RENDERS renders, into a buffer already large
@@ -64,9 +69,13 @@ static double unit(void) { /* splitmix64 -> (0, 1) */
   return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
 }
 
-/* Sized as the plugin sizes a segment by default for `routes` routes. */
-static int open_seg(canary_seg_t **seg, const char *path, uint32_t routes) {
-  struct canary_seg_params p = {routes, 16, 2 * routes + 64, 0, 0};
+/* Sized as the plugin sizes a segment by default for `routes` routes
+ * (runtime.lua), or with `progs` progression slots when not 0. */
+static int open_seg(canary_seg_t **seg, const char *path, uint32_t routes,
+                    uint32_t progs) {
+  uint32_t dflt = 64 + routes / 8 < routes ? 64 + routes / 8 : routes;
+  struct canary_seg_params p = {routes, 16, 2 * routes + 64, 0, 0,
+                                progs ? progs : dflt};
   char why[256];
   int rc;
   unlink(path);
@@ -96,22 +105,33 @@ int main(int argc, char **argv) {
 
   /* Geometry: a segment for `routes` routes as the plugin sizes it. */
   snprintf(path, sizeof path, "%s/scale-geometry.seg", dir);
-  if (open_seg(&seg, path, (uint32_t)routes) < 0)
+  if (open_seg(&seg, path, (uint32_t)routes, 0) < 0)
     return 1;
   canary_seg_info(seg, &info);
   printf("scale_route_bytes %llu bytes\n",
          (unsigned long long)info.route_bytes);
   printf("scale_stat_slot_bytes %llu bytes\n",
          (unsigned long long)info.stat_bytes);
+  printf("scale_prog_slot_bytes %llu bytes\n",
+         (unsigned long long)info.prog_bytes);
   printf("scale_segment_bytes_%d_routes %llu bytes\n", routes,
          (unsigned long long)info.size);
+  printf("scale_prog_slots_%d_routes %u slots\n", routes,
+         info.max_prog_slots);
+  canary_seg_close(seg);
+  unlink(path);
+  if (open_seg(&seg, path, (uint32_t)routes, (uint32_t)routes) < 0)
+    return 1;
+  canary_seg_info(seg, &info);
+  printf("scale_segment_bytes_%d_routes_all_progressions %llu bytes\n",
+         routes, (unsigned long long)info.size);
   canary_seg_close(seg);
   unlink(path);
 
   /* routes x 2 upstreams with data (+ a few free route slots for the
    * host's own routes). */
   snprintf(path, sizeof path, "%s/scale-%d.seg", dir, routes);
-  if (open_seg(&seg, path, (uint32_t)routes + 8) < 0)
+  if (open_seg(&seg, path, (uint32_t)routes + 8, 0) < 0)
     return 1;
   memset(&t, 0, sizeof t);
   t.n = 2;

@@ -2,11 +2,12 @@
 # stage_scale.sh - segment bytes per route, metrics render time for many
 # routes, and proxy latency while /canary-router/metrics is scraped.
 #
-# 1. build/bench/scale (scale.c): bytes per route and per statistics slot,
-#    the segment for 1000 routes as the plugin sizes it, and the CPU time
-#    of rendering 1000 routes x 2 upstreams with data, in one go and in
-#    the pieces the status endpoint sends (with the longest piece).
-# 2. Scrape impact on the local host (2 workers, proxy 127.0.0.1:28200,
+# 1. build/bench/scale (scale.c): bytes per route, per statistics slot and
+#    per progression slot, the segment for 1000 routes as the plugin
+#    sizes it (and with a progression slot for every route), and the CPU
+#    time of rendering 1000 routes x 2 upstreams with data, in one go and
+#    in the pieces the status endpoint sends (with the longest piece).
+# 2. Scrape impact on the local host (1 worker, proxy 127.0.0.1:28200,
 #    Admin API :28201, status :28202, upstreams :29011/:29012), twice:
 #      one_route      a fresh segment: only the plugin's own route;
 #      1000_routes    the segment scale.c filled (1000 routes x 2
@@ -15,24 +16,42 @@
 #                     claimed their routes under: the host keeps them live
 #                     (a route no instance claims is retired) and each
 #                     scrape renders them all.
-#    Each: `wrk --latency -t1 -c${SCALE_CONNS:-4} -d${SCALE_SECONDS:-5}s`
-#    on the proxy with no scraping (N), while a background loop starts a
-#    `curl` of /canary-router/metrics every 100 ms (S), and with a control
-#    C: the same curl loop on the status listener's /status (see
-#    measure); alternating N S C N S C ..., SCALE_ROUNDS (default 3) of
-#    each.  Figures are the medians of wrk's p99, their ratios, the scrape
-#    rate achieved and the median scrape time.  wrk's load is closed-loop
-#    (each connection sends its next request when the last is answered),
-#    so p99 includes the queueing of 4 connections on 2 workers.
+#    The gateway's one worker is pinned to CPU 1, so that every scrape
+#    competes with all of its traffic and with nothing else (two workers
+#    on one CPU would preempt each other in mid-piece); wrk, the upstream
+#    and the scrapes run on CPU 0.  Each: `wrk --latency -t1 -c${SCALE_CONNS:-4}
+#    -d${SCALE_SECONDS:-3}s` on the proxy with no scraping (N), while a
+#    background loop starts a `curl` of /canary-router/metrics every
+#    100 ms (S), and with a control C: the same curl loop on the status
+#    listener's /status (see measure); alternating N S C N S C ...,
+#    SCALE_ROUNDS (default 5) of each.  Figures are the medians of wrk's
+#    p99 and their spread ((max - min) / median over the rounds), the
+#    ratio S/N of the medians (target <= 1.2), the scrape rate achieved,
+#    the median scrape time, and, from the comment line that ends a
+#    scrape, over 20 scrapes under load after the rounds: the longest
+#    time one scrape held the worker's event loop between two yields
+#    (median and worst; target <= 2 ms), in wall time (which includes
+#    whatever else the machine ran on the worker's CPU) and in the
+#    worker's CPU time, and the scrape's time held in all (wall and CPU;
+#    target <= 10 ms of CPU for 1000 x 2 in the engine alone, the first
+#    stage's render figures).  wrk's load is closed-loop (each connection sends its
+#    next request when the last is answered), so p99 includes the queueing
+#    of 4 connections on the gateway's worker.
+# 3. With KONG_ENV naming an installed Kong (as for `make test-kong`), the
+#    same on real Kong: a DB-less node with one worker (pinned to CPU 1),
+#    proxy 127.0.0.1:28210, status :28212, with the one route and then
+#    with the 1000-route segment and config (figures scale_kong_*).
 source "$(dirname "$0")/lib.sh"
 
 ROUTES=${SCALE_ROUTES:-1000}
-ROUNDS=${SCALE_ROUNDS:-3}
-SECS=${SCALE_SECONDS:-5}
+ROUNDS=${SCALE_ROUNDS:-5}
+SECS=${SCALE_SECONDS:-3}
 CONNS=${SCALE_CONNS:-4}
 PROXY=28200
 ADMIN=28201
 STATUS=28202
+KPROXY=28210
+KSTATUS=28212
 OUT=$BENCH_OUT/stage_scale
 [ -x "$BENCH_ROOT/build/bench/scale" ] || die "build/bench/scale missing: make build/bench/scale"
 command -v wrk >/dev/null || die "wrk not found (apt-get install wrk)"
@@ -47,6 +66,7 @@ say "# scale (load $(machine_load))"
 "$BENCH_ROOT/build/bench/scale" "$OUT" "$ROUTES" 50
 
 start_upstreams "$OUT/upstream" 29011 29012
+for pid in $(nginx_worker_pids "$OUT/upstream"); do taskset -pc 0 "$pid" >/dev/null; done
 host_config "$OUT/kong.yml" 29011 29012 "    plugins:
       - name: canary-router
         config:
@@ -56,15 +76,40 @@ host_config "$OUT/kong.yml" 29011 29012 "    plugins:
             - name: automation-service-canary
               weight: 10"
 
+# The gateway under test: its proxy and status ports, and its workers
+# (pinned to CPU 1 by pin_gateway).
+GW_PROXY=$PROXY
+GW_STATUS=$STATUS
+pin_gateway() { # pid...
+  local pid
+  for pid in "$@"; do taskset -pc 1 "$pid" >/dev/null; done
+}
+
 # A curl of PATH on the status listener every 100 ms, each in the
 # background so a slow scrape does not lower the rate; one line per
-# scrape in LOG.
+# scrape in LOG: code, seconds, bytes.
 scraper() { # log path
   while :; do
-    curl -s -o /dev/null -m 10 -w '%{http_code} %{time_total} %{size_download}\n' \
-      "http://127.0.0.1:$STATUS$2" >>"$1" &
+    taskset -c 0 curl -s -o /dev/null -m 10 -w '%{http_code} %{time_total} %{size_download}\n' \
+      "http://127.0.0.1:$GW_STATUS$2" >>"$1" &
     sleep 0.1
   done
+}
+
+# Scrapes of /canary-router/metrics one after the other while wrk loads
+# the proxy, each reduced to the figures of the comment line that ends
+# it: the longest hold of the event loop and the time held in all
+# (microseconds), one line per scrape in LOG.
+hold_probe() { # log url
+  local i
+  taskset -c 0 wrk -t1 -c"$CONNS" -d3s "$2" >/dev/null &
+  local w=$!
+  for i in $(seq 20); do
+    taskset -c 0 curl -s -m 10 "http://127.0.0.1:$GW_STATUS/canary-router/metrics" |
+      awk '$3 == "scrape:" { print $7, $9, $15, $17 }' >>"$1"
+    sleep 0.1
+  done
+  wait "$w" || true
 }
 
 SCRAPER_PID=""
@@ -77,17 +122,26 @@ stop_scraper() {
 }
 on_exit stop_scraper
 
+# (max - min) / median of numbers on stdin, in percent.
+spread() {
+  sort -g | awk '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    if (NR == 0 || m == 0) print "nan"; else printf "%.0f\n", (v[NR] - v[1]) / m * 100 }'
+}
+
 # measure LABEL MODES: MODES is "N S C" (or "N S").  N: no scraping;
 # S: /canary-router/metrics 10 times a second; C (control): the status
 # listener's /status at the same rate, i.e. the same curl processes and
-# requests without the render, which tells the machine's share (2 cores
-# already busy with wrk, gateway and upstream) from the metrics' own.
+# requests without the render, which tells the machine's share (the
+# load generator, the upstream and the scrapers share CPU 0) from the
+# metrics' own.
 measure() { # label modes
-  local label=$1 modes=$2 r mode out p99 t0 n before path
+  local label=$1 modes=$2 r mode out p99 t0 n before path url
   declare -A p99s=()
+  url="http://127.0.0.1:$GW_PROXY/ai/x"
   : >"$OUT/$label.S.scrapes"
   : >"$OUT/$label.C.scrapes"
-  wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY/ai/x" >/dev/null # warm-up
+  taskset -c 0 wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null # warm-up
   for r in $(seq "$ROUNDS"); do
     for mode in $modes; do
       if [ "$mode" != N ]; then
@@ -98,7 +152,7 @@ measure() { # label modes
         t0=$(date +%s.%N)
         before=$(wc -l <"$OUT/$label.$mode.scrapes")
       fi
-      out=$(wrk --latency -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PROXY/ai/x")
+      out=$(taskset -c 0 wrk --latency -t1 -c"$CONNS" -d"${SECS}s" "$url")
       echo "$out" | wrk_requests >/dev/null || die "$label: wrk reported errors"
       p99=$(echo "$out" | wrk_p99_us) || die "$label: no p99 in wrk's output"
       if [ "$mode" != N ]; then
@@ -111,38 +165,54 @@ measure() { # label modes
       say "#   $label round $r $mode: p99 ${p99} us"
     done
   done
+  : >"$OUT/$label.holds"
+  hold_probe "$OUT/$label.holds" "$url"
   local mn ms mc bad
   mn=$(echo ${p99s[N]} | tr ' ' '\n' | median)
   ms=$(echo ${p99s[S]} | tr ' ' '\n' | median)
   bad=$(awk '$1 != 200 || $3 == 0' "$OUT/$label.S.scrapes" | wc -l)
   [ "$bad" = 0 ] || say "#   $label: $bad scrapes failed"
-  figure "scale_p99_not_scraped_${label}_us" "$mn" us
-  figure "scale_p99_scraped_${label}_us" "$ms" us
-  figure "scale_p99_scraped_vs_not_${label}" "$(awk -v a="$ms" -v b="$mn" 'BEGIN { printf "%.2f", a / b }')" x
+  figure "${PFX}p99_not_scraped_${label}_us" "$mn" us
+  figure "${PFX}p99_not_scraped_${label}_spread" "$(echo ${p99s[N]} | tr ' ' '\n' | spread)" %
+  figure "${PFX}p99_scraped_${label}_us" "$ms" us
+  figure "${PFX}p99_scraped_${label}_spread" "$(echo ${p99s[S]} | tr ' ' '\n' | spread)" %
+  figure "${PFX}p99_scraped_vs_not_${label}" "$(awk -v a="$ms" -v b="$mn" 'BEGIN { printf "%.2f", a / b }')" x
   if [ -n "${p99s[C]:-}" ]; then
     mc=$(echo ${p99s[C]} | tr ' ' '\n' | median)
-    figure "scale_p99_control_status_${label}_us" "$mc" us
-    figure "scale_p99_scraped_vs_control_${label}" "$(awk -v a="$ms" -v b="$mc" 'BEGIN { printf "%.2f", a / b }')" x
+    figure "${PFX}p99_control_status_${label}_us" "$mc" us
+    figure "${PFX}p99_scraped_vs_control_${label}" "$(awk -v a="$ms" -v b="$mc" 'BEGIN { printf "%.2f", a / b }')" x
   fi
-  figure "scale_scrapes_per_s_${label}" \
+  figure "${PFX}scrapes_per_s_${label}" \
     "$(awk '{ n += $1; t += $2 - $3 - 1 } END { printf "%.1f", n / t }' "$OUT/$label.S.rate")" 1/s
-  figure "scale_scrape_http_ms_${label}" \
+  figure "${PFX}scrape_http_ms_${label}" \
     "$(awk '$1 == 200 { print $2 * 1000 }' "$OUT/$label.S.scrapes" | median | xargs printf '%.2f')" ms
-  figure "scale_scrape_bytes_${label}" \
+  figure "${PFX}scrape_bytes_${label}" \
     "$(awk '$1 == 200 { b = $3 } END { print b + 0 }' "$OUT/$label.S.scrapes")" bytes
+  figure "${PFX}scrape_longest_hold_${label}_us" "$(awk '{ print $1 }' "$OUT/$label.holds" | median)" us
+  figure "${PFX}scrape_longest_hold_max_${label}_us" \
+    "$(awk '$1 > m { m = $1 } END { print m + 0 }' "$OUT/$label.holds")" us
+  figure "${PFX}scrape_held_${label}_ms" \
+    "$(awk '{ print $2 / 1000 }' "$OUT/$label.holds" | median | xargs printf '%.2f')" ms
+  figure "${PFX}scrape_longest_hold_cpu_${label}_us" "$(awk '{ print $3 }' "$OUT/$label.holds" | median)" us
+  figure "${PFX}scrape_longest_hold_cpu_max_${label}_us" \
+    "$(awk '$3 > m { m = $3 } END { print m + 0 }' "$OUT/$label.holds")" us
+  figure "${PFX}scrape_cpu_${label}_ms" \
+    "$(awk '{ print $4 / 1000 }' "$OUT/$label.holds" | median | xargs printf '%.2f')" ms
 }
+
+PFX=scale_
+export HOST_WORKERS=1
 
 # The plugin's own route only.
 host_start "$OUT/one_route" "$OUT/kong.yml" $PROXY $ADMIN $STATUS
-say "# scrape impact, one route: wrk -t1 -c$CONNS -d${SECS}s --latency, N S C x $ROUNDS"
+# shellcheck disable=SC2046
+pin_gateway $(nginx_worker_pids "$OUT/one_route")
+say "# scrape impact, one route: 1 gateway worker on CPU 1, wrk -t1 -c$CONNS -d${SECS}s --latency on CPU 0, N S C x $ROUNDS (load $(machine_load))"
 measure one_route "N S C"
 host_stop "$OUT/one_route"
 
-# The 1000-route segment: the host attaches it (an existing valid segment
-# keeps its geometry); its config adds a service and plugin instance per
-# route, with the id scale.c claimed the route under.
-mkdir -p "$OUT/${ROUTES}_routes"
-mv "$OUT/scale-$ROUTES.seg" "$OUT/${ROUTES}_routes/canary-router.seg"
+# The 1000-route config: a service and plugin instance per route, with
+# the id scale.c claimed the route under.
 {
   sed '/^upstreams:/,$d' "$OUT/kong.yml"
   for r in $(seq 0 $((ROUTES - 1))); do
@@ -170,9 +240,74 @@ mv "$OUT/scale-$ROUTES.seg" "$OUT/${ROUTES}_routes/canary-router.seg"
   done
   sed -n '/^upstreams:/,$p' "$OUT/kong.yml"
 } >"$OUT/kong-$ROUTES.yml"
+
+# The 1000-route segment: the host attaches it (an existing valid segment
+# keeps its geometry).
+mkdir -p "$OUT/${ROUTES}_routes"
+cp "$OUT/scale-$ROUTES.seg" "$OUT/${ROUTES}_routes/canary-router.seg"
 host_start "$OUT/${ROUTES}_routes" "$OUT/kong-$ROUTES.yml" $PROXY $ADMIN $STATUS
+# shellcheck disable=SC2046
+pin_gateway $(nginx_worker_pids "$OUT/${ROUTES}_routes")
 live=$(curl -s "http://127.0.0.1:$STATUS/canary-router/metrics" | grep -c '^canary_progression_step{' || true)
 [ "$live" -gt "$ROUTES" ] || die "the host exports $live routes, expected $ROUTES + 1"
-say "# scrape impact, $ROUTES routes: wrk -t1 -c$CONNS -d${SECS}s --latency, N S C x $ROUNDS"
+say "# scrape impact, $ROUTES routes: 1 gateway worker on CPU 1, wrk -t1 -c$CONNS -d${SECS}s --latency on CPU 0, N S C x $ROUNDS (load $(machine_load))"
 measure "${ROUTES}_routes" "N S C"
 host_stop "$OUT/${ROUTES}_routes"
+
+# ---- real Kong --------------------------------------------------------
+
+if [ -z "${KONG_ENV:-}" ]; then
+  rm -f "$OUT/scale-$ROUTES.seg"
+  exit 0
+fi
+[ -r "$KONG_ENV" ] || die "KONG_ENV=$KONG_ENV is not a readable file"
+# shellcheck disable=SC1090
+. "$KONG_ENV"
+command -v kong >/dev/null || die "KONG_ENV=$KONG_ENV puts no kong on PATH"
+need_free_ports $KPROXY $KSTATUS
+
+# A DB-less Kong node with one worker pinned to CPU 1, on CONFIG, with
+# the segment already in PREFIX (if any).
+kong_start() { # prefix config
+  local prefix=$1 master w
+  KONG_PREFIX=$prefix \
+  KONG_DATABASE=off \
+  KONG_DECLARATIVE_CONFIG=$2 \
+  KONG_NGINX_WORKER_PROCESSES=1 \
+  KONG_PROXY_LISTEN="127.0.0.1:$KPROXY reuseport backlog=4096" \
+  KONG_STATUS_LISTEN="127.0.0.1:$KSTATUS" \
+  KONG_ADMIN_LISTEN=off \
+  KONG_PROXY_ACCESS_LOG=/dev/null \
+  KONG_ANONYMOUS_REPORTS=off \
+  KONG_PLUGINS=bundled,canary-router \
+  CANARY_ROUTER_SEGMENT=$prefix/canary-router.seg \
+  CANARY_ROUTER_MAX_ROUTES=$((ROUTES + 8)) \
+  KONG_NGINX_MAIN_ENV="CANARY_ROUTER_SEGMENT; env CANARY_ROUTER_MAX_ROUTES" \
+  KONG_LUA_PACKAGE_PATH="$BENCH_ROOT/build/lua/?.lua;$BENCH_ROOT/build/lua/?/init.lua;;" \
+  KONG_LUA_PACKAGE_CPATH="$BENCH_ROOT/build/?.so;;" \
+    kong start >"$prefix/start.log" 2>&1 || die "kong start failed: $(tail -n 5 "$prefix/start.log")"
+  on_exit "kong stop -p '$prefix'; rm -f '$prefix/canary-router.seg'"
+  master=$(cat "$prefix/pids/nginx.pid")
+  for w in $(pgrep -P "$master"); do pin_gateway "$w"; done
+  wait_http "http://127.0.0.1:$KPROXY/ai/x" 60
+}
+
+GW_PROXY=$KPROXY
+GW_STATUS=$KSTATUS
+PFX=scale_kong_
+KONG_VERSION=$(kong version 2>/dev/null | awk '{ print $NF }')
+
+mkdir -p "$OUT/kong_one_route"
+kong_start "$OUT/kong_one_route" "$OUT/kong.yml"
+say "# Kong $KONG_VERSION scrape impact, one route: 1 worker on CPU 1, wrk on CPU 0, N S C x $ROUNDS (load $(machine_load))"
+measure one_route "N S C"
+kong stop -p "$OUT/kong_one_route" >/dev/null 2>&1 || true
+
+mkdir -p "$OUT/kong_${ROUTES}_routes"
+mv "$OUT/scale-$ROUTES.seg" "$OUT/kong_${ROUTES}_routes/canary-router.seg"
+kong_start "$OUT/kong_${ROUTES}_routes" "$OUT/kong-$ROUTES.yml"
+live=$(curl -s "http://127.0.0.1:$KSTATUS/canary-router/metrics" | grep -c '^canary_progression_step{' || true)
+[ "$live" -gt "$ROUTES" ] || die "Kong exports $live routes, expected $ROUTES + 1"
+say "# Kong $KONG_VERSION scrape impact, $ROUTES routes: 1 worker on CPU 1, wrk on CPU 0, N S C x $ROUNDS (load $(machine_load))"
+measure "${ROUTES}_routes" "N S C"
+kong stop -p "$OUT/kong_${ROUTES}_routes" >/dev/null 2>&1 || true

@@ -182,6 +182,9 @@ static void action_text(const struct canary_decision *d, char *buf,
   case CANARY_DO_RESUME:
     snprintf(what, sizeof what, "resume");
     break;
+  case CANARY_DO_SWITCH:
+    snprintf(what, sizeof what, "switch to green");
+    break;
   default:
     snprintf(what, sizeof what, "%s",
              d->judge.verdict == CANARY_GATE_FAIL ? "hold: window failed"
@@ -223,8 +226,14 @@ static void json_side(const char *name, double error_rate, double p50,
   putchar('}');
 }
 
-static void json_decision(const struct canary_decision *d) {
+/* `strategy` names the phase the decision left the progression in: a
+ * blue/green step after it is 1 when green was left with all the weight
+ * (nothing moves in a dry run), as the status API reckons it. */
+static void json_decision(const struct canary_decision *d,
+                          uint32_t strategy) {
   const struct canary_judge_result *j = &d->judge;
+  uint32_t after = d->dry_run ? d->step
+                              : (uint32_t)(d->weight == CANARY_WEIGHT_SCALE);
   char buf[160];
   int first = 1;
 
@@ -238,12 +247,13 @@ static void json_decision(const struct canary_decision *d) {
   action_text(d, buf, sizeof buf);
   json_str(buf);
   printf(",\"dry_run\":%s,\"step\":%u,\"step_weight\":%g,\"weight\":%g,"
-         "\"state\":\"%s\",\"failures\":%u,\"window_s\":",
+         "\"state\":\"%s\",\"phase\":\"%s\",\"failures\":%u,"
+         "\"window_s\":",
          d->dry_run ? "true" : "false", d->step + 1, d->step_weight / 100.0,
          d->weight / 100.0,
          d->state <= CANARY_PROG_ROLLED_BACK ? prog_state[d->state]
                                              : "unknown",
-         d->failures);
+         canary_prog_phase(strategy, d->state, after), d->failures);
   num(d->window_ms / 1e3);
   if (d->origin != CANARY_ORIGIN_OPERATOR && j->verdict < 3) {
     printf(",\"verdict\":\"%s\",\"analysis\":\"%s\","
@@ -339,13 +349,16 @@ static void json_route(const canary_seg_t *seg, int route,
     struct canary_decision *log = calloc(CANARY_DECISIONS, sizeof *log);
     int n =
         log ? canary_prog_decisions(seg, route, 0, log, CANARY_DECISIONS) : 0;
-    printf(",\"progression\":{\"state\":\"%s\",\"step\":%u,\"steps\":%u,"
+    printf(",\"progression\":{\"state\":\"%s\",\"strategy\":\"%s\","
+           "\"phase\":\"%s\",\"step\":%u,\"steps\":%u,"
            "\"canary\":%u,\"step_weight\":%u,\"failures\":%u,"
            "\"last_result\":\"%s\",\"dry_run\":%s,\"analysis\":\"%s\","
            "\"evaluations\":{\"pass\":%llu,"
            "\"fail\":%llu,\"inconclusive\":%llu},\"reason\":",
-           prog_state[ps.state], ps.step + 1, ps.nsteps, ps.canary + 1,
-           ps.step_weight, ps.failures,
+           prog_state[ps.state],
+           ps.strategy == CANARY_STRATEGY_BLUE_GREEN ? "blue_green" : "canary",
+           canary_prog_phase(ps.strategy, ps.state, ps.step), ps.step + 1,
+           ps.nsteps, ps.canary + 1, ps.step_weight, ps.failures,
            gate_text[ps.last_result < 3 ? ps.last_result : 0],
            ps.dry_run ? "true" : "false", analysis_text[ps.analysis ? 1 : 0],
            (unsigned long long)ps.evaluations[0],
@@ -356,7 +369,7 @@ static void json_route(const canary_seg_t *seg, int route,
     for (int i = 0; i < n; i++) {
       if (i)
         putchar(',');
-      json_decision(&log[i]);
+      json_decision(&log[i], ps.strategy);
     }
     putchar(']');
     free(log);
@@ -375,13 +388,17 @@ static int print_json(const canary_seg_t *seg, const char *path) {
   printf(",\"slots\":{\"routes\":{\"live\":%u,\"retired\":%u,"
          "\"free\":%u,\"exhausted\":%llu},\"upstreams\":{\"live\":%u,"
          "\"retired\":%u,\"free\":%u,\"exhausted\":%llu},"
-         "\"retire_grace_s\":%u}",
+         "\"progressions\":{\"live\":%u,\"retired\":%u,\"free\":%u,"
+         "\"exhausted\":%llu},\"retire_grace_s\":%u}",
          info.routes_used - info.routes_retired, info.routes_retired,
          info.max_routes - info.routes_used,
          (unsigned long long)info.routes_exhausted,
          info.stat_slots_used - info.stat_slots_retired,
          info.stat_slots_retired, info.max_stat_slots - info.stat_slots_used,
-         (unsigned long long)info.stat_slots_exhausted, info.retire_grace_s);
+         (unsigned long long)info.stat_slots_exhausted,
+         info.prog_slots_used - info.prog_slots_retired,
+         info.prog_slots_retired, info.max_prog_slots - info.prog_slots_used,
+         (unsigned long long)info.prog_slots_exhausted, info.retire_grace_s);
   printf(",\"data\":[");
   for (uint32_t r = 0; r < info.max_routes; r++) {
     if (canary_route_read(seg, (int)r, &v) != 0 || v.generation == 0)
@@ -443,13 +460,19 @@ static void print_table(const canary_seg_t *seg, const struct sample *a,
   int last_route = -1;
   canary_seg_info(seg, &info);
   printf("segment: %u of %u route slots live (%u retired), %u of %u upstream "
-         "slots live (%u retired)%s\n",
+         "slots live (%u retired), %u of %u progression slots live (%u "
+         "retired)%s\n",
          info.routes_used - info.routes_retired, info.max_routes,
          info.routes_retired, info.stat_slots_used - info.stat_slots_retired,
          info.max_stat_slots, info.stat_slots_retired,
-         info.routes_exhausted + info.stat_slots_exhausted > 0
-             ? "; EXHAUSTED at times: raise CANARY_ROUTER_MAX_ROUTES or "
-               "CANARY_ROUTER_MAX_UPSTREAM_SLOTS"
+         info.prog_slots_used - info.prog_slots_retired, info.max_prog_slots,
+         info.prog_slots_retired,
+         info.routes_exhausted + info.stat_slots_exhausted +
+                     info.prog_slots_exhausted >
+                 0
+             ? "; EXHAUSTED at times: raise CANARY_ROUTER_MAX_ROUTES, "
+               "CANARY_ROUTER_MAX_UPSTREAM_SLOTS or "
+               "CANARY_ROUTER_MAX_PROGRESSIONS"
              : "");
   printf("%-24s %-28s %7s %9s %7s %9s %9s %9s %10s %8s\n", "ROUTE",
          "UPSTREAM", "WEIGHT", "REQ/S", "ERR%", "P50ms", "P95ms", "P99ms",
@@ -485,8 +508,9 @@ static void print_table(const canary_seg_t *seg, const struct sample *a,
         ps.state != CANARY_PROG_NONE && b[i].upstream + 1 == v.n) {
       struct canary_decision d;
       printf("  progression: %s%s, step %u/%u (%.2f%%): %s\n",
-             prog_state[ps.state], ps.dry_run ? " (dry run)" : "", ps.step + 1,
-             ps.nsteps, ps.step_weight / 100.0, ps.reason);
+             canary_prog_phase(ps.strategy, ps.state, ps.step),
+             ps.dry_run ? " (dry run)" : "", ps.step + 1, ps.nsteps,
+             ps.step_weight / 100.0, ps.reason);
       if (canary_prog_decisions(seg, b[i].route, 0, &d, 1) == 1) {
         char when[40], what[160];
         iso_time(d.unix_ms, when, sizeof when);

@@ -661,7 +661,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   unlink(path);
   rc = canary_seg_open_params(
       &seg, path,
-      &(struct canary_seg_params){ROUTES, UPS, MAX_STAT_SLOTS, 0, 0}, why,
+      &(struct canary_seg_params){ROUTES, UPS, MAX_STAT_SLOTS, 0, 0, 0}, why,
       sizeof why);
   FZ_CHECK(rc == CANARY_SEG_CREATED, "segment: %d %s", rc, why);
   unlink(path); /* the mapping stays; nothing is left behind */

@@ -18,8 +18,9 @@
  *      page zero), then the body.  Fix flags set fields the fuzzer would
  *      rarely guess, so the checks behind them are reached:
  *        1 magic  2 layout version  4 header_bytes
- *        8 route_bytes, stat_bytes, a valid grace period and
- *          total_bytes from max_routes/max_stat_slots
+ *        8 route_bytes, stat_bytes, prog_bytes, a valid grace period,
+ *          max_prog_slots within 1..max_routes, and total_bytes from
+ *          max_routes/max_stat_slots/max_prog_slots
  *        16 checksum (computed last)   32 file size = total_bytes
  *      The body is the rest of the input, zero-padded to total_bytes when
  *      flag 32 is set and total_bytes is at most 4 MiB;
@@ -30,8 +31,9 @@
  *        u8 sel, u16 offset, u8 len % 16 + 1, len bytes
  *      sel & 7 picks a region (0 whole file, 1 header, 2 route header,
  *      3 its table buffers, 4 sequence line, 5 a statistics slot (its
- *      identity, forced counters, stripes and buckets), 6 progression
- *      area, 7 progression parameters), (sel >> 3) % 3 the route,
+ *      identity, forced counters, stripes and buckets), 6 the area of
+ *      progression slot r (route 0 owns slot 0; the others are free), 7
+ *      its parameters), (sel >> 3) % 3 the route,
  *      (sel >> 5) & 1 the upstream; the offset is taken modulo the region.
  *      This is what reaches route-level corruption.
  *
@@ -70,12 +72,18 @@ static size_t tmpl_len;
 static char seg_path[4096];
 
 /* The header checksum as segment.c computes it: FNV-1a over the fields
- * before `checksum`.  Replicated so that mode 1 and 2 can get past the
- * checksum to the geometry checks behind it. */
+ * before `checksum` and over the progression pool's geometry.
+ * Replicated so that mode 1 and 2 can get past the checksum to the
+ * geometry checks behind it. */
 static uint64_t header_checksum(const struct seg_header *h) {
   const unsigned char *p = (const unsigned char *)h;
   uint64_t x = 0xcbf29ce484222325ULL;
   for (size_t i = 0; i < offsetof(struct seg_header, checksum); i++) {
+    x ^= p[i];
+    x *= 0x100000001b3ULL;
+  }
+  for (size_t i = offsetof(struct seg_header, max_prog_slots);
+       i < offsetof(struct seg_header, progs_exhausted); i++) {
     x ^= p[i];
     x *= 0x100000001b3ULL;
   }
@@ -129,7 +137,8 @@ static void make_template(void) {
   canary_seg_close(seg);
 
   tmpl_len = CANARY_HEADER_BYTES + canary__route_bytes() * T_ROUTES +
-             canary__stat_bytes() * T_ROUTES * T_UPS;
+             canary__stat_bytes() * T_ROUTES * T_UPS +
+             canary__prog_bytes() * T_ROUTES;
   tmpl = malloc(tmpl_len);
   FZ_CHECK(tmpl != NULL, "harness: out of memory");
   got = fz_read_file(path, tmpl, tmpl_len);
@@ -168,11 +177,15 @@ static void file_from_header(struct fz_in *in, struct file *f) {
   if (fix & 8) {
     h.route_bytes = canary__route_bytes();
     h.stat_bytes = canary__stat_bytes();
+    h.prog_bytes = canary__prog_bytes();
     if (h.retire_grace_s == 0 || h.retire_grace_s > 86400)
       h.retire_grace_s = CANARY_RETIRE_GRACE_S;
+    if (h.max_prog_slots == 0 || h.max_prog_slots > h.max_routes)
+      h.max_prog_slots = h.max_routes;
     h.total_bytes = CANARY_HEADER_BYTES +
                     (uint64_t)h.max_routes * h.route_bytes +
-                    (uint64_t)h.max_stat_slots * h.stat_bytes;
+                    (uint64_t)h.max_stat_slots * h.stat_bytes +
+                    (uint64_t)h.max_prog_slots * h.prog_bytes;
   }
   if (fix & 16)
     h.checksum = header_checksum(&h);
@@ -194,11 +207,16 @@ static void region(uint8_t sel, size_t *start, size_t *len) {
       .route_bytes = canary__route_bytes(),
       .max_stat_slots = T_ROUTES * T_UPS,
       .stat_bytes = canary__stat_bytes(),
-      .stat_offset = CANARY_HEADER_BYTES + T_ROUTES * canary__route_bytes()};
+      .stat_offset = CANARY_HEADER_BYTES + T_ROUTES * canary__route_bytes(),
+      .max_prog_slots = T_ROUTES,
+      .prog_bytes = canary__prog_bytes(),
+      .prog_offset = CANARY_HEADER_BYTES + T_ROUTES * canary__route_bytes() +
+                     T_ROUTES * T_UPS * canary__stat_bytes()};
   uint32_t route = (uint32_t)(sel >> 3) % T_ROUTES;
   uint32_t up = (uint32_t)(sel >> 5) & 1;
   struct route_hdr *r = canary__route(&fake, route);
-  struct prog_area *pa = canary__prog(&fake, route);
+  struct prog_slot *ps = canary__prog_slot(&fake, route);
+  struct prog_area *pa = &ps->area;
   unsigned char *p = tmpl;
   size_t n = tmpl_len;
 
@@ -349,10 +367,14 @@ static void exercise(canary_seg_t *seg, int readonly,
   FZ_CHECK(info.max_routes >= 1 && info.max_routes <= 65536 &&
                info.max_upstreams >= 1 &&
                info.max_upstreams <= CANARY_MAX_UPSTREAMS &&
+               info.max_prog_slots >= 1 &&
+               info.max_prog_slots <= info.max_routes &&
                info.size == CANARY_HEADER_BYTES +
                                 (uint64_t)info.max_routes * info.route_bytes +
                                 (uint64_t)info.max_stat_slots *
-                                    info.stat_bytes,
+                                    info.stat_bytes +
+                                (uint64_t)info.max_prog_slots *
+                                    info.prog_bytes,
            "attached a segment of impossible geometry (%u routes, %u "
            "upstreams, %llu bytes)",
            info.max_routes, info.max_upstreams, (unsigned long long)info.size);

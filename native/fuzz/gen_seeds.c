@@ -426,7 +426,9 @@ static void segment_seeds(void) {
   unsigned char *seg = small_segment(&len);
   uint32_t v;
 
-  if (len > 64 * 1024)
+  /* A route slot, a statistics slot and the one progression slot a
+   * segment has at least (59 KiB): about 90 KiB. */
+  if (len > 128 * 1024)
     fprintf(stderr, "gen_seeds: warning: segment seed is %zu bytes\n", len);
   seg_start(&b, 0, 1000);
   put(&b, seg, len);

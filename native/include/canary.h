@@ -119,6 +119,23 @@ enum canary_prog_state {
   CANARY_PROG_ROLLED_BACK = 4 /* canary at 0 after a failed gate or abort */
 };
 
+/* How a progression releases the new version. */
+enum canary_prog_strategy {
+  /* Weight steps (steps[]), judged one window of interval_ms each. */
+  CANARY_STRATEGY_CANARY = 0,
+  /* Blue/green on exactly two upstreams: blue (0, stable) and green (1,
+   * `canary`).  Step 0 is the preview: green has effective weight 0 and
+   * serves only requests an override sends it, judged as one window of
+   * pre_promotion_ms; a pass switches all traffic to green in one
+   * publish (step 1), an inconclusive preview pauses until promoted by
+   * hand.  Step 1 is post-promotion validation: windows of interval_ms
+   * judged on green alone; a failure switches back to blue in one
+   * publish (ROLLED_BACK); once post_promotion_ms have passed with a
+   * passing window and no failure since, PROMOTED.  steps must be
+   * {0, CANARY_WEIGHT_SCALE}. */
+  CANARY_STRATEGY_BLUE_GREEN = 1
+};
+
 /* What happens after the last step's window passes. */
 enum canary_prog_on_success {
   CANARY_PROG_PROMOTE = 0, /* state PROMOTED, canary stays at the last step */
@@ -251,6 +268,12 @@ struct canary_prog_params {
   uint32_t dry_run;        /* 1: judge and record every window, never
                               change weights or state */
   struct canary_judge_params judge;
+  uint32_t strategy;          /* canary_prog_strategy */
+  uint32_t pre_promotion_ms;  /* blue/green: preview window, >= 100;
+                                 0 for the canary strategy */
+  uint32_t post_promotion_ms; /* blue/green: validation after the switch,
+                                 >= 100; 0 for the canary strategy */
+  uint32_t pad;
 };
 
 /* Where a decision came from. */
@@ -269,7 +292,8 @@ enum canary_decision_action {
   CANARY_DO_ROLLBACK = 4, /* by the gates */
   CANARY_DO_ABORT = 5,    /* operator rollback */
   CANARY_DO_RESUME = 6,
-  CANARY_DO_ACTIONS = 7
+  CANARY_DO_SWITCH = 7, /* blue/green: all traffic switched to green */
+  CANARY_DO_ACTIONS = 8
 };
 
 /* One entry of a route's decision log. */
@@ -315,15 +339,21 @@ struct canary_prog_status {
   double p95_us;
   double p99_us;
   char reason[CANARY_REASON_MAX]; /* last decision, for humans */
+  uint32_t strategy;              /* canary_prog_strategy */
+  uint32_t pad;
+  double phase_age_ms; /* blue/green: since the preview started or
+                          the switch to green; 0 otherwise */
 };
 
 typedef struct canary_seg canary_seg_t; /* process-local, opaque */
 
 /* How a new segment is sized (canary_seg_open_params).  Memory is
  * max_routes route slots plus max_stat_slots statistics slots, one per
- * upstream actually configured (see "Statistics slots" below), so a
- * segment follows the configuration instead of reserving
- * CANARY_MAX_UPSTREAMS histograms for every route. */
+ * upstream actually configured (see "Statistics slots" below), plus
+ * max_prog_slots progression slots, one per route with a progression, so
+ * a segment follows the configuration instead of reserving
+ * CANARY_MAX_UPSTREAMS histograms and a progression area for every
+ * route. */
 struct canary_seg_params {
   uint32_t max_routes;     /* 1..65536 */
   uint32_t max_upstreams;  /* upstreams per route, 1..CANARY_MAX_UPSTREAMS */
@@ -334,6 +364,11 @@ struct canary_seg_params {
    * longest request: one still in flight when its route or upstream is
    * removed keeps counting into the retired slot until then. */
   uint32_t retire_grace_s;
+  /* Progression slots, one per route whose configuration has a
+   * progression, 1..max_routes; 0: max_routes (every route may have
+   * one).  A publish with a progression that finds none free fails with
+   * CANARY_EFULL and changes nothing. */
+  uint32_t max_prog_slots;
 };
 
 struct canary_seg_info {
@@ -353,7 +388,13 @@ struct canary_seg_info {
   uint64_t stat_slots_exhausted; /* publishes refused: no free statistics
                                     slot */
   uint32_t retire_grace_s;     /* see canary_seg_params */
-  uint32_t pad;
+  uint32_t max_prog_slots;
+  uint64_t prog_bytes;         /* bytes per progression slot */
+  uint32_t prog_slots_used;    /* progression slots live or retired */
+  uint32_t prog_slots_retired; /* retired progression slots, not yet
+                                  reused */
+  uint64_t prog_slots_exhausted; /* publishes refused: no free
+                                    progression slot */
 };
 
 /* A weights table as the caller publishes it.  weights[i] is on the
@@ -585,6 +626,15 @@ CANARY_API int canary_prog_decisions(const canary_seg_t *seg, int route,
                                      struct canary_decision *out,
                                      uint32_t max);
 
+/* The phase name of a progression: for the canary strategy its state
+ * ("none", "running", "paused", "promoted", "rolled_back"); for
+ * blue/green "none", "preview" (running, step 0), "post_promotion"
+ * (running, step 1), "paused", "promoted" or "rolled_back".  "unknown"
+ * for values out of range.  Metrics, the status API and canarystat use
+ * these names.  Pure; never NULL. */
+CANARY_API const char *canary_prog_phase(uint32_t strategy, uint32_t state,
+                                         uint32_t step);
+
 /* Reads the route's progression status.  Lock-free; read-only safe. */
 CANARY_API int canary_prog_status(const canary_seg_t *seg, int route,
                                   double now_us,
@@ -595,7 +645,9 @@ CANARY_API int canary_prog_status(const canary_seg_t *seg, int route,
  * canary_prog_judge(), and every node applies the outcome with
  * canary_prog_apply().  canary_prog_breach() is canary_prog_tick() without
  * the window judging: it checks only the immediate rollback limit on this
- * node's traffic since the last state applied.  Safe across processes;
+ * node's traffic since the last state applied.  Blue/green progressions
+ * are node-scoped: canary_prog_judge() and canary_prog_apply() refuse
+ * them (CANARY_EINVAL, CANARY_ESTATE).  Safe across processes;
  * returns 0, 2 (rolled back) or a negative error, and fills `out` (may be
  * NULL). */
 CANARY_API int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
@@ -824,6 +876,11 @@ CANARY_API int canary_trace_id_valid(const char *s, size_t len);
 /* Monotonic clock in microseconds (as a double, exact below 2^53, so
  * LuaJIT reads it without boxing).  Comparable across processes. */
 CANARY_API double canary_clock_us(void);
+
+/* CPU time of the calling thread in microseconds: what the work between
+ * two calls cost it, whatever else the machine ran meanwhile (the status
+ * endpoint reports its scrapes' holds with it). */
+CANARY_API double canary_thread_cpu_us(void);
 
 /* ---- prometheus ---------------------------------------------------- */
 

@@ -114,9 +114,11 @@ static void reset_slot(const canary_seg_t *seg, uint32_t idx,
   w = (uint64_t *)(void *)stripes;
   for (size_t i = 0; i < CANARY_STRIPES * sizeof(struct route_stripe) / 8; i++)
     ck_pr_store_64(&w[i], 0);
-  w = (uint64_t *)(void *)canary__prog(seg, idx);
-  for (size_t i = 0; i < sizeof(struct prog_area) / 8; i++)
-    ck_pr_store_64(&w[i], 0);
+  for (int i = 0; i < CANARY_GATE_RESULTS; i++) {
+    ck_pr_store_64(&r->evaluations[i], 0);
+    ck_pr_store_64(&r->dry_evaluations[i], 0);
+  }
+  canary__prog_forget(seg, idx);
   ck_pr_store_64(&r->retired_us, 0);
   memset(kbuf, 0, sizeof kbuf);
   memcpy(kbuf, key, key_len);
@@ -130,7 +132,10 @@ static int revive(const canary_seg_t *seg, uint32_t idx) {
   struct route_hdr *r = canary__route(seg, idx);
   struct table_data d;
   int rc = canary__read_table(seg, r, &d, NULL, 1);
-  if (rc == 0 && !canary__stats_revive(seg, idx, &d))
+  /* Its progression slot first: when that was reused, the route starts
+   * afresh rather than run its configuration without its progression. */
+  if (!canary__prog_revive(seg, idx) ||
+      (rc == 0 && !canary__stats_revive(seg, idx, &d)))
     return 0;
   /* The slots are live again before the route is. */
   ck_pr_fence_store();
@@ -164,6 +169,7 @@ static void retire_locked(const canary_seg_t *seg, uint32_t idx,
   struct table_data d;
   if (canary__read_table(seg, r, &d, NULL, 1) == 0)
     canary__stats_retire(seg, idx, &d, NULL, now_us);
+  canary__prog_retire_route(seg, idx, now_us);
   ck_pr_store_64(&r->retired_us, now_us);
   /* The time is visible before the state that makes it matter. */
   ck_pr_fence_store();

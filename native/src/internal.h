@@ -9,14 +9,22 @@
  *   [4096, ...)              max_routes route slots of route_bytes each
  *   [stat_offset, ...)       max_stat_slots statistics slots of
  *                            stat_bytes each (slots.c explains them)
+ *   [prog_offset, ...)       max_prog_slots progression slots of
+ *                            prog_bytes each (progslots.c)
  *
  *   route slot:
- *     struct route_hdr      claim state, writer lock byte, generation, key,
- *                           label, two table buffers
+ *     struct route_hdr      claim state, writer lock byte, generation,
+ *                           handle of its progression slot, window
+ *                           evaluation counters, key, label, two table
+ *                           buffers
  *     struct route_seq      the non-sticky sequence counter, alone on its
  *                           cache line because every pick increments it
  *     struct route_stripe[CANARY_STRIPES]
  *                           trace-source and event counters, per stripe
+ *
+ *   progression slot (one per route whose configuration has a
+ *   progression, owned by that route):
+ *     struct prog_hdr       state, owning route, epoch, retirement
  *     struct prog_area      progression parameters and state, the
  *                           canary's and stable's snapshots at the open
  *                           window's start, and the decision log
@@ -29,8 +37,9 @@
  *                           shared latency buckets
  *
  * Memory therefore follows the configuration: a route costs a route slot
- * plus one statistics slot per upstream it has, instead of reserving
- * CANARY_MAX_UPSTREAMS histograms whether it uses them or not.
+ * plus one statistics slot per upstream it has, plus a progression slot
+ * when it has a progression, instead of reserving CANARY_MAX_UPSTREAMS
+ * histograms and a progression area whether it uses them or not.
  *
  * Every field that more than one process touches is read and written with
  * ck_pr_* only.  See table.c for the publish protocol.
@@ -62,8 +71,12 @@
 #define CANARY_MAGIC 0x4745535952414e43ULL /* "CNRYSEG" little-endian */
 /* 2: statistics slot pools, retired route slots (slots.c, claim.c).
  * 3: writer words became lock bytes (owner.c); a version-2 process would
- * not see a version-3 process's locks, so the two must not share a file. */
-#define CANARY_LAYOUT_VERSION 3u
+ * not see a version-3 process's locks, so the two must not share a file.
+ * 4: progression parameters gained the strategy and the blue/green
+ * windows, and the progression area its phase start and passes.
+ * 5: progression areas left the route slots for a pool of their own
+ * (progslots.c). */
+#define CANARY_LAYOUT_VERSION 5u
 #define CANARY_HEADER_BYTES 4096u
 #define CANARY_CACHELINE 64u
 #define CANARY_STRIPES 64u /* last one shared */
@@ -113,6 +126,13 @@ struct seg_header {
    * then cost a reader three cache lines per counter set, not 64. */
   uint64_t stripes_used;
   uint32_t stripe_lock[CANARY_STRIPES - 1];
+  /* Geometry of the progression pool (layout 5).  It comes after the
+   * lock bytes, whose offsets helpers outside the engine know, and the
+   * checksum covers it too (header_checksum). */
+  uint32_t max_prog_slots;
+  uint64_t prog_bytes;
+  uint64_t progs_exhausted; /* publishes refused for want of a
+                               progression slot */
 };
 
 /* One of the two buffers of a route's weights table. */
@@ -138,6 +158,16 @@ struct route_hdr {
   /* Published generation; the active buffer is tables[generation & 1]. */
   uint64_t generation;
   uint64_t retired_us;    /* canary_clock_us() at retirement */
+  /* Handle of the route's progression slot (progslots.c), 0: none.
+   * Changed only by the holder of the claim lock and the route's writer
+   * lock, before the table that goes with it is published. */
+  uint32_t prog;
+  uint32_t pad;
+  /* Windows judged, by result: counters of the route, not of its
+   * progression slot, so that they never go back when a progression is
+   * removed and its slot reused.  Written under the writer lock. */
+  uint64_t evaluations[CANARY_GATE_RESULTS];
+  uint64_t dry_evaluations[CANARY_GATE_RESULTS];
   char key[CANARY_KEY_MAX];
   char label[CANARY_LABEL_MAX];
   struct table_buf tables[2];
@@ -213,8 +243,6 @@ struct prog_area {
   uint32_t failures;
   uint32_t last_result;
   uint64_t window_start_us;
-  uint64_t evaluations[CANARY_GATE_RESULTS];
-  uint64_t dry_evaluations[CANARY_GATE_RESULTS];
   uint64_t window_requests;
   uint64_t error_rate_bits; /* doubles as their bit patterns */
   uint64_t p95_bits;
@@ -224,11 +252,30 @@ struct prog_area {
   uint64_t last_judged;  /* seq of the newest conclusive judgement */
   uint64_t immediate_ws; /* dry run: window whose immediate breach is
                             already recorded */
+  uint64_t phase_start_us; /* blue/green: preview start, or the switch */
+  uint64_t phase_passes;   /* blue/green: windows passed since the switch */
   char reason[CANARY_REASON_MAX];
   struct canary_prog_params params;
   struct canary_hist_snapshot base;        /* canary at window start */
   struct canary_hist_snapshot stable_base; /* upstream 0 at window start */
   struct decision_slot ring[CANARY_DECISIONS];
+};
+
+/* Identity of a progression slot: the same states, epochs and handles
+ * as a statistics slot's (STAT_*, canary__stat_handle), and the same
+ * rules: written under the claim lock, read lock-free. */
+struct prog_hdr {
+  uint32_t state;         /* STAT_FREE / STAT_LIVE / STAT_RETIRED */
+  uint32_t route;         /* owning route index */
+  uint32_t epoch;         /* times handed out; part of every handle */
+  uint32_t pad;
+  uint64_t retired_us;    /* canary_clock_us() at retirement */
+  uint64_t pad2[5];
+};
+
+struct prog_slot {
+  struct prog_hdr hdr;
+  struct prog_area area;
 };
 
 /* A weights table as the engine handles it (table.c). */
@@ -275,6 +322,11 @@ static_assert(sizeof(struct up_stats) % CANARY_CACHELINE == 0,
 static_assert(CANARY_BLOCKS <= 32,
               "one bit of stat_hdr.nonempty per block of 64 buckets");
 static_assert(CANARY_STRIPES <= 64, "one bit of stripes_used per stripe");
+static_assert(sizeof(struct prog_hdr) == CANARY_CACHELINE &&
+                  offsetof(struct prog_slot, area) % 8 == 0,
+              "a progression slot's area starts on its own cache line");
+static_assert(offsetof(struct route_hdr, evaluations) % 8 == 0,
+              "evaluation counters are 64-bit atomic words");
 static_assert(sizeof(struct stat_hdr) % CANARY_CACHELINE == 0 &&
                   sizeof(struct stat_forced) == CANARY_CACHELINE &&
                   offsetof(struct stat_hdr, name) % 8 == 0,
@@ -292,6 +344,9 @@ struct canary_seg {
   uint32_t max_stat_slots;
   uint64_t stat_bytes;
   uint64_t stat_offset;    /* start of the statistics slots */
+  uint32_t max_prog_slots;
+  uint64_t prog_bytes;
+  uint64_t prog_offset;    /* start of the progression slots */
   uint64_t grace_us;       /* the header's retire_grace_s */
   /* Locks (owner.c): this handle's own open file description of the
    * segment file, on which it takes every lock; -1 for a read-only
@@ -307,6 +362,8 @@ struct canary_seg {
 uint64_t canary__route_bytes(void);
 /* Size of one statistics slot, multiple of 64. */
 uint64_t canary__stat_bytes(void);
+/* Size of one progression slot, multiple of 64. */
+uint64_t canary__prog_bytes(void);
 
 static inline struct seg_header *canary__header(const canary_seg_t *seg) {
   return (struct seg_header *)(void *)seg->base;
@@ -379,13 +436,18 @@ static inline void canary__count(uint64_t *counter, uint64_t v, int stripe) {
   }
 }
 
-static inline struct prog_area *canary__prog(const canary_seg_t *seg,
-                                            uint32_t route) {
-  return (struct prog_area *)(void *)((unsigned char *)canary__route_stripes(
-                                          seg, route) +
-                                      CANARY_STRIPES *
-                                          sizeof(struct route_stripe));
+static inline struct prog_slot *canary__prog_slot(const canary_seg_t *seg,
+                                                  uint32_t slot) {
+  return (struct prog_slot *)(void *)(seg->base + seg->prog_offset +
+                                      (uint64_t)slot * seg->prog_bytes);
 }
+
+/* The progression area of `route` (a valid index): the slot its handle
+ * names while that slot still belongs to the route (LIVE or RETIRED,
+ * same epoch), else NULL: the route has no progression.  Lock-free; a
+ * holder of the route's writer lock gets an answer that holds until it
+ * lets go (progslots.c). */
+struct prog_area *canary__prog(const canary_seg_t *seg, uint32_t route);
 
 /* Route slots (claim.c): route index in range; claimed (READY) slot, or
  * CANARY_EINVAL / CANARY_ENOENT. */
@@ -417,6 +479,32 @@ int canary__stats_assign(const canary_seg_t *seg, uint32_t route,
 void canary__stats_retire(const canary_seg_t *seg, uint32_t route,
                           const struct table_data *cur,
                           const struct table_data *d, uint64_t now_us);
+/* Progression slots (progslots.c).  The caller holds the segment's
+ * claim lock and the route's writer lock.  canary__prog_assign() gives
+ * the route a progression slot unless it has one: its own retired one
+ * back (decisions included), else a free one or one retired past its
+ * grace, zeroed.  0, or CANARY_EFULL (err set, nothing changed); with
+ * check_only set it changes nothing either way, and a call without it
+ * that follows under the same claim lock cannot fail.
+ * canary__prog_release() retires the route's slot, if any, and clears
+ * its handle.  canary__prog_retire_route() retires every slot the route
+ * owns, keeping its handle (a route brought back gets its slot back);
+ * canary__prog_revive() brings that slot back (1) or, when it has been
+ * reused, returns 0; canary__prog_forget() frees the slots of a route
+ * slot about to be reused by another key. */
+int canary__prog_assign(const canary_seg_t *seg, uint32_t route,
+                        int check_only, char *err, size_t err_len);
+void canary__prog_release(const canary_seg_t *seg, uint32_t route,
+                          uint64_t now_us);
+void canary__prog_retire_route(const canary_seg_t *seg, uint32_t route,
+                               uint64_t now_us);
+int canary__prog_revive(const canary_seg_t *seg, uint32_t route);
+void canary__prog_forget(const canary_seg_t *seg, uint32_t route);
+/* Whether the route has a progression slot it needs none of, or needs
+ * one it does not have (publish.c takes the claim lock then). */
+int canary__prog_moves(const canary_seg_t *seg, uint32_t route,
+                       int wants);
+
 /* Brings back the slots of a retired route's table `d` (caller holds the
  * claim lock); returns 1 when every one was still the route's, 0 when
  * some had been reused (nothing changed then). */

@@ -79,7 +79,8 @@ static const char *const gate_names[CANARY_GATES] = {"error_rate",
                                                      "rollback_p99_ratio"};
 
 static const char *const action_names[CANARY_DO_ACTIONS] = {
-    "none", "step_up", "promote", "pause", "rollback", "abort", "resume"};
+    "none",     "step_up", "promote", "pause",
+    "rollback", "abort",   "resume",  "switch"};
 
 const char *canary_gate_name(int gate) {
   return gate >= 0 && gate < CANARY_GATES ? gate_names[gate] : "unknown";

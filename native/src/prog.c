@@ -35,6 +35,17 @@
  * CANARY_DECISIONS entries in the segment, so every worker and
  * canarystat read the same list.  Only the holder of the writer lock
  * appends; each slot has its own sequence word for lock-free readers.
+ *
+ * Blue/green is the same machine on two upstreams with two steps: green
+ * (the `canary` upstream) at weight 0 (the preview: only overrides reach
+ * it), then at 10000.  The preview is one window of pre_promotion_ms;
+ * its pass moves to step 1 with one publish, so no generation ever holds
+ * mixed weights, and an inconclusive preview pauses instead of waiting.
+ * Step 1 is judged in windows of interval_ms (stable has no traffic then,
+ * so the judge drops the relative gates); a failure rolls back, which at
+ * weight 0 is the switch back to blue, again in one publish.  The phase
+ * start and the passes since the switch say when the post-promotion
+ * validation is over.
  */
 #include "internal.h"
 
@@ -62,18 +73,52 @@ static double bitsd(uint64_t u) {
   return d;
 }
 
+/* The blue/green rules of canary_prog_check() (n: upstreams). */
+static int check_blue_green(const struct canary_prog_params *p, uint32_t n,
+                            char *err, size_t err_len) {
+  if (n != 2)
+    return canary__fail(err, err_len, CANARY_EINVAL,
+                        "blue/green needs exactly 2 upstreams, not %u", n);
+  if (p->nsteps != 2 || p->steps[0] != 0 || p->steps[1] != CANARY_WEIGHT_SCALE)
+    return canary__fail(err, err_len, CANARY_EINVAL,
+                        "blue/green steps must be 0 and %d",
+                        CANARY_WEIGHT_SCALE);
+  if (p->pre_promotion_ms < MIN_INTERVAL_MS ||
+      p->post_promotion_ms < MIN_INTERVAL_MS)
+    return canary__fail(err, err_len, CANARY_EINVAL,
+                        "pre_promotion and post_promotion must be at least "
+                        "%u ms",
+                        MIN_INTERVAL_MS);
+  return 0;
+}
+
 int canary_prog_check(const struct canary_prog_params *p, uint32_t n,
                       char *err, size_t err_len) {
+  int rc;
   if (p == NULL)
     return canary__fail(err, err_len, CANARY_EINVAL, "no progression");
   if (n < 2 || p->canary == 0 || p->canary >= n)
     return canary__fail(err, err_len, CANARY_EINVAL,
                         "canary must be upstream 2..%u, not %u", n,
                         p->canary + 1);
-  if (p->nsteps == 0 || p->nsteps > CANARY_MAX_STEPS)
+  if (p->strategy > CANARY_STRATEGY_BLUE_GREEN)
+    return canary__fail(err, err_len, CANARY_EINVAL, "unknown strategy %u",
+                        p->strategy);
+  if (p->strategy == CANARY_STRATEGY_BLUE_GREEN) {
+    rc = check_blue_green(p, n, err, err_len);
+    if (rc != 0)
+      return rc;
+  } else if (p->pre_promotion_ms != 0 || p->post_promotion_ms != 0) {
+    return canary__fail(err, err_len, CANARY_EINVAL,
+                        "pre_promotion and post_promotion are blue/green's");
+  }
+  /* Blue/green's steps were checked above. */
+  if (p->strategy != CANARY_STRATEGY_BLUE_GREEN &&
+      (p->nsteps == 0 || p->nsteps > CANARY_MAX_STEPS))
     return canary__fail(err, err_len, CANARY_EINVAL, "1..%d steps, not %u",
                         CANARY_MAX_STEPS, p->nsteps);
-  for (uint32_t i = 0; i < p->nsteps; i++) {
+  for (uint32_t i = 0;
+       p->strategy != CANARY_STRATEGY_BLUE_GREEN && i < p->nsteps; i++) {
     if (p->steps[i] == 0 || p->steps[i] > CANARY_WEIGHT_SCALE)
       return canary__fail(err, err_len, CANARY_EINVAL,
                           "step %u weight %u outside 1..%d", i + 1,
@@ -94,6 +139,41 @@ int canary_prog_check(const struct canary_prog_params *p, uint32_t n,
     return canary__fail(err, err_len, CANARY_EINVAL,
                         "dry_run must be 0 or 1, not %u", p->dry_run);
   return canary_judge_check(&p->judge, err, err_len);
+}
+
+/* Parameters read back from the segment are valid (the table they run on
+ * had as many upstreams as a blue/green progression needs, or fewer than
+ * the most a route has). */
+static int params_ok(const struct canary_prog_params *p) {
+  return canary_prog_check(p,
+                           p->strategy == CANARY_STRATEGY_BLUE_GREEN
+                               ? 2u
+                               : (uint32_t)CANARY_MAX_UPSTREAMS,
+                           NULL, 0) == 0;
+}
+
+/* The window now open: blue/green's preview is one window of
+ * pre_promotion_ms, every other window lasts interval_ms. */
+static uint32_t window_len_ms(const struct canary_prog_params *p,
+                              uint32_t step) {
+  return p->strategy == CANARY_STRATEGY_BLUE_GREEN && step == 0
+             ? p->pre_promotion_ms
+             : p->interval_ms;
+}
+
+static const char *const phase_text[2][6] = {
+    {"none", "running", "paused", "promoted", "rolled_back", "unknown"},
+    {"none", "preview", "paused", "promoted", "rolled_back",
+     "post_promotion"}};
+
+const char *canary_prog_phase(uint32_t strategy, uint32_t state,
+                              uint32_t step) {
+  if (strategy > CANARY_STRATEGY_BLUE_GREEN || state > CANARY_PROG_ROLLED_BACK)
+    return "unknown";
+  if (strategy == CANARY_STRATEGY_BLUE_GREEN && state == CANARY_PROG_RUNNING &&
+      step == 1)
+    return phase_text[1][5];
+  return phase_text[strategy][state];
 }
 
 /* Effective weights with the canary at w: the others share the rest in
@@ -227,6 +307,8 @@ void canary__prog_start(const canary_seg_t *seg, uint32_t route,
   struct prog_area *pa = canary__prog(seg, route);
   struct canary_prog_params none;
 
+  if (pa == NULL)
+    return; /* no progression slot: publish.c released it (p == NULL) */
   if (p == NULL) {
     memset(&none, 0, sizeof none);
     canary__store_words(&pa->params, &none, sizeof none / 8);
@@ -239,8 +321,16 @@ void canary__prog_start(const canary_seg_t *seg, uint32_t route,
   ck_pr_store_32(&pa->failures, 0);
   ck_pr_store_64(&pa->window_requests, 0);
   ck_pr_store_64(&pa->immediate_ws, 0);
+  ck_pr_store_64(&pa->phase_start_us, (uint64_t)now_us);
+  ck_pr_store_64(&pa->phase_passes, 0);
   rebase(seg, route, pa, p->canary, now_us);
-  if (p->dry_run) {
+  if (p->strategy == CANARY_STRATEGY_BLUE_GREEN && !p->dry_run) {
+    step_weights(d, p->canary, 0);
+    set_reason(pa,
+               "preview: green serves allowed overrides only, judged "
+               "for %.0f s",
+               p->pre_promotion_ms / 1e3);
+  } else if (p->dry_run) {
     /* A dry run judges the configured weights and never changes them. */
     set_reason(pa, "dry run started at the configured weights");
   } else {
@@ -322,10 +412,11 @@ static uint32_t canary_weight(const canary_seg_t *seg, struct route_hdr *r,
 
 /* Caller holds the writer lock: the figures of a judged window into the
  * status fields. */
-static void store_figures(struct prog_area *pa, uint32_t dry_run,
+static void store_figures(struct route_hdr *r, struct prog_area *pa,
+                          uint32_t dry_run,
                           const struct canary_judge_result *j) {
-  ck_pr_inc_64(dry_run ? &pa->dry_evaluations[j->verdict]
-                       : &pa->evaluations[j->verdict]);
+  ck_pr_inc_64(dry_run ? &r->dry_evaluations[j->verdict]
+                       : &r->evaluations[j->verdict]);
   ck_pr_store_32(&pa->last_result, j->verdict);
   ck_pr_store_64(&pa->window_requests, j->canary_requests);
   ck_pr_store_64(&pa->error_rate_bits, dbits(j->canary_error_rate));
@@ -344,13 +435,25 @@ static struct route_hdr *route_of(const canary_seg_t *seg, int route) {
 int canary_prog_status(const canary_seg_t *seg, int route, double now_us,
                        struct canary_prog_status *out) {
   struct canary_prog_params p;
+  struct route_hdr *r = route_of(seg, route);
   struct prog_area *pa;
   uint64_t ws;
 
-  if (out == NULL || route_of(seg, route) == NULL)
+  if (out == NULL || r == NULL)
     return CANARY_EINVAL;
   pa = canary__prog(seg, (uint32_t)route);
   memset(out, 0, sizeof *out);
+  for (int i = 0; i < CANARY_GATE_RESULTS; i++) {
+    out->evaluations[i] = ck_pr_load_64(&r->evaluations[i]);
+    out->dry_evaluations[i] = ck_pr_load_64(&r->dry_evaluations[i]);
+  }
+  if (pa == NULL) {
+    /* No progression slot: none configured. */
+    canary__copy_str(out->reason, sizeof out->reason,
+                     "no progression configured",
+                     strlen("no progression configured"));
+    return 0;
+  }
   out->state = ck_pr_load_32(&pa->state);
   if (out->state > CANARY_PROG_ROLLED_BACK)
     return CANARY_ECORRUPT;
@@ -371,10 +474,6 @@ int canary_prog_status(const canary_seg_t *seg, int route, double now_us,
   out->interval_ms = p.interval_ms;
   out->dry_run = p.dry_run;
   out->analysis = p.judge.analysis;
-  for (int i = 0; i < CANARY_GATE_RESULTS; i++) {
-    out->evaluations[i] = ck_pr_load_64(&pa->evaluations[i]);
-    out->dry_evaluations[i] = ck_pr_load_64(&pa->dry_evaluations[i]);
-  }
   out->window_requests = ck_pr_load_64(&pa->window_requests);
   out->decisions = ck_pr_load_64(&pa->decisions);
   ws = ck_pr_load_64(&pa->window_start_us);
@@ -384,6 +483,11 @@ int canary_prog_status(const canary_seg_t *seg, int route, double now_us,
   out->p99_us = bitsd(ck_pr_load_64(&pa->p99_bits));
   canary__load_words(out->reason, pa->reason, CANARY_REASON_MAX / 8);
   out->reason[CANARY_REASON_MAX - 1] = '\0';
+  out->strategy = p.strategy;
+  if (p.strategy == CANARY_STRATEGY_BLUE_GREEN) {
+    ws = ck_pr_load_64(&pa->phase_start_us);
+    out->phase_age_ms = now_us > (double)ws ? (now_us - (double)ws) / 1e3 : 0;
+  }
   return 0;
 }
 
@@ -397,6 +501,8 @@ int canary_prog_decisions(const canary_seg_t *seg, int route,
   if (out == NULL || route_of(seg, route) == NULL)
     return CANARY_EINVAL;
   pa = canary__prog(seg, (uint32_t)route);
+  if (pa == NULL)
+    return 0; /* no progression, no decisions */
   newest = ck_pr_load_64(&pa->decisions);
   /* The count before the entries it announces. */
   ck_pr_fence_load();
@@ -421,6 +527,8 @@ int canary__prog_last_judged(const canary_seg_t *seg, int route,
   if (out == NULL || route_of(seg, route) == NULL)
     return -1;
   pa = canary__prog(seg, (uint32_t)route);
+  if (pa == NULL)
+    return -1;
   seq = ck_pr_load_64(&pa->last_judged);
   /* The sequence before the entry it names. */
   ck_pr_fence_load();
@@ -428,6 +536,102 @@ int canary__prog_last_judged(const canary_seg_t *seg, int route,
       read_decision(pa, seq, out) != 0)
     return -1;
   out->judge.reason[CANARY_REASON_MAX - 1] = '\0';
+  return 0;
+}
+
+/* Caller holds the writer lock: switches all traffic to green (step 1)
+ * in one publish and opens the post-promotion phase. */
+static void switch_to_green(const canary_seg_t *seg, struct route_hdr *r,
+                            struct prog_area *pa,
+                            const struct canary_prog_params *p,
+                            double now_us) {
+  ck_pr_store_32(&pa->step, 1);
+  ck_pr_store_32(&pa->failures, 0);
+  ck_pr_store_64(&pa->phase_passes, 0);
+  ck_pr_store_64(&pa->phase_start_us, (uint64_t)now_us);
+  publish_step(seg, r, p->canary, p->steps[1]);
+}
+
+/* Caller holds the writer lock: the outcome of a judged blue/green
+ * window `d` (step, figures and verdict filled in).  Returns 1 when
+ * weights or state changed. */
+static int blue_green_window(const canary_seg_t *seg, struct route_hdr *r,
+                             struct prog_area *pa,
+                             const struct canary_prog_params *p,
+                             struct canary_decision *d, double now_us) {
+  const char *why = d->judge.reason;
+  const char *dry = p->dry_run ? "dry run: would " : "";
+  uint32_t step = d->step;
+  double age_s = (now_us - (double)ck_pr_load_64(&pa->phase_start_us)) / 1e6;
+  int changed = 0;
+
+  if (d->judge.verdict == CANARY_GATE_FAIL) {
+    uint32_t f = ck_pr_load_32(&pa->failures) + 1;
+    ck_pr_store_32(&pa->failures, f);
+    if (!d->judge.rollback && f < p->failure_limit) {
+      set_reason(pa, "%s%s window failed (%u of %u): %s",
+                 p->dry_run ? "dry run: " : "",
+                 step == 0 ? "preview" : "post-promotion", f, p->failure_limit,
+                 why);
+      return 0;
+    }
+    d->action = CANARY_DO_ROLLBACK;
+    d->weight = 0;
+    if (step == 0)
+      set_reason(pa, "%s%s green after its preview failed: %s", dry,
+                 p->dry_run ? "roll back" : "rolled back", why);
+    else
+      set_reason(pa,
+                 "%s%s to blue after %u failed post-promotion "
+                 "window(s): %s",
+                 dry, p->dry_run ? "switch back" : "switched back", f, why);
+    if (!p->dry_run) {
+      rollback(seg, r, pa, p->canary);
+      changed = 1;
+    }
+    return changed;
+  }
+  if (step == 0) {
+    if (d->judge.verdict == CANARY_GATE_PASS) {
+      ck_pr_store_32(&pa->failures, 0);
+      d->action = CANARY_DO_SWITCH;
+      d->weight = p->steps[1];
+      set_reason(pa,
+                 "%s%s all traffic to green, preview passed: %s; "
+                 "post-promotion validation for %.0f s",
+                 dry, p->dry_run ? "switch" : "switched", why,
+                 p->post_promotion_ms / 1e3);
+      if (!p->dry_run)
+        switch_to_green(seg, r, pa, p, now_us);
+    } else {
+      d->action = CANARY_DO_PAUSE;
+      set_reason(pa, "%s%s until promoted: preview inconclusive: %s", dry,
+                 p->dry_run ? "pause" : "paused", why);
+      if (!p->dry_run)
+        ck_pr_store_32(&pa->state, CANARY_PROG_PAUSED);
+    }
+    return !p->dry_run;
+  }
+  /* Post-promotion (never reached in a dry run: nothing switches). */
+  if (d->judge.verdict == CANARY_GATE_PASS) {
+    ck_pr_store_32(&pa->failures, 0);
+    ck_pr_store_64(&pa->phase_passes, ck_pr_load_64(&pa->phase_passes) + 1);
+  }
+  if (ck_pr_load_64(&pa->phase_passes) > 0 &&
+      ck_pr_load_32(&pa->failures) == 0 &&
+      age_s * 1e3 >= (double)p->post_promotion_ms) {
+    d->action = CANARY_DO_PROMOTE;
+    ck_pr_store_32(&pa->state, CANARY_PROG_PROMOTED);
+    set_reason(pa,
+               "promoted: green passed %.0f s of post-promotion "
+               "validation, blue is no longer the rollback target: %s",
+               age_s, why);
+    return 1;
+  }
+  set_reason(pa,
+             "post-promotion %.0f of %.0f s, blue kept as the rollback "
+             "target: %s",
+             age_s, p->post_promotion_ms / 1e3, why);
   return 0;
 }
 
@@ -449,7 +653,7 @@ static int judge_window(const canary_seg_t *seg, uint32_t route,
     memset(&snaps, 0, sizeof snaps); /* judged as empty: inconclusive */
   if (judge_snaps(seg, r, p, 0, &d.judge) != 0)
     return CANARY_ECORRUPT; /* parameters were checked by the caller */
-  store_figures(pa, p->dry_run, &d.judge);
+  store_figures(r, pa, p->dry_run, &d.judge);
   d.origin = CANARY_ORIGIN_WINDOW;
   d.window_ms = window_ms;
   d.dry_run = p->dry_run;
@@ -457,7 +661,9 @@ static int judge_window(const canary_seg_t *seg, uint32_t route,
   d.step_weight = canary_weight(seg, r, p->canary);
   d.weight = d.step_weight;
 
-  if (d.judge.verdict == CANARY_GATE_PASS) {
+  if (p->strategy == CANARY_STRATEGY_BLUE_GREEN) {
+    changed = blue_green_window(seg, r, pa, p, &d, now_us);
+  } else if (d.judge.verdict == CANARY_GATE_PASS) {
     ck_pr_store_32(&pa->failures, 0);
     if (step + 1 < p->nsteps) {
       d.action = CANARY_DO_STEP_UP;
@@ -544,7 +750,8 @@ static int immediate_check(canary_seg_t *seg, uint32_t route,
       /* Under the writer word: the progression may have been restarted
        * (other parameters, another canary) since we looked. */
       load_params(pa, &now_p);
-      if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
+      if (canary__prog(seg, route) == pa &&
+          ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
           memcmp(&now_p, p, sizeof *p) == 0 &&
           !(p->dry_run && ck_pr_load_64(&pa->immediate_ws) == ws)) {
         d.origin = CANARY_ORIGIN_IMMEDIATE;
@@ -554,7 +761,7 @@ static int immediate_check(canary_seg_t *seg, uint32_t route,
         d.step = ck_pr_load_32(&pa->step);
         d.step_weight = canary_weight(seg, r, p->canary);
         d.weight = 0;
-        store_figures(pa, p->dry_run, &d.judge);
+        store_figures(r, pa, p->dry_run, &d.judge);
         if (p->dry_run) {
           ck_pr_store_64(&pa->immediate_ws, ws);
           set_reason(pa, "dry run: would roll back at once: %s",
@@ -562,7 +769,11 @@ static int immediate_check(canary_seg_t *seg, uint32_t route,
           rc = 1;
         } else {
           rollback(seg, r, pa, p->canary);
-          set_reason(pa, "rolled back at once: %s", d.judge.reason);
+          if (p->strategy == CANARY_STRATEGY_BLUE_GREEN && d.step == 1)
+            set_reason(pa, "switched back to blue at once: %s",
+                       d.judge.reason);
+          else
+            set_reason(pa, "rolled back at once: %s", d.judge.reason);
           rc = 2;
         }
         d.state = ck_pr_load_32(&pa->state);
@@ -581,6 +792,7 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
   struct route_hdr *r = route_of(seg, route);
   struct prog_area *pa;
   uint64_t ws, now = (uint64_t)now_us, decided = 0;
+  uint32_t len_ms;
   int rc = 0;
 
   if (r == NULL)
@@ -588,17 +800,17 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
   if (seg->readonly)
     return CANARY_EREADONLY;
   pa = canary__prog(seg, (uint32_t)route);
-  if (ck_pr_load_32(&pa->state) != CANARY_PROG_RUNNING)
+  if (pa == NULL || ck_pr_load_32(&pa->state) != CANARY_PROG_RUNNING)
     goto done;
   /* State before the parameters it makes valid. */
   ck_pr_fence_load();
   load_params(pa, &p);
-  if (canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
-      p.canary >= seg->max_upstreams ||
+  if (!params_ok(&p) || p.canary >= seg->max_upstreams ||
       ck_pr_load_32(&pa->step) >= p.nsteps)
     return CANARY_ECORRUPT;
   ws = ck_pr_load_64(&pa->window_start_us);
-  if (ws > now + (uint64_t)p.interval_ms * 1000u * 10u) {
+  len_ms = window_len_ms(&p, ck_pr_load_32(&pa->step));
+  if (ws > now + (uint64_t)len_ms * 1000u * 10u) {
     /* A window from the future: the monotonic clock restarted (reboot).
      * Start a fresh window instead of waiting for that future. */
     ck_pr_cas_64(&pa->window_start_us, ws, now);
@@ -609,7 +821,7 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
   if (rc != 0)
     goto done;
 
-  if (now < ws + (uint64_t)p.interval_ms * 1000u)
+  if (now < ws + (uint64_t)len_ms * 1000u)
     goto done;
   /* Claim the due window: one CAS winner per window, nothing to leak. */
   if (!ck_pr_cas_64(&pa->window_start_us, ws, now))
@@ -628,9 +840,9 @@ int canary_prog_tick(canary_seg_t *seg, int route, double now_us,
    * parameters we loaded may be stale.  Judge only our window, with the
    * parameters in force now. */
   load_params(pa, &p);
-  if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
-      ck_pr_load_64(&pa->window_start_us) == now &&
-      canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) == 0 &&
+  if (canary__prog(seg, (uint32_t)route) == pa &&
+      ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING &&
+      ck_pr_load_64(&pa->window_start_us) == now && params_ok(&p) &&
       p.canary < seg->max_upstreams)
     rc = judge_window(seg, (uint32_t)route, r, pa, &p, now_us,
                       (double)(now - ws) / 1e3, &decided);
@@ -641,6 +853,35 @@ done:
     out->decided = decided;
   }
   return rc;
+}
+
+/* Caller holds the writer lock; the progression is blue/green, running
+ * or paused: `promote` in the preview switches to green and validates
+ * (`promote_full` switches without validation), and during the
+ * post-promotion validation either ends it. */
+static void promote_blue_green(const canary_seg_t *seg, int route,
+                               struct route_hdr *r, struct prog_area *pa,
+                               const struct canary_prog_params *p, int action,
+                               struct canary_decision *d, double now_us) {
+  uint32_t step = ck_pr_load_32(&pa->step);
+  if (step == 0) {
+    switch_to_green(seg, r, pa, p, now_us);
+    rebase(seg, (uint32_t)route, pa, p->canary, now_us);
+  }
+  if (step == 0 && action == CANARY_ACT_PROMOTE) {
+    ck_pr_store_32(&pa->state, CANARY_PROG_RUNNING);
+    set_reason(pa,
+               "switched all traffic to green by operator; "
+               "post-promotion validation for %.0f s",
+               p->post_promotion_ms / 1e3);
+    d->action = CANARY_DO_SWITCH;
+    return;
+  }
+  ck_pr_store_32(&pa->state, CANARY_PROG_PROMOTED);
+  set_reason(pa, "promoted by operator: all traffic on green, %s",
+             step == 0 ? "without post-promotion validation"
+                       : "post-promotion validation ended early");
+  d->action = CANARY_DO_PROMOTE;
 }
 
 int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
@@ -662,7 +903,6 @@ int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
   if (seg->readonly)
     return canary__fail(err, err_len, CANARY_EREADONLY,
                         "segment attached read-only");
-  pa = canary__prog(seg, (uint32_t)route);
   rc = canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route));
   if (rc != 0)
     return canary__fail(err, err_len, rc,
@@ -670,13 +910,19 @@ int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
                             ? "busy: another process is changing this "
                               "route; retry"
                             : "no lock on the segment file (replaced?)");
+  /* Under the writer lock: the route's progression slot stays its own. */
+  pa = canary__prog(seg, (uint32_t)route);
+  if (pa == NULL) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "no progression configured on this route");
+    goto out;
+  }
   state = ck_pr_load_32(&pa->state);
   step = ck_pr_load_32(&pa->step);
   load_params(pa, &p);
   if (state != CANARY_PROG_NONE &&
-      (state > CANARY_PROG_ROLLED_BACK ||
-       canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
-       step >= p.nsteps || p.canary >= seg->max_upstreams)) {
+      (state > CANARY_PROG_ROLLED_BACK || !params_ok(&p) || step >= p.nsteps ||
+       p.canary >= seg->max_upstreams)) {
     rc = canary__fail(err, err_len, CANARY_ECORRUPT,
                       "progression state of this route is corrupt");
     goto out;
@@ -709,7 +955,8 @@ int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
                         state_text[state]);
       break;
     }
-    if (step + 1 >= p.nsteps) {
+    /* Blue/green resumes its post-promotion validation at step 1. */
+    if (step + 1 >= p.nsteps && p.strategy != CANARY_STRATEGY_BLUE_GREEN) {
       rc = canary__fail(err, err_len, CANARY_ESTATE,
                         "every step has passed; promote instead");
       break;
@@ -725,6 +972,10 @@ int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
     if (state != CANARY_PROG_RUNNING && state != CANARY_PROG_PAUSED) {
       rc = canary__fail(err, err_len, CANARY_ESTATE, "cannot promote: %s",
                         state_text[state]);
+      break;
+    }
+    if (p.strategy == CANARY_STRATEGY_BLUE_GREEN) {
+      promote_blue_green(seg, route, r, pa, &p, action, &d, now_us);
       break;
     }
     step = (action == CANARY_ACT_PROMOTE_FULL || step + 1 >= p.nsteps)
@@ -753,7 +1004,11 @@ int canary_prog_action(canary_seg_t *seg, int route, int action, double now_us,
       break;
     }
     rollback(seg, r, pa, p.canary);
-    set_reason(pa, "aborted by operator: canary at 0 %%");
+    if (p.strategy == CANARY_STRATEGY_BLUE_GREEN)
+      set_reason(pa,
+                 "aborted by operator: all traffic on blue, green at 0 %%");
+    else
+      set_reason(pa, "aborted by operator: canary at 0 %%");
     d.action = CANARY_DO_ABORT;
     break;
   }
@@ -797,12 +1052,11 @@ int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
   if (seg->readonly)
     return CANARY_EREADONLY;
   pa = canary__prog(seg, (uint32_t)route);
-  if (ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING) {
+  if (pa != NULL && ck_pr_load_32(&pa->state) == CANARY_PROG_RUNNING) {
     /* State before the parameters it makes valid. */
     ck_pr_fence_load();
     load_params(pa, &p);
-    if (canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
-        p.canary >= seg->max_upstreams)
+    if (!params_ok(&p) || p.canary >= seg->max_upstreams)
       return CANARY_ECORRUPT;
     ws = ck_pr_load_64(&pa->window_start_us);
     rc = immediate_check(seg, (uint32_t)route, r, pa, &p, ws,
@@ -837,7 +1091,8 @@ int canary_prog_judge(const struct canary_prog_params *p,
   uint32_t step, flags = 0;
 
   if (p == NULL || canary == NULL || cur == NULL || next == NULL ||
-      canary_prog_check(p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0)
+      canary_prog_check(p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
+      p->strategy != CANARY_STRATEGY_CANARY) /* blue/green: node scope */
     return CANARY_EINVAL;
   if (cur->state != CANARY_PROG_RUNNING || cur->step >= p->nsteps)
     return CANARY_ESTATE;
@@ -929,10 +1184,16 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
   if (seg->readonly)
     return canary__fail(err, err_len, CANARY_EREADONLY,
                         "segment attached read-only");
-  pa = canary__prog(seg, (uint32_t)route);
   if (canary__lock_try(seg, canary__writer_lock_off(seg, (uint32_t)route)) != 0)
     return canary__fail(err, err_len, CANARY_EBUSY,
                         "another process is changing this route");
+  /* Under the writer lock: the route's progression slot stays its own. */
+  pa = canary__prog(seg, (uint32_t)route);
+  if (pa == NULL) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "no progression configured on this route");
+    goto out;
+  }
   state = ck_pr_load_32(&pa->state);
   step = ck_pr_load_32(&pa->step);
   load_params(pa, &p);
@@ -949,11 +1210,15 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
                       "the route now has another configuration");
     goto out;
   }
-  if (state > CANARY_PROG_ROLLED_BACK ||
-      canary_prog_check(&p, CANARY_MAX_UPSTREAMS, NULL, 0) != 0 ||
+  if (state > CANARY_PROG_ROLLED_BACK || !params_ok(&p) ||
       p.canary >= seg->max_upstreams || step >= p.nsteps) {
     rc = canary__fail(err, err_len, CANARY_ECORRUPT,
                       "progression state of this route is corrupt");
+    goto out;
+  }
+  if (p.strategy != CANARY_STRATEGY_CANARY) {
+    rc = canary__fail(err, err_len, CANARY_ESTATE,
+                      "a blue/green progression is judged by its node");
     goto out;
   }
   if (st->step >= p.nsteps) {
@@ -982,7 +1247,7 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
   ck_pr_store_64(&pa->p95_bits, dbits(st->p95_us));
   ck_pr_store_64(&pa->p99_bits, dbits(st->p99_us));
   if (judged)
-    ck_pr_inc_64(&pa->evaluations[st->last_result]);
+    ck_pr_inc_64(&r->evaluations[st->last_result]);
   set_reason(pa, "%s", reason);
   if (changed) {
     if (st->state == CANARY_PROG_ROLLED_BACK) {

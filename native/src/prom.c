@@ -80,6 +80,7 @@ static_assert(UNIT_MAX < CANARY_PROM_CHUNK_MIN,
 struct prom_route {
   size_t label_off, label_len; /* escaped route label, in text */
   uint32_t state, step;        /* progression */
+  uint32_t strategy;           /* canary_prog_strategy */
   uint32_t dry;                /* dry run configured, or dry windows judged */
   uint32_t judged;             /* the last conclusive window is known */
   uint32_t judged_dry;         /* ... and was judged in a dry run */
@@ -104,7 +105,7 @@ struct prom_row {
   int q[3]; /* bucket of p50, p95, p99; -1 when empty */
 };
 
-enum { POOL_ROUTES, POOL_STATS, POOLS };
+enum { POOL_ROUTES, POOL_STATS, POOL_PROGS, POOLS };
 
 struct canary_prom {
   const canary_seg_t *seg;
@@ -419,20 +420,25 @@ static int gather_route(struct canary_prom *p, uint32_t i) {
   rc = add_text(p, shown, NULL, &pr->label_off, &pr->label_len);
   if (rc != 0)
     return rc;
-  pa = canary__prog(seg, i);
-  pr->state = ck_pr_load_32((uint32_t *)(uintptr_t)&pa->state);
+  pa = canary__prog(seg, i); /* NULL: no progression */
+  pr->state = pa == NULL ? CANARY_PROG_NONE
+                         : ck_pr_load_32((uint32_t *)(uintptr_t)&pa->state);
   if (pr->state > CANARY_PROG_ROLLED_BACK)
     pr->state = CANARY_PROG_NONE; /* damaged: as canary_prog_status */
-  pr->step = ck_pr_load_32((uint32_t *)(uintptr_t)&pa->step);
+  pr->step =
+      pa == NULL ? 0 : ck_pr_load_32((uint32_t *)(uintptr_t)&pa->step);
   for (int g = 0; g < CANARY_GATE_RESULTS; g++) {
-    pr->evaluations[g] =
-        ck_pr_load_64((uint64_t *)(uintptr_t)&pa->evaluations[g]);
-    pr->dry_evaluations[g] =
-        ck_pr_load_64((uint64_t *)(uintptr_t)&pa->dry_evaluations[g]);
+    pr->evaluations[g] = ck_pr_load_64(&r->evaluations[g]);
+    pr->dry_evaluations[g] = ck_pr_load_64(&r->dry_evaluations[g]);
     pr->dry |= pr->dry_evaluations[g] != 0;
   }
-  if (pr->state != CANARY_PROG_NONE) {
+  if (pa != NULL && pr->state != CANARY_PROG_NONE) {
     pr->dry |= ck_pr_load_32((uint32_t *)(uintptr_t)&pa->params.dry_run) != 0;
+    pr->strategy =
+        ck_pr_load_32((uint32_t *)(uintptr_t)&pa->params.strategy) ==
+                CANARY_STRATEGY_BLUE_GREEN
+            ? CANARY_STRATEGY_BLUE_GREEN
+            : CANARY_STRATEGY_CANARY;
     gather_gates(seg, i, pr, &p->decision);
   }
   rs = canary__route_stripes(seg, i);
@@ -479,6 +485,10 @@ static void gather_segment(struct canary_prom *p) {
   p->slots[POOL_STATS][2] = info.max_stat_slots - info.stat_slots_used;
   p->exhausted[POOL_ROUTES] = info.routes_exhausted;
   p->exhausted[POOL_STATS] = info.stat_slots_exhausted;
+  p->slots[POOL_PROGS][0] = info.prog_slots_used - info.prog_slots_retired;
+  p->slots[POOL_PROGS][1] = info.prog_slots_retired;
+  p->slots[POOL_PROGS][2] = info.max_prog_slots - info.prog_slots_used;
+  p->exhausted[POOL_PROGS] = info.prog_slots_exhausted;
 }
 
 /* One gathering step.  Returns 1 while routes are left, 0 when done. */
@@ -633,7 +643,21 @@ static void unit_step(struct out *o, const struct canary_prom *p, size_t i) {
   put(o, "\n", 1);
 }
 
+/* A blue/green route reports its phases (canary_prog_phase()) instead of
+ * the canary's states: its running state is "preview" or
+ * "post_promotion". */
 static void unit_state(struct out *o, const struct canary_prom *p, size_t i) {
+  static const char *const bg_phases[] = {"none",           "preview",
+                                          "post_promotion", "paused",
+                                          "promoted",       "rolled_back"};
+  const struct prom_route *r = &p->routes[i];
+  if (r->strategy == CANARY_STRATEGY_BLUE_GREEN) {
+    const char *now = canary_prog_phase(r->strategy, r->state, r->step);
+    for (size_t k = 0; k < sizeof bg_phases / sizeof bg_phases[0]; k++)
+      route_line(o, p, "canary_progression_state", r, "state", bg_phases[k],
+                 strcmp(now, bg_phases[k]) == 0);
+    return;
+  }
   for (uint32_t st = CANARY_PROG_NONE; st <= CANARY_PROG_ROLLED_BACK; st++)
     route_line(o, p, "canary_progression_state", &p->routes[i], "state",
                prog_state_text[st], p->routes[i].state == st);
@@ -698,7 +722,8 @@ static void unit_events(struct out *o, const struct canary_prom *p,
                event_text[e], p->routes[i].events[e]);
 }
 
-static const char *const pool_text[POOLS] = {"routes", "upstreams"};
+static const char *const pool_text[POOLS] = {"routes", "upstreams",
+                                             "progressions"};
 
 static void unit_slots(struct out *o, const struct canary_prom *p, size_t i) {
   static const char *const state[3] = {"live", "retired", "free"};
@@ -771,7 +796,8 @@ static const struct family {
      "engine errors that failed open.",
      PER_ROUTE, unit_events},
     {"canary_slots", "gauge",
-     "Segment slots by pool (routes, upstream statistics) and state; "
+     "Segment slots by pool (routes, upstream statistics, progressions) "
+     "and state; "
      "retired slots are reused after their grace period.",
      PER_POOL, unit_slots},
     {"canary_slots_exhausted_total", "counter",

@@ -117,7 +117,7 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
    * change of weights alone needs only the writer lock.  Each is tried
    * once: CANARY_EBUSY at once, nothing changed. */
   for (;;) {
-    int have_cur, names_move;
+    int have_cur, names_move, prog_move;
     if (claim) {
       rc = canary__lock_try(seg, canary__claim_lock_off());
       if (rc != 0)
@@ -148,10 +148,20 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
     }
     names_move = !have_cur || !same_names(&cur, &d) ||
                  !keep_slots(seg, (uint32_t)route, &cur, &d);
-    if (names_move && !claim) {
+    /* A progression slot to take or to give back (progslots.c). */
+    prog_move = canary__prog_moves(seg, (uint32_t)route, prog != NULL);
+    if ((names_move || prog_move) && !claim) {
       canary__lock_release(seg, wlock);
       claim = 1;
       continue;
+    }
+    /* Whether a progression slot is free is known before any statistics
+     * slot changes hands: a publish refused for want of either changes
+     * nothing. */
+    if (prog_move && prog != NULL) {
+      rc = canary__prog_assign(seg, (uint32_t)route, 1, err, err_len);
+      if (rc != 0)
+        goto unlock;
     }
     if (names_move) {
       rc = canary__stats_assign(seg, (uint32_t)route, have_cur ? &cur : NULL,
@@ -159,6 +169,11 @@ int canary_route_publish_prog(canary_seg_t *seg, int route,
       if (rc != 0)
         goto unlock;
     }
+    if (prog_move && prog != NULL)
+      (void)canary__prog_assign(seg, (uint32_t)route, 0, NULL, 0);
+    else if (prog_move)
+      canary__prog_release(seg, (uint32_t)route,
+                           (uint64_t)canary_clock_us());
     /* The progression starts before the table that goes with it is
      * published: the table is the commit point.  A writer killed in
      * between leaves the old table, which no worker's config matches, so

@@ -77,26 +77,34 @@ static uint64_t line_up(uint64_t n) {
 
 uint64_t canary__route_bytes(void) {
   return line_up(sizeof(struct route_hdr)) + sizeof(struct route_seq) +
-         CANARY_STRIPES * sizeof(struct route_stripe) +
-         line_up(sizeof(struct prog_area));
+         CANARY_STRIPES * sizeof(struct route_stripe);
 }
 
 uint64_t canary__stat_bytes(void) {
   return line_up(sizeof(struct stat_slot));
 }
 
-static uint64_t segment_bytes(uint32_t max_routes, uint32_t max_stat_slots) {
+static uint64_t segment_bytes(uint32_t max_routes, uint32_t max_stat_slots,
+                              uint32_t max_prog_slots) {
   return CANARY_HEADER_BYTES + (uint64_t)max_routes * canary__route_bytes() +
-         (uint64_t)max_stat_slots * canary__stat_bytes();
+         (uint64_t)max_stat_slots * canary__stat_bytes() +
+         (uint64_t)max_prog_slots * canary__prog_bytes();
 }
 
 /* FNV-1a over the immutable header fields, so a header damaged after the
- * magic is still recognised as damaged. */
+ * magic is still recognised as damaged: those before the checksum, and
+ * the progression pool's geometry after the lock bytes. */
 static uint64_t header_checksum(const struct seg_header *h) {
   const unsigned char *p = (const unsigned char *)h;
   size_t n = offsetof(struct seg_header, checksum);
+  size_t from = offsetof(struct seg_header, max_prog_slots);
+  size_t to = offsetof(struct seg_header, progs_exhausted);
   uint64_t x = 0xcbf29ce484222325ULL;
   for (size_t i = 0; i < n; i++) {
+    x ^= p[i];
+    x *= 0x100000001b3ULL;
+  }
+  for (size_t i = from; i < to; i++) {
     x ^= p[i];
     x *= 0x100000001b3ULL;
   }
@@ -121,10 +129,13 @@ static const char *header_problem(const struct seg_header *h,
       h->max_routes > MAX_ROUTES_LIMIT || h->max_upstreams == 0 ||
       h->max_upstreams > CANARY_MAX_UPSTREAMS || h->max_stat_slots == 0 ||
       h->max_stat_slots > CANARY_STAT_SLOTS_LIMIT ||
+      h->max_prog_slots == 0 || h->max_prog_slots > h->max_routes ||
       h->retire_grace_s == 0 || h->retire_grace_s > MAX_GRACE_S ||
       h->route_bytes != canary__route_bytes() ||
       h->stat_bytes != canary__stat_bytes() ||
-      h->total_bytes != segment_bytes(h->max_routes, h->max_stat_slots))
+      h->prog_bytes != canary__prog_bytes() ||
+      h->total_bytes != segment_bytes(h->max_routes, h->max_stat_slots,
+                                      h->max_prog_slots))
     return "header geometry is inconsistent";
   if (h->total_bytes != st_size)
     return "file size does not match the header (truncated or extended)";
@@ -200,7 +211,8 @@ static void fill_header(struct seg_header *h,
   h->magic = CANARY_MAGIC;
   h->layout_version = CANARY_LAYOUT_VERSION;
   h->header_bytes = CANARY_HEADER_BYTES;
-  h->total_bytes = segment_bytes(p->max_routes, p->max_stat_slots);
+  h->total_bytes =
+      segment_bytes(p->max_routes, p->max_stat_slots, p->max_prog_slots);
   h->route_bytes = canary__route_bytes();
   h->max_routes = p->max_routes;
   h->max_upstreams = p->max_upstreams;
@@ -208,6 +220,8 @@ static void fill_header(struct seg_header *h,
   h->stat_bytes = canary__stat_bytes();
   h->max_stat_slots = p->max_stat_slots;
   h->retire_grace_s = p->retire_grace_s;
+  h->max_prog_slots = p->max_prog_slots;
+  h->prog_bytes = canary__prog_bytes();
   h->checksum = header_checksum(h);
 }
 
@@ -506,6 +520,10 @@ static canary_seg_t *handle_new(void *base, const struct seg_header *h,
   seg->stat_bytes = h->stat_bytes;
   seg->stat_offset =
       CANARY_HEADER_BYTES + (uint64_t)h->max_routes * h->route_bytes;
+  seg->max_prog_slots = h->max_prog_slots;
+  seg->prog_bytes = h->prog_bytes;
+  seg->prog_offset =
+      seg->stat_offset + (uint64_t)h->max_stat_slots * h->stat_bytes;
   seg->grace_us = (uint64_t)h->retire_grace_s * 1000000u;
   seg->stripe = -1;
   seg->lock_fd = -1;
@@ -600,6 +618,12 @@ static int check_params(struct canary_seg_params *p, char *why,
     return canary__fail(why, why_len, CANARY_EINVAL,
                         "max_stat_slots must be 1..%u",
                         CANARY_STAT_SLOTS_LIMIT);
+  if (p->max_prog_slots == 0)
+    p->max_prog_slots = p->max_routes;
+  if (p->max_prog_slots > p->max_routes)
+    return canary__fail(why, why_len, CANARY_EINVAL,
+                        "max_prog_slots must be 1..max_routes (%u), not %u",
+                        p->max_routes, p->max_prog_slots);
   if (p->retire_grace_s == 0)
     p->retire_grace_s = CANARY_RETIRE_GRACE_S;
   if (p->retire_grace_s > MAX_GRACE_S)
@@ -612,7 +636,7 @@ int canary_seg_open(canary_seg_t **out, const char *path,
                     uint32_t max_routes, uint32_t max_upstreams, int flags,
                     char *why, size_t why_len) {
   struct canary_seg_params p = {max_routes, max_upstreams, 0,
-                                (uint32_t)flags, 0};
+                                (uint32_t)flags, 0, 0};
   return canary_seg_open_params(out, path, &p, why, why_len);
 }
 
@@ -729,6 +753,9 @@ int canary_seg_info(const canary_seg_t *seg, struct canary_seg_info *out) {
   out->layout_version = CANARY_LAYOUT_VERSION;
   out->routes_exhausted = ck_pr_load_64(&h->routes_exhausted);
   out->stat_slots_exhausted = ck_pr_load_64(&h->stats_exhausted);
+  out->prog_bytes = seg->prog_bytes;
+  out->max_prog_slots = seg->max_prog_slots;
+  out->prog_slots_exhausted = ck_pr_load_64(&h->progs_exhausted);
   /* Counted from the slots themselves, so the figures are right even in
    * a segment whose counters a crash left behind. */
   for (uint32_t i = 0; i < seg->max_routes; i++) {
@@ -740,6 +767,11 @@ int canary_seg_info(const canary_seg_t *seg, struct canary_seg_info *out) {
     uint32_t st = ck_pr_load_32(&canary__stat_slot(seg, i)->hdr.state);
     out->stat_slots_used += st != STAT_FREE;
     out->stat_slots_retired += st == STAT_RETIRED;
+  }
+  for (uint32_t i = 0; i < seg->max_prog_slots; i++) {
+    uint32_t st = ck_pr_load_32(&canary__prog_slot(seg, i)->hdr.state);
+    out->prog_slots_used += st != STAT_FREE;
+    out->prog_slots_retired += st == STAT_RETIRED;
   }
   return 0;
 }

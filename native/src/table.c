@@ -261,8 +261,13 @@ int canary__read_table(const canary_seg_t *seg, struct route_hdr *r,
       d->upper[i] = ck_pr_load_32(&b->upper[i]);
       d->stat[i] = ck_pr_load_32(&b->stat[i]);
     }
-    if (names_too)
-      canary__load_words(d->names, b->names, sizeof d->names / 8);
+    if (names_too) {
+      /* The names in use only (a scrape reads a thousand tables); the
+       * others read as empty. */
+      uint32_t used = d->n < CANARY_MAX_UPSTREAMS ? d->n : CANARY_MAX_UPSTREAMS;
+      canary__load_words(d->names, b->names, used * CANARY_NAME_MAX / 8);
+      memset(d->names[used], 0, (CANARY_MAX_UPSTREAMS - used) * CANARY_NAME_MAX);
+    }
     /* The data is read before the sequence is checked again. */
     ck_pr_fence_load();
     s2 = ck_pr_load_64(&b->seq);

@@ -23,7 +23,7 @@
 /* A 4-route segment whose retired slots wait 1 s: a retirement stamped
  * at 1 us (the clock's first second) is past its grace. */
 static int setup(void **state) {
-  struct canary_seg_params p = {L_ROUTES, L_UPSTREAMS, 0, 0, 1};
+  struct canary_seg_params p = {L_ROUTES, L_UPSTREAMS, 0, 0, 1, 0};
   struct test_fx *fx;
   if (test_fx_setup(state, 0, 0) != 0)
     return -1;
@@ -177,7 +177,7 @@ static void new_name_starts_at_zero_and_the_old_one_is_retired(void **state) {
  * must not inherit what it counted. */
 static void reused_slot_starts_at_zero(void **state) {
   struct test_fx *fx = *state;
-  struct canary_seg_params p = {2, 4, 2, 0, 1};
+  struct canary_seg_params p = {2, 4, 2, 0, 1, 0};
   const char *const v2[] = {"stable", "canary-v2", NULL};
   const char *const v3[] = {"stable", "canary-v3", NULL};
   const char *const v4[] = {"stable", "canary-v4", NULL};
@@ -259,7 +259,7 @@ static void record_lands_on_the_upstream_that_served(void **state) {
  * period) is dropped, not counted into the slot's next owner. */
 static void stale_handle_never_counts_into_the_next_owner(void **state) {
   struct test_fx *fx = *state;
-  struct canary_seg_params p = {2, 4, 2, 0, 1};
+  struct canary_seg_params p = {2, 4, 2, 0, 1, 0};
   const char *const a[] = {"stable", "canary-a", NULL};
   const char *const only[] = {"stable", NULL};
   const char *const b[] = {"stable", "canary-b", NULL};
@@ -480,7 +480,7 @@ static void retired_route_comes_back_with_its_counts(void **state) {
  * flight on it stay safe; the claim fails clearly and is counted. */
 static void grace_period_keeps_retired_slots(void **state) {
   struct test_fx *fx = *state;
-  struct canary_seg_params p = {L_ROUTES, L_UPSTREAMS, 0, 0, 0}; /* 300 s */
+  struct canary_seg_params p = {L_ROUTES, L_UPSTREAMS, 0, 0, 0, 0}; /* 300 s */
   const char *const names[] = {"stable", "canary", NULL};
   struct canary_seg_info info;
   canary_seg_t *seg = NULL;
@@ -515,7 +515,7 @@ static void grace_period_keeps_retired_slots(void **state) {
 
 static void exhausted_pool_fails_the_publish_and_changes_nothing(void **state) {
   struct test_fx *fx = *state;
-  struct canary_seg_params p = {4, 4, 3, 0, 0};
+  struct canary_seg_params p = {4, 4, 3, 0, 0, 0};
   const char *const two[] = {"stable", "canary", NULL};
   const char *const other[] = {"stable2", "canary2", NULL};
   struct canary_seg_info info;
@@ -548,7 +548,10 @@ static void exhausted_pool_fails_the_publish_and_changes_nothing(void **state) {
 
 static void segment_follows_the_configuration(void **state) {
   struct test_fx *fx = *state;
-  struct canary_seg_params p = {1000, 16, 2 * 1000 + 64, 0, 0};
+  /* As the plugin sizes it by default for CANARY_ROUTER_MAX_ROUTES=1000:
+   * 2 statistics slots per route and 64 spare, a progression slot for
+   * every route up to 64 and for one in 8 beyond (runtime.lua). */
+  struct canary_seg_params p = {1000, 16, 2 * 1000 + 64, 0, 0, 64 + 1000 / 8};
   struct canary_seg_info info;
   canary_seg_t *seg = NULL;
   char path[PATH_MAX];
@@ -558,17 +561,256 @@ static void segment_follows_the_configuration(void **state) {
                    CANARY_SEG_CREATED);
   test_track(seg, 1);
   assert_int_equal(canary_seg_info(seg, &info), 0);
-  /* No route reserves statistics for upstreams it does not have: 1000
-   * routes x 2 upstreams (and 64 spare slots) cost one route slot each
-   * and one statistics slot per upstream, nothing per possible upstream.
-   * A route slot is dominated by its progression area (two window bases
-   * and the decision log, about 60 KB), so this is ~104 MB, not the
-   * 64 MB that routes without that area would fit in. */
-  assert_true(info.route_bytes <= sizeof(struct prog_area) + 16 * 1024);
-  assert_true(info.size <= CANARY_HEADER_BYTES + 1000 * info.route_bytes +
-                               (2 * 1000 + 64) * (uint64_t)sizeof(struct stat_slot) +
-                               1024 * 1024);
+  /* No route reserves statistics for upstreams it does not have, nor a
+   * progression area (two window bases and the decision log, about
+   * 60 KB) it has no progression for: 1000 routes x 2 upstreams fit in
+   * 64 MB, with a progression on 189 of them. */
+  assert_true(info.route_bytes + sizeof(struct prog_area) / 2 <
+              info.prog_bytes);
+  assert_int_equal(info.max_prog_slots, 64 + 1000 / 8);
+  assert_int_equal(info.size,
+                   CANARY_HEADER_BYTES + 1000 * info.route_bytes +
+                       (2 * 1000 + 64) * info.stat_bytes +
+                       (64 + 1000 / 8) * info.prog_bytes);
+  assert_true(info.size <= 64ull * 1024 * 1024);
   assert_int_equal(info.retire_grace_s, CANARY_RETIRE_GRACE_S);
+  test_untrack(seg);
+  canary_seg_close(seg);
+}
+
+/* ---- progression slots ---------------------------------------------------- */
+
+static void time_based(struct canary_prog_params *p) {
+  memset(p, 0, sizeof *p);
+  p->canary = 1;
+  p->nsteps = 3;
+  p->steps[0] = 1000;
+  p->steps[1] = 5000;
+  p->steps[2] = 10000;
+  p->interval_ms = 1000;
+  p->failure_limit = 1;
+  test_judge_unset(&p->judge); /* no gate: every window passes */
+}
+
+static int publish_prog(canary_seg_t *seg, int route, uint64_t hash,
+                        const struct canary_prog_params *p, char *err,
+                        size_t err_len) {
+  struct canary_table t;
+  memset(&t, 0, sizeof t);
+  t.n = 2;
+  strcpy(t.names[0], "stable");
+  strcpy(t.names[1], "canary");
+  t.weights[0] = 9000;
+  t.weights[1] = 1000;
+  return canary_route_publish_prog(seg, route, &t, p, hash, NULL, err,
+                                   err_len);
+}
+
+/* A 4-route segment with 2 progression slots: routes take one only
+ * while they have a progression, the third is refused with a clear error
+ * and changes nothing, a removed progression's slot waits out its grace
+ * and keeps the route's judged-window counters. */
+static void progression_slots_follow_the_configuration(void **state) {
+  struct test_fx *fx = *state;
+  struct canary_seg_params sp = {4, 4, 0, 0, 1, 2};
+  struct canary_prog_params p;
+  struct canary_prog_status st;
+  struct canary_route_view v;
+  struct canary_seg_info info;
+  struct canary_decision dec[4];
+  canary_seg_t *seg = NULL;
+  char path[PATH_MAX], err[256] = "";
+  int a, b, c;
+
+  test_path(path, sizeof path, fx->dir, "progs.seg");
+  assert_int_equal(canary_seg_open_params(&seg, path, &sp, NULL, 0),
+                   CANARY_SEG_CREATED);
+  test_track(seg, 1);
+  a = claim(seg, "a");
+  b = claim(seg, "b");
+  c = claim(seg, "c");
+  time_based(&p);
+  /* Plain routes take no progression slot. */
+  assert_int_equal(publish_prog(seg, c, 1, NULL, err, sizeof err), 0);
+  assert_int_equal(canary_seg_info(seg, &info), 0);
+  assert_int_equal(info.prog_slots_used, 0);
+  assert_int_equal(publish_prog(seg, a, 2, &p, err, sizeof err), 0);
+  assert_int_equal(publish_prog(seg, b, 3, &p, err, sizeof err), 0);
+  /* The pool is full: refused, the route keeps what it had. */
+  assert_int_equal(publish_prog(seg, c, 4, &p, err, sizeof err),
+                   CANARY_EFULL);
+  assert_non_null(strstr(err, "CANARY_ROUTER_MAX_PROGRESSIONS"));
+  assert_int_equal(canary_route_read(seg, c, &v), 0);
+  assert_int_equal(v.config_hash, 1);
+  assert_int_equal(v.effective[1], 1000);
+  assert_int_equal(canary_prog_status(seg, c, canary_clock_us(), &st), 0);
+  assert_int_equal(st.state, CANARY_PROG_NONE);
+  assert_int_equal(canary_seg_info(seg, &info), 0);
+  assert_int_equal(info.prog_slots_used, 2);
+  assert_int_equal(info.prog_slots_exhausted, 1);
+  /* a and b run, each in its own area. */
+  assert_int_equal(canary_prog_tick(seg, a, canary_clock_us() + 1.5 * SEC,
+                                    &st),
+                   2);
+  assert_int_equal(st.step, 1);
+  assert_int_equal(st.evaluations[CANARY_GATE_PASS], 1);
+  assert_int_equal(canary_prog_status(seg, b, canary_clock_us(), &st), 0);
+  assert_int_equal(st.state, CANARY_PROG_RUNNING);
+  assert_int_equal(st.step, 0);
+  assert_int_equal(canary_prog_decisions(seg, b, 0, dec, 4), 0);
+  /* a drops its progression: its slot retires, its counter stays. */
+  assert_int_equal(publish_prog(seg, a, 5, NULL, err, sizeof err), 0);
+  assert_int_equal(canary_prog_status(seg, a, canary_clock_us(), &st), 0);
+  assert_int_equal(st.state, CANARY_PROG_NONE);
+  assert_int_equal(st.evaluations[CANARY_GATE_PASS], 1);
+  assert_int_equal(canary_prog_decisions(seg, a, 0, dec, 4), 0);
+  assert_int_equal(canary_route_read(seg, a, &v), 0);
+  assert_int_equal(v.effective[1], 1000); /* the configured weights */
+  assert_int_equal(canary_seg_info(seg, &info), 0);
+  assert_int_equal(info.prog_slots_used, 2);
+  assert_int_equal(info.prog_slots_retired, 1);
+  /* Within its grace the slot is not for c... */
+  assert_int_equal(publish_prog(seg, c, 4, &p, err, sizeof err),
+                   CANARY_EFULL);
+  /* ...but a gets it back, with its decision log. */
+  assert_int_equal(publish_prog(seg, a, 6, &p, err, sizeof err), 0);
+  assert_int_equal(canary_prog_decisions(seg, a, 0, dec, 4), 1);
+  assert_int_equal(canary_prog_status(seg, a, canary_clock_us(), &st), 0);
+  assert_int_equal(st.state, CANARY_PROG_RUNNING);
+  assert_int_equal(st.step, 0); /* a new progression starts at step 1 */
+  test_untrack(seg);
+  canary_seg_close(seg);
+}
+
+/* A retired route's progression slot goes, after the grace period, to
+ * another route, which starts from an empty area; the retired route,
+ * claimed back, starts afresh instead of running without its area. */
+static void retired_routes_progression_slot_is_reused(void **state) {
+  struct test_fx *fx = *state;
+  struct canary_seg_params sp = {4, 4, 0, 0, 1, 1};
+  struct canary_prog_params p;
+  struct canary_prog_status st;
+  struct canary_route_view v;
+  struct canary_decision dec[4];
+  canary_seg_t *seg = NULL;
+  char path[PATH_MAX], err[256] = "";
+  int a, b;
+
+  test_path(path, sizeof path, fx->dir, "reuse.seg");
+  assert_int_equal(canary_seg_open_params(&seg, path, &sp, NULL, 0),
+                   CANARY_SEG_CREATED);
+  test_track(seg, 1);
+  time_based(&p);
+  a = claim(seg, "a");
+  b = claim(seg, "b");
+  assert_int_equal(publish_prog(seg, a, 1, &p, err, sizeof err), 0);
+  assert_int_equal(canary_prog_action(seg, a, CANARY_ACT_PAUSE,
+                                      canary_clock_us(), &st, err,
+                                      sizeof err),
+                   0);
+  assert_int_equal(publish_prog(seg, b, 2, &p, err, sizeof err),
+                   CANARY_EFULL);
+  assert_int_equal(canary_route_retire(seg, a, LONG_AGO), 0);
+  assert_int_equal(publish_prog(seg, b, 2, &p, err, sizeof err), 0);
+  assert_int_equal(canary_prog_status(seg, b, canary_clock_us(), &st), 0);
+  assert_int_equal(st.state, CANARY_PROG_RUNNING);
+  assert_int_equal(canary_prog_decisions(seg, b, 0, dec, 4), 0);
+  /* a comes back: its slot is b's now, so it starts unpublished. */
+  assert_int_equal(claim(seg, "a"), a);
+  assert_int_equal(canary_route_read(seg, a, &v), 0);
+  assert_int_equal(v.generation, 0);
+  assert_int_equal(canary_prog_status(seg, a, canary_clock_us(), &st), 0);
+  assert_int_equal(st.state, CANARY_PROG_NONE);
+  assert_int_equal(publish_prog(seg, a, 1, &p, err, sizeof err),
+                   CANARY_EFULL);
+  assert_int_equal(canary_prog_status(seg, b, canary_clock_us(), &st), 0);
+  assert_int_equal(st.state, CANARY_PROG_RUNNING);
+  test_untrack(seg);
+  canary_seg_close(seg);
+}
+
+/* Processes publishing progressions on their own routes at once, more
+ * of them than there are progression slots: exactly as many succeed as
+ * there are slots, no two routes share one, the rest are refused. */
+#define RACERS 6u
+#define RACE_SLOTS 4u
+
+struct race {
+  int rc[RACERS];
+};
+
+static void racer(const char *path, int route, int me, struct race *res,
+                  struct test_gate *g) {
+  canary_seg_t *seg = NULL;
+  struct canary_prog_params p;
+  int rc;
+  CHILD_CHECK(canary_seg_open(&seg, path, RACERS, 4, 0, NULL, 0) ==
+                  CANARY_SEG_ATTACHED,
+              2);
+  time_based(&p);
+  test_gate_wait(g);
+  /* The claim lock is tried once: a busy one is retried, as the
+   * plugin's tick does. */
+  while ((rc = publish_prog(seg, route, 10 + (uint64_t)me, &p, NULL, 0)) ==
+         CANARY_EBUSY)
+    ;
+  res->rc[me] = rc;
+  canary_seg_close(seg);
+  _exit(0);
+}
+
+static void concurrent_publishes_share_no_progression_slot(void **state) {
+  struct test_fx *fx = *state;
+  struct canary_seg_params sp = {RACERS, 4, 0, 0, 1, RACE_SLOTS};
+  struct race *res = test_shared_alloc(sizeof *res);
+  struct canary_seg_info info;
+  struct test_gate g;
+  canary_seg_t *seg = NULL;
+  char path[PATH_MAX];
+  pid_t pids[RACERS];
+  int routes[RACERS], ok = 0, full = 0;
+
+  assert_non_null(res);
+  test_path(path, sizeof path, fx->dir, "race.seg");
+  assert_int_equal(canary_seg_open_params(&seg, path, &sp, NULL, 0),
+                   CANARY_SEG_CREATED);
+  test_track(seg, 1);
+  for (unsigned i = 0; i < RACERS; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "r%u", i);
+    routes[i] = claim(seg, key);
+  }
+  assert_int_equal(test_gate_init(&g), 0);
+  for (unsigned i = 0; i < RACERS; i++) {
+    pids[i] = test_fork();
+    assert_true(pids[i] >= 0);
+    if (pids[i] == 0)
+      racer(path, routes[i], (int)i, res, &g);
+  }
+  test_gate_open(&g);
+  for (unsigned i = 0; i < RACERS; i++)
+    assert_int_equal(test_wait_status(pids[i]), 0);
+  for (unsigned i = 0; i < RACERS; i++) {
+    struct canary_prog_status st;
+    assert_true(res->rc[i] == 0 || res->rc[i] == CANARY_EFULL);
+    assert_int_equal(canary_prog_status(seg, routes[i], canary_clock_us(), &st),
+                     0);
+    assert_int_equal(st.state, res->rc[i] == 0 ? CANARY_PROG_RUNNING
+                                               : CANARY_PROG_NONE);
+    ok += res->rc[i] == 0;
+    full += res->rc[i] == CANARY_EFULL;
+    /* Each running route has an area of its own. */
+    for (unsigned j = 0; j < i; j++)
+      if (res->rc[i] == 0 && res->rc[j] == 0)
+        assert_ptr_not_equal(canary__prog(seg, (uint32_t)routes[i]),
+                             canary__prog(seg, (uint32_t)routes[j]));
+  }
+  assert_int_equal(ok, RACE_SLOTS);
+  assert_int_equal(full, RACERS - RACE_SLOTS);
+  assert_int_equal(canary_seg_info(seg, &info), 0);
+  assert_int_equal(info.prog_slots_used, RACE_SLOTS);
+  assert_int_equal(info.prog_slots_exhausted, RACERS - RACE_SLOTS);
+  test_shared_free(res, sizeof *res);
   test_untrack(seg);
   canary_seg_close(seg);
 }
@@ -704,6 +946,12 @@ int main(void) {
           teardown),
       cmocka_unit_test_setup_teardown(segment_follows_the_configuration,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          progression_slots_follow_the_configuration, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          retired_routes_progression_slot_is_reused, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          concurrent_publishes_share_no_progression_slot, setup, teardown),
       cmocka_unit_test_setup_teardown(
           concurrent_reorders_lose_and_move_nothing, setup, teardown),
   };

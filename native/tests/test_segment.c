@@ -950,7 +950,7 @@ static void seg_refuses_a_file_of_another_user(void **state) {
 static int prepare_for(const char *path, uint32_t routes, uint32_t ups,
                        uint32_t uid, uint32_t gid, char *why,
                        size_t why_len) {
-  struct canary_seg_params p = {routes, ups, 0, 0, 0};
+  struct canary_seg_params p = {routes, ups, 0, 0, 0, 0};
   return canary_seg_prepare(path, &p, uid, gid, why, why_len);
 }
 
@@ -1006,7 +1006,7 @@ static void seg_prepare_rejects_bad_arguments(void **state) {
  * prepared with, and prepare refuses what open would refuse. */
 static void seg_prepare_sizes_the_statistics_pool(void **state) {
   struct test_fx *fx = *state;
-  struct canary_seg_params p = {SEG_ROUTES, SEG_UPSTREAMS, 5, 0, 7};
+  struct canary_seg_params p = {SEG_ROUTES, SEG_UPSTREAMS, 5, 0, 7, 0};
   struct canary_seg_info info;
   canary_seg_t *seg = NULL;
   uint32_t me = (uint32_t)geteuid(), gid = (uint32_t)getegid();

@@ -14,6 +14,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
 
 die() { echo "demo_upstream: $*" >&2; exit 1; }
+# Debian's nginx, whose modules the config loads (not the OpenResty nginx
+# a sourced Kong environment puts first on PATH).
+NGINX=${CANARY_HOST_NGINX:-/usr/sbin/nginx}
 
 cmd=${1:-}
 [ -n "$cmd" ] || die "usage: ctl.sh start|stop|status [--prefix DIR] [--servers NAME:PORT,...]"
@@ -88,7 +91,7 @@ case "$cmd" in
       die "already running in $PREFIX (pid $m)"
     fi
     render
-    out=$(nginx -p "$PREFIX/" -c conf/nginx.conf 2>&1) || { echo "$out" >&2; die "nginx failed to start"; }
+    out=$("$NGINX" -p "$PREFIX/" -c conf/nginx.conf 2>&1) || { echo "$out" >&2; die "nginx failed to start"; }
     IFS=',' read -ra list <<< "$SERVERS"
     deadline=$((SECONDS + 10))
     for s in "${list[@]}"; do
