@@ -1166,11 +1166,15 @@ end
 local function shows_progression(d, config)
   local want = type(config) == "table" and config.progression
   local got = d.progression
-  if type(want) ~= "table" or want.canary == nil or want.canary == cjson.null then
+  -- blue/green: green is the preview (or second) upstream, and the
+  -- engine runs two steps of its own whatever `steps` says
+  local blue_green = type(want) == "table" and want.strategy == "blue_green"
+  if type(want) ~= "table" or
+     (not blue_green and (want.canary == nil or want.canary == cjson.null)) then
     return type(got) ~= "table" or got.state == "none"
   end
   return type(got) == "table" and
-         (type(want.steps) ~= "table" or got.steps == #want.steps) and
+         (blue_green or type(want.steps) ~= "table" or got.steps == #want.steps) and
          (tonumber(want.interval) == nil or got.interval_ms == tonumber(want.interval) * 1000)
 end
 
