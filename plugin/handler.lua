@@ -66,9 +66,8 @@ local ngx_var = ngx and ngx.var
 -- kong.response.get_source() (kong/pdk/response.lua) on the flags Kong's
 -- runloop sets in ngx.ctx, without its phase check; the PDK itself where
 -- there is no ngx (the unit specs' stub).
-local function get_source()
-  if not ngx then return kong.response.get_source() end
-  local nctx = ngx.ctx
+local function get_source(nctx)
+  if not nctx then return kong.response.get_source() end
   if nctx.KONG_UNEXPECTED then return "error" end
   if nctx.KONG_EXITED then return "exit" end
   if nctx.KONG_PROXIED then return "service" end
@@ -81,6 +80,27 @@ local function get_status()
 end
 local req_set_header = ngx and ngx.req and ngx.req.set_header
 local resp_header = ngx and ngx.header
+
+-- A request's state, from access to header_filter: one table sized for
+-- its fields at once (no rehash as they are set), kept in ngx.ctx under
+-- the plugin's own key.  kong.ctx.plugin would do the same with a
+-- namespace lookup and a table that grows field by field; it is used
+-- where there is no ngx (the unit specs' stub).
+local new_tab = require "table.new"
+local CTX_KEY = "canary_router"
+local function new_request_state(nctx)
+  local r = new_tab(0, 8)
+  if nctx then
+    nctx[CTX_KEY] = r
+  else
+    kong.ctx.plugin.r = r
+  end
+  return r
+end
+local function request_state(nctx)
+  if nctx then return nctx[CTX_KEY] end
+  return kong.ctx.plugin.r
+end
 
 -- First value of a header (`var` is its nginx variable, "http_x_y").
 local function header(name, var)
@@ -212,27 +232,28 @@ end
 -- plugin runs, is "name"; for a service on an IP address it would hand
 -- the Upstream's name to set_current_peer() and fail every request.  The
 -- Upstream exists (set_upstream checked), so the target is a name now.
-local function set_upstream(name)
+local function set_upstream(name, nctx)
   local ok, err = kong.service.set_upstream(name)
   if ok then
-    local bd = ngx and ngx.ctx.balancer_data
+    local bd = nctx and nctx.balancer_data
     if bd and bd.type ~= "name" then bd.type = "name" end
   end
   return ok, err
 end
 
-local function set_stable(c)
-  local ok, err = set_upstream(c.stable)
+local function set_stable(c, nctx)
+  local ok, err = set_upstream(c.stable, nctx)
   if not ok then
     log_once("err", "canary-router: stable upstream '" .. c.stable ..
                     "' refused: " .. tostring(err))
   end
-  return 1
 end
 
 function CanaryRouter:access(conf)
   local c = runtime.get(conf)
-  local ctx = kong.ctx.plugin
+  -- ngx.ctx costs a lookup each time: fetched once per phase.
+  local nctx = ngx and ngx.ctx
+  local ctx = new_request_state(nctx)
   ctx.c = c
 
   if state.lib_ok then
@@ -256,7 +277,7 @@ function CanaryRouter:access(conf)
   end
 
   if not c.route then
-    ctx.up = set_stable(c)
+    set_stable(c, nctx)
     ctx.name = c.stable
     return
   end
@@ -279,22 +300,21 @@ function CanaryRouter:access(conf)
     log_once("err", "canary-router: engine pick failed for " .. c.key ..
                     " (" .. tostring(gen) .. "); failing open to " ..
                     c.stable)
-    ctx.up = set_stable(c)
+    set_stable(c, nctx)
     ctx.name = c.stable
     ctx.stat = runtime.stat(c, c.stable)
     ctx.t_sent = now_us()
     return
   end
 
-  local ok, err = set_upstream(name)
+  local ok, err = set_upstream(name, nctx)
   if not ok then
     seg:event(c.route, EVENT.FALLBACK)
     log_once("err", "canary-router: upstream '" .. name .. "' refused (" ..
                     tostring(err) .. "); sending its traffic to " .. c.stable)
-    idx = set_stable(c)
+    set_stable(c, nctx)
     name = c.stable
   end
-  ctx.up = idx
   ctx.name = name
   ctx.gen = ok and gen or nil -- no table chose a fallback
   -- The statistics of the upstream that serves, by the handle of the
@@ -313,7 +333,9 @@ end
 -- recorded; a request whose client went away before any response is not
 -- a response either.
 function CanaryRouter:header_filter(conf)
-  local ctx = kong.ctx.plugin
+  local nctx = ngx and ngx.ctx
+  local ctx = request_state(nctx)
+  if not ctx then return end
   local c = ctx.c
   if not c then return end
   if c.echo and ctx.trace_id then
@@ -327,7 +349,7 @@ function CanaryRouter:header_filter(conf)
   end
   local t_sent = ctx.t_sent
   if not (t_sent and c.route and ctx.stat) then return end
-  if get_source() == "exit" then return end
+  if get_source(nctx) == "exit" then return end
   state.seg:record(c.route, ctx.stat, now_us() - t_sent, get_status(), ctx.source,
                    ctx.forced)
 end

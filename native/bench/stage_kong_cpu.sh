@@ -6,20 +6,9 @@
 #
 # Seven Kong nodes run side by side, DB-less, one worker each, all
 # proxying to the same benchmark upstream (one nginx worker answering a
-# small 200 on 127.0.0.1:29001 and :29002, keep-alive):
-#
-#   bare          a service on 127.0.0.1:29001, no plugin          :28200
-#   weighted      the service on an Upstream with targets 90/10    :28210
-#   correlation   bare + correlation-id (uuid, echoed)             :28220
-#   prometheus    bare + prometheus, every metric switched on      :28230
-#   assembled     weighted + prometheus (all) + correlation-id:    :28240
-#                 what a user assembles today for a canary
-#   canary        canary-router defaults: upstreams 90/10, trace   :28250
-#                 IDs (X-Trace-Id + traceparent, echoed),
-#                 histograms
-#   canary_full   canary-router sticky by header with an ip        :28260
-#                 fallback, override allowed from 127.0.0.1,
-#                 response header, a progression (1 h steps)
+# small 200 on 127.0.0.1:29001 and :29002, keep-alive); the variants and
+# the two target ratios are in kong_variants.sh.  Proxy ports 28200,
+# 28210, ... 28260 in the order of VARIANTS.
 #
 # The Kong workers are pinned to CPU 1, wrk and the upstream to CPU 0.
 # Each run reads utime+stime of the node's worker (/proc/<pid>/stat)
@@ -34,6 +23,7 @@
 #   kong_canary_full_added_vs_assembled canary_full added / assembled added
 #                                      (target <= 0.5)
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/kong_variants.sh"
 
 [ -n "${KONG_ENV:-}" ] || exit 0
 [ -r "$KONG_ENV" ] || die "KONG_ENV=$KONG_ENV is not a readable file"
@@ -46,7 +36,6 @@ ROUNDS=${KONG_CPU_ROUNDS:-7}
 SECS=${KONG_CPU_SECONDS:-3}
 UP1=29001
 UP2=29002
-VARIANTS=(bare weighted correlation prometheus assembled canary canary_full)
 declare -A PORT=([bare]=28200 [weighted]=28210 [correlation]=28220 [prometheus]=28230
                  [assembled]=28240 [canary]=28250 [canary_full]=28260)
 declare -A PREFIX WRK_ARGS WORKER
@@ -61,76 +50,11 @@ for pid in $(nginx_worker_pids "$ROOT_OUT/upstream"); do taskset -pc 0 "$pid" >/
 
 KONG_VERSION=$(kong version 2>/dev/null | awk '{ print $NF }')
 
-# The declarative config of one variant: services, upstreams, plugins.
-kong_yml() { # variant
-  local svc_url="http://127.0.0.1:$UP1" plugins="" upstreams=""
-  local weighted="  - name: weighted
-    targets:
-      - { target: 127.0.0.1:$UP1, weight: 90 }
-      - { target: 127.0.0.1:$UP2, weight: 10 }"
-  local two="  - name: stable
-    targets: [{ target: 127.0.0.1:$UP1 }]
-  - name: canary
-    targets: [{ target: 127.0.0.1:$UP2 }]"
-  local corr="      - name: correlation-id
-        config: { header_name: X-Trace-Id, generator: uuid, echo_downstream: true }"
-  local prom="      - name: prometheus
-        config: { status_code_metrics: true, latency_metrics: true,
-                  bandwidth_metrics: true, upstream_health_metrics: true }"
-  local canary="      - name: canary-router
-        config:
-          upstreams:
-            - { name: stable, weight: 90 }
-            - { name: canary, weight: 10 }"
-  case $1 in
-    bare) ;;
-    weighted) svc_url=http://weighted; upstreams=$weighted ;;
-    correlation) plugins=$corr ;;
-    prometheus) plugins=$prom ;;
-    assembled) svc_url=http://weighted; upstreams=$weighted; plugins="$corr
-$prom" ;;
-    canary) svc_url=http://stable; upstreams=$two; plugins=$canary ;;
-    canary_full) svc_url=http://stable; upstreams=$two; plugins="$canary
-          sticky: { by: header, header: X-User, fallback: [ip] }
-          override: { header: X-Canary, allow_from: [127.0.0.1] }
-          response_header: X-Canary-Upstream
-          progression:
-            canary: canary
-            steps: [10, 50, 100]
-            interval: 3600
-            max_error_rate: 1
-            max_p99_ms: 2000" ;;
-  esac
-  cat <<EOF
-_format_version: "3.0"
-services:
-  - name: bench
-    url: $svc_url
-    routes: [{ name: bench, paths: [/] }]
-$( [ -n "$plugins" ] && printf '    plugins:\n%s\n' "$plugins" )
-$( [ -n "$upstreams" ] && printf 'upstreams:\n%s\n' "$upstreams" )
-EOF
-}
-
 kong_node() { # variant
   local v=$1 prefix=$ROOT_OUT/$1 port=${PORT[$1]}
   mkdir -p "$prefix"
   kong_yml "$v" >"$prefix/kong.yml"
-  KONG_PREFIX=$prefix \
-  KONG_DATABASE=off \
-  KONG_DECLARATIVE_CONFIG=$prefix/kong.yml \
-  KONG_ROUTER_FLAVOR=traditional \
-  KONG_NGINX_WORKER_PROCESSES=1 \
-  KONG_PROXY_LISTEN="127.0.0.1:$port reuseport backlog=4096" \
-  KONG_ADMIN_LISTEN=off \
-  KONG_STATUS_LISTEN=off \
-  KONG_PROXY_ACCESS_LOG=/dev/null \
-  KONG_ANONYMOUS_REPORTS=off \
-  KONG_PLUGINS=bundled,canary-router \
-  CANARY_ROUTER_SEGMENT=$prefix/canary-router.seg \
-  KONG_NGINX_MAIN_ENV=CANARY_ROUTER_SEGMENT \
-  KONG_LUA_PACKAGE_PATH="$BENCH_ROOT/build/lua/?.lua;$BENCH_ROOT/build/lua/?/init.lua;;" \
-  KONG_LUA_PACKAGE_CPATH="$BENCH_ROOT/build/?.so;;" \
+  kong_variant_env "$prefix" "127.0.0.1:$port reuseport backlog=4096" \
     kong start >"$prefix/start.log" 2>&1 || die "$v: kong start failed: $(tail -n 5 "$prefix/start.log")"
   on_exit "kong stop -p '$prefix'"
   PREFIX[$v]=$prefix
@@ -147,8 +71,7 @@ kong_node() { # variant
 }
 
 for v in "${VARIANTS[@]}"; do kong_node "$v"; done
-for v in "${VARIANTS[@]}"; do WRK_ARGS[$v]=""; done
-WRK_ARGS[canary_full]="-H X-User:user-4711"
+for v in "${VARIANTS[@]}"; do WRK_ARGS[$v]=$(variant_headers "$v"); done
 
 for v in "${VARIANTS[@]}"; do wait_http "http://127.0.0.1:${PORT[$v]}/x"; done
 curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[canary]}/x" | grep -qi '^X-Trace-Id:' ||

@@ -1,0 +1,104 @@
+# shellcheck shell=bash
+# native/bench/kong_variants.sh - the Kong configurations the real-Kong
+# benchmark stages compare (sourced after lib.sh; UP1 and UP2 are the
+# benchmark upstreams' ports):
+#
+#   bare          a service on 127.0.0.1:UP1, no plugin
+#   weighted      the service on an Upstream with targets 90/10
+#   correlation   bare + correlation-id (uuid, echoed)
+#   prometheus    bare + prometheus, every metric switched on
+#   assembled     weighted + prometheus (all) + correlation-id: what a
+#                 user assembles today for a canary
+#   canary        canary-router defaults: upstreams 90/10, trace IDs
+#                 (X-Trace-Id + traceparent, echoed), histograms
+#   canary_full   canary-router sticky by header with an ip fallback,
+#                 override allowed from 127.0.0.1, response header, a
+#                 progression (1 h steps); requests carry X-User
+#
+# Ratios: each variant's cost added over bare, and
+#   canary added / correlation added       (target <= 0.8)
+#   canary_full added / assembled added    (target <= 0.5)
+
+VARIANTS=(bare weighted correlation prometheus assembled canary canary_full)
+
+# The declarative config of one variant: services, upstreams, plugins.
+kong_yml() { # variant
+  # shellcheck disable=SC2153 # UP1/UP2 are set by the sourcing stage
+  local svc_url="http://127.0.0.1:$UP1" plugins="" upstreams=""
+  local weighted="  - name: weighted
+    targets:
+      - { target: 127.0.0.1:$UP1, weight: 90 }
+      - { target: 127.0.0.1:$UP2, weight: 10 }"
+  local two="  - name: stable
+    targets: [{ target: 127.0.0.1:$UP1 }]
+  - name: canary
+    targets: [{ target: 127.0.0.1:$UP2 }]"
+  local corr="      - name: correlation-id
+        config: { header_name: X-Trace-Id, generator: uuid, echo_downstream: true }"
+  local prom="      - name: prometheus
+        config: { status_code_metrics: true, latency_metrics: true,
+                  bandwidth_metrics: true, upstream_health_metrics: true }"
+  local canary="      - name: canary-router
+        config:
+          upstreams:
+            - { name: stable, weight: 90 }
+            - { name: canary, weight: 10 }"
+  case $1 in
+    bare) ;;
+    weighted) svc_url=http://weighted; upstreams=$weighted ;;
+    correlation) plugins=$corr ;;
+    prometheus) plugins=$prom ;;
+    assembled) svc_url=http://weighted; upstreams=$weighted; plugins="$corr
+$prom" ;;
+    canary) svc_url=http://stable; upstreams=$two; plugins=$canary ;;
+    canary_full) svc_url=http://stable; upstreams=$two; plugins="$canary
+          sticky: { by: header, header: X-User, fallback: [ip] }
+          override: { header: X-Canary, allow_from: [127.0.0.1] }
+          response_header: X-Canary-Upstream
+          progression:
+            canary: canary
+            steps: [10, 50, 100]
+            interval: 3600
+            max_error_rate: 1
+            max_p99_ms: 2000" ;;
+  esac
+  cat <<EOF
+_format_version: "3.0"
+services:
+  - name: bench
+    url: $svc_url
+    routes: [{ name: bench, paths: [/] }]
+$( [ -n "$plugins" ] && printf '    plugins:\n%s\n' "$plugins" )
+$( [ -n "$upstreams" ] && printf 'upstreams:\n%s\n' "$upstreams" )
+EOF
+}
+
+# Runs "$@" with the environment of one DB-less Kong node of one worker:
+# kong_variant_env PREFIX PROXY_LISTEN cmd...  (the plugin from the build
+# tree; KONG_DECLARATIVE_CONFIG is PREFIX/kong.yml).
+kong_variant_env() {
+  local prefix=$1 listen=$2
+  shift 2
+  env KONG_PREFIX="$prefix" \
+    KONG_DATABASE=off \
+    KONG_DECLARATIVE_CONFIG="$prefix/kong.yml" \
+    KONG_ROUTER_FLAVOR=traditional \
+    KONG_NGINX_WORKER_PROCESSES=1 \
+    KONG_PROXY_LISTEN="$listen" \
+    KONG_ADMIN_LISTEN=off \
+    KONG_STATUS_LISTEN=off \
+    KONG_PROXY_ACCESS_LOG=/dev/null \
+    KONG_ANONYMOUS_REPORTS=off \
+    KONG_PLUGINS=bundled,canary-router \
+    CANARY_ROUTER_SEGMENT="$prefix/canary-router.seg" \
+    KONG_NGINX_MAIN_ENV=CANARY_ROUTER_SEGMENT \
+    KONG_LUA_PACKAGE_PATH="$BENCH_ROOT/build/lua/?.lua;$BENCH_ROOT/build/lua/?/init.lua;;" \
+    KONG_LUA_PACKAGE_CPATH="$BENCH_ROOT/build/?.so;;" \
+    "$@"
+}
+
+# Request headers per variant (wrk -H ...).
+variant_headers() { # variant
+  [ "$1" = canary_full ] && echo "-H X-User:user-4711"
+  return 0
+}
