@@ -73,9 +73,20 @@ end
 
 local function last(t) return t[#t] end
 
+-- On real Kong: the installed version only, DB-less in the setup with
+-- workers as root (the probe writes its log into the prefix); the
+-- database part on Kong 3.9.1 with PostgreSQL.
+local REAL = host.kong()
+local function runs(version, database)
+  if not REAL then return true end
+  return host.kong_version() == version and
+         REAL == (database == "off" and "dbless" or "postgres")
+end
+
 for _, version in ipairs { "3.4.2", "3.9.1" } do
   local has_configure = version ~= "3.4.2"
 
+  if runs(version, "off") then
   describe("Kong " .. version .. " DB-less", function()
     setup(function()
       start { kong_version = version }
@@ -115,23 +126,34 @@ for _, version in ipairs { "3.4.2", "3.9.1" } do
       for _, pid in ipairs(pids) do
         local calls = log_of(pid, "configure ")
         if has_configure then
-          assert.equal("configure a", calls[1], "worker " .. pid)
+          -- the config it runs, then the change (real Kong, started
+          -- empty and handed its config by POST /config, first called
+          -- configure(nil))
+          assert.equal("configure a", calls[#calls - 1], "worker " .. pid)
           assert.equal("configure b", last(calls), "worker " .. pid)
         else
           assert.same({}, calls, "worker " .. pid)
         end
       end
       -- no enabled instance: configure(nil)
+      local events = {}
+      for _, pid in ipairs(pids) do
+        events[pid] = #log_of(pid, "event declarative/reconfigure")
+      end
       status = host.admin("POST", "/config", config("c", false))
       assert.equal(201, status)
       for _, pid in ipairs(pids) do
         assert.is_true(eventually(function()
-          return #log_of(pid, "event declarative/reconfigure") >= 2
-        end, 5), "worker " .. pid .. " got no second reconfigure event")
-        local calls = log_of(pid, "configure ")
+          return #log_of(pid, "event declarative/reconfigure") > events[pid]
+        end, 5), "worker " .. pid .. " got no reconfigure event")
         if has_configure then
-          assert.equal("configure nil", last(calls), "worker " .. pid)
+          -- Kong's own handler of that event calls configure once it has
+          -- rebuilt the plugins iterator, after the probe heard the event
+          assert.is_true(eventually(function()
+            return last(log_of(pid, "configure ")) == "configure nil"
+          end, 5), "worker " .. pid .. ": " .. tostring(last(log_of(pid, "configure "))))
         else
+          local calls = log_of(pid, "configure ")
           assert.same({}, calls, "worker " .. pid)
         end
       end
@@ -160,7 +182,9 @@ for _, version in ipairs { "3.4.2", "3.9.1" } do
     -- kong/db/declarative/import.lua load_into_cache_with_events ->
     -- kong/runloop/events.lua declarative_reconfigure_notify:
     -- worker_events.post("declarative", "reconfigure", { default_ws,
-    -- router_hash, plugins_hash, balancer_hash }) to every worker.
+    -- router_hash, plugins_hash, balancer_hash }) to every worker; the
+    -- hashes come only from a hybrid-mode sync (kong/api/routes/
+    -- config.lua passes none), so after POST /config only default_ws.
     it("posts declarative/reconfigure to every worker after POST /config", function()
       local pids = host.worker_pids()
       local before = {}
@@ -174,7 +198,7 @@ for _, version in ipairs { "3.4.2", "3.9.1" } do
         end, 5), "worker " .. pid .. " got no reconfigure event")
         local data = cjson.decode(last(log_of(pid, "event declarative/reconfigure"))
                                   :match("^%S+ %S+ (.*)$"))
-        assert.equal(4, data.n)
+        assert.equal(1, data.n)
         assert.is_string(data.ws)
       end
     end)
@@ -196,8 +220,10 @@ for _, version in ipairs { "3.4.2", "3.9.1" } do
       assert.is_number(e.updated_at)
     end)
   end)
+  end
 end
 
+if runs("3.9.1", "postgres") then
 describe("Kong 3.9.1 with a database", function()
   describe("worker_consistency eventual", function()
     setup(function()
@@ -302,3 +328,4 @@ describe("Kong 3.9.1 with a database", function()
     end)
   end)
 end)
+end

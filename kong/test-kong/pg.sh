@@ -6,6 +6,9 @@
 #
 #   pg.sh start DIR PORT    initdb DIR (as the postgres user: initdb refuses
 #                           root), start it, create role/db kong (password kong)
+#   pg.sh copy DIR PORT FROM TO
+#                           database TO (owner kong) as a copy of FROM, e.g.
+#                           a migrated `kong` for a second Kong node
 #   pg.sh stop DIR          stop it and remove DIR (safe when not running)
 #
 # Idempotent: `start` on a running DIR only checks it answers.
@@ -17,7 +20,7 @@ die() { echo "pg.sh: $*" >&2; exit 1; }
 cmd=${1:-}
 DIR=${2:-}
 PORT=${3:-54329}
-[ -n "$cmd" ] && [ -n "$DIR" ] || die "usage: pg.sh start DIR PORT | stop DIR"
+[ -n "$cmd" ] && [ -n "$DIR" ] || die "usage: pg.sh start DIR PORT | copy DIR PORT FROM TO | stop DIR"
 
 BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -n "$BIN" ] && [ -x "$BIN/initdb" ] ||
@@ -61,6 +64,15 @@ start() {
   echo "pg.sh: PostgreSQL on 127.0.0.1:$PORT (data $DIR/data)"
 }
 
+copy() {
+  local from=${4:-} to=${5:-}
+  [[ "$from" =~ ^[a-z_][a-z0-9_]*$ && "$to" =~ ^[a-z_][a-z0-9_]*$ ]] ||
+    die "copy needs two database names (lower case, digits, _)"
+  PGOPTIONS="-c client_min_messages=warning" psql_pg -c "DROP DATABASE IF EXISTS $to"
+  # a template must have no other session: nothing may use FROM meanwhile
+  psql_pg -c "CREATE DATABASE $to OWNER kong TEMPLATE $from"
+}
+
 stop() {
   [ -d "$DIR" ] || return 0
   DIR=$(cd "$DIR" && pwd)
@@ -73,6 +85,7 @@ stop() {
 
 case "$cmd" in
   start) start ;;
+  copy)  copy "$@" ;;
   stop)  stop ;;
-  *) die "unknown command '$cmd' (start|stop)" ;;
+  *) die "unknown command '$cmd' (start|copy|stop)" ;;
 esac

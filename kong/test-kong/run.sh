@@ -15,25 +15,32 @@
 #      it stays untouched), which the generated kong.conf puts on
 #      lua_package_path / lua_package_cpath, as README's install section
 #      tells an operator with a separate tree.
-#   2. Each setup runs the same spec files as `make test`, with
+#   2. Each setup runs the same spec files as `make test` (integration,
+#      progression, analysis, Kong's runloop as a probe plugin sees it
+#      (the parts of spec/12-kong for this version and setup), chaos,
+#      hostile, Kong setups, and the cluster specs with two Kong nodes
+#      sharing a redis-server), with
 #      spec/helpers/host.lua driving `kong start/reload/stop` instead of the
 #      local host (CANARY_TEST_KONG=<setup>):
 #        dbless        database = off; config with POST /config
 #        postgres      database = postgres on a private PostgreSQL this
 #                      script starts (kong/test-kong/pg.sh, 127.0.0.1:54329)
 #                      and removes afterwards, even on failure; `kong
-#                      migrations bootstrap`; config with `kong config
-#                      db_import`, changes with PATCH
+#                      migrations bootstrap`, then copies of that
+#                      database for the cluster specs' other nodes;
+#                      config with `kong config db_import`, changes
+#                      with PATCH
 #        unprivileged  DB-less, workers as nobody:nogroup, root-owned prefix
 #      Workers run as root in the first two (like the local host started
 #      as root); the third is the one that proves the unprivileged case.
 #   3. Each setup prints "<setup>: N passed, N failed"; the target fails
 #      when any spec failed or errored.
 #
-# Environment: SPECS (spec files, default the four above plus the
-# Kong setups spec), PG_PORT (54329), CANARY_CHAOS_RELOADS (reloads under
-# load in the chaos spec; 10 here, 50 in `make test`: Kong's master runs
-# its whole init again at each reload, seconds on a busy two-core machine).
+# Environment: SPECS (spec files, default the ones above; the cluster
+# specs not in the unprivileged setup), PG_PORT
+# (54329), CANARY_CHAOS_RELOADS (reloads under load in the chaos spec;
+# 6 here, 50 in `make test`: Kong's master runs its whole init again at
+# each reload, up to ten seconds on a busy two-core machine).
 
 set -euo pipefail
 
@@ -58,9 +65,18 @@ for s in "${SETUPS[@]}"; do
     echo "test-kong: unknown setup '$s' (dbless, postgres, unprivileged)" >&2; exit 1 ;;
   esac
 done
-SPECS=${SPECS:-spec/10-integration_spec.lua spec/11-progression_spec.lua spec/20-chaos_spec.lua spec/21-hostile_spec.lua spec/30-kong_spec.lua}
+# The cluster specs run in the DB-less and PostgreSQL setups: what the
+# unprivileged one changes (the workers' user, the segment's owner) is
+# proven by the others there, and two more Kong nodes would take minutes.
+SINGLE_SPECS="spec/10-integration_spec.lua spec/11-progression_spec.lua spec/12-analysis_spec.lua spec/12-kong_spec.lua spec/20-chaos_spec.lua spec/21-hostile_spec.lua spec/30-kong_spec.lua"
+CLUSTER_SPECS="spec/31-cluster_spec.lua spec/32-cluster_tls_spec.lua"
+setup_specs() {
+  if [ -n "${SPECS:-}" ]; then echo "$SPECS"
+  elif [ "$1" = unprivileged ]; then echo "$SINGLE_SPECS"
+  else echo "$SINGLE_SPECS $CLUSTER_SPECS"; fi
+}
 PG_PORT=${PG_PORT:-54329}
-export CANARY_CHAOS_RELOADS=${CANARY_CHAOS_RELOADS:-10}
+export CANARY_CHAOS_RELOADS=${CANARY_CHAOS_RELOADS:-6}
 
 # Kong's own tools, in a subshell so that its PATH/LUA_PATH never reach
 # busted (which runs on Debian's LuaJIT with the project's LUA_ENV).
@@ -71,6 +87,7 @@ kong_sh() {
 KONG_VERSION=$(kong_sh kong version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -n 1) ||
   true
 [ -n "$KONG_VERSION" ] || { echo "test-kong: 'kong version' failed after sourcing $KONG_ENV" >&2; exit 1; }
+export CANARY_KONG_VERSION=$KONG_VERSION
 WORK=$ROOT/build/test-kong/$KONG_VERSION
 TREE=$WORK/tree
 mkdir -p "$WORK"
@@ -133,6 +150,11 @@ for setup in "${SETUPS[@]}"; do
       continue
     fi
     echo "$out" | tail -n 1
+    # Specs that run several nodes side by side give each its own
+    # database (spec/helpers/host.lua): copies of the migrated one.
+    for db in kong_node2 kong_node3; do
+      bash "$ROOT/kong/test-kong/pg.sh" copy "$PG_DIR" "$PG_PORT" kong "$db"
+    done
   fi
   summary=$WORK/summary-$setup.txt
   rm -f "$summary"
@@ -141,7 +163,8 @@ for setup in "${SETUPS[@]}"; do
   # shellcheck disable=SC2086
   LUA_PATH="$LUA_PATH_SPEC" LUA_CPATH="$LUA_CPATH_SPEC" CANARY_TEST_KONG=$setup \
     CANARY_TEST_SUMMARY=$summary \
-    luajit /usr/bin/busted --no-auto-insulate -o utfTerminal $SPECS 2>&1 | tee "$log"
+    luajit /usr/bin/busted --no-auto-insulate -o utfTerminal $(setup_specs "$setup") 2>&1 |
+    tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
   [ "$setup" = postgres ] && cleanup

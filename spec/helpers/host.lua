@@ -406,6 +406,12 @@ _M.wait_applied = wait_applied
 -- every worker routes with the new config.
 function _M.set_plugin_config(plugin_id, config)
   assert(state, "host not started")
+  if state.kong then
+    -- Real Kong says nothing of what each worker runs: configure_plugin
+    -- waits for what the segment publishes.
+    local _, status, body = _M.configure_plugin(plugin_id, config)
+    return status, body
+  end
   local status, body
   if state.database ~= "off" then
     status, body = _M.admin("PATCH", "/plugins/" .. plugin_id, { config = config })
@@ -612,6 +618,27 @@ local function pg_port()
 end
 
 
+-- The PostgreSQL databases nodes read (kong/test-kong/run.sh migrates
+-- `kong` and copies it for the others).  Each node of a spec that runs
+-- several side by side (host.new()) takes one of its own, as a Kong node
+-- of a cluster of its own: every node then holds its own services and
+-- upstreams, as on the local host.  The set of databases in use is shared
+-- by every instance of this helper.
+local PG_DATABASES = { "kong", "kong_node2", "kong_node3" }
+local pg_in_use = package.loaded["helpers.host/pg_in_use"] or {}
+package.loaded["helpers.host/pg_in_use"] = pg_in_use
+
+local function pg_take()
+  for _, db in ipairs(PG_DATABASES) do
+    if not pg_in_use[db] then
+      pg_in_use[db] = true
+      return db
+    end
+  end
+  return nil
+end
+
+
 -- Settings this helper decides; every other line of the project's
 -- kong/kong.conf fragment is kept, as an operator merges it.
 local OWN_SETTINGS = {
@@ -620,6 +647,7 @@ local OWN_SETTINGS = {
   nginx_worker_processes = true, nginx_main_env = true, nginx_user = true,
   lua_package_path = true, lua_package_cpath = true, anonymous_reports = true,
   pg_host = true, pg_port = true, pg_user = true, pg_password = true, pg_database = true,
+  worker_consistency = true, worker_state_update_frequency = true,
 }
 
 local function kong_conf_text(opts)
@@ -648,8 +676,9 @@ local function kong_conf_text(opts)
     "anonymous_reports = off",
     "nginx_main_env = CANARY_ROUTER_SEGMENT",
     -- the rock's tree, as README tells an operator with a separate tree
-    "lua_package_path = " .. tree .. "/share/lua/5.1/?.lua;" .. tree ..
-      "/share/lua/5.1/?/init.lua;;",
+    -- (and a spec's own plugins first, as on the local host)
+    "lua_package_path = " .. (opts.lua_path and (opts.lua_path .. ";") or "") .. tree ..
+      "/share/lua/5.1/?.lua;" .. tree .. "/share/lua/5.1/?/init.lua;;",
     "lua_package_cpath = " .. tree .. "/lib/lua/5.1/?.so;;",
   }) do
     lines[#lines + 1] = l
@@ -659,9 +688,13 @@ local function kong_conf_text(opts)
   else
     lines[#lines + 1] = "nginx_user = root root"
   end
+  for _, k in ipairs { "worker_consistency", "worker_state_update_frequency" } do
+    if opts[k] ~= nil then lines[#lines + 1] = k .. " = " .. tostring(opts[k]) end
+  end
   if KONG_SETUP == "postgres" then
     for _, l in ipairs({ "database = postgres", "pg_host = 127.0.0.1", "pg_port = " .. pg_port(),
-                         "pg_user = kong", "pg_password = kong", "pg_database = kong" }) do
+                         "pg_user = kong", "pg_password = kong",
+                         "pg_database = " .. state.pg_database }) do
       lines[#lines + 1] = l
     end
   else
@@ -782,6 +815,7 @@ local function kong_fail(msg, level)
   local prefix = state.prefix
   kong_cli("stop -p " .. sh_quote(prefix))
   stop_upstreams(prefix)
+  if state.pg_database then pg_in_use[state.pg_database] = nil end
   state = nil
   error(msg .. "\n" .. log:sub(-4000), level + 1)
 end
@@ -811,7 +845,16 @@ local function kong_start(opts)
     segment_env = opts.segment,
     config = doc, config_file = prefix .. "/kong.json",
     conf = prefix .. "/kong.conf",
+    database = KONG_SETUP == "postgres" and "postgres" or "off",
+    worker_state_update_frequency = opts.worker_state_update_frequency or 5,
   }
+  if KONG_SETUP == "postgres" then
+    state.pg_database = pg_take()
+    if not state.pg_database then
+      state = nil
+      error("more Kong nodes than PostgreSQL databases (" .. #PG_DATABASES .. ")", 2)
+    end
+  end
   write_file(state.config_file, assert(cjson.encode(doc)))
   write_file(state.conf, kong_conf_text(opts))
   start_upstreams(opts.upstreams or {
@@ -824,7 +867,7 @@ local function kong_start(opts)
     -- a clean database holding exactly this config, as `kong config
     -- db_import` of an operator's file leaves it
     local ok, out = run("runuser -u postgres -- psql -h 127.0.0.1 -p " .. pg_port() ..
-                        " -d kong -qAt -v ON_ERROR_STOP=1 -c " ..
+                        " -d " .. state.pg_database .. " -qAt -v ON_ERROR_STOP=1 -c " ..
                         sh_quote("TRUNCATE services, routes, plugins, upstreams, targets CASCADE"))
     if not ok then
       kong_fail("resetting the database failed:\n" .. out, 2)
@@ -869,6 +912,7 @@ local function kong_stop()
     run("for i in $(seq 100); do pgrep -P " .. m .. " >/dev/null || break; sleep 0.1; done")
   end
   stop_upstreams(prefix)
+  if state.pg_database then pg_in_use[state.pg_database] = nil end
   state = nil
   if not ok and not out:find("not running", 1, true) then
     error("kong stop failed:\n" .. out, 2)
@@ -982,6 +1026,21 @@ function _M.kong()
 end
 
 
+--- The version of the installed Kong the specs run on ("3.9.1"), or nil
+-- on the local host.
+function _M.kong_version()
+  if not KONG_SETUP then
+    return nil
+  end
+  local v = os.getenv("CANARY_KONG_VERSION")
+  if not v or v == "" then
+    local _, out = kong_cli("version")
+    v = out:match("(%d+%.%d+%.%d+)")
+  end
+  return v
+end
+
+
 --- What the running gateway says of its database: "off" (DB-less) or
 -- the database's name, from GET / on the Admin API.
 function _M.database()
@@ -1042,30 +1101,108 @@ local function find_plugin(doc, id)
 end
 
 
+-- The instance `id` in GET /canary-router/status (nil when absent), and
+-- the whole answer.
+local function status_of(id)
+  local status, body = _M.admin("GET", "/canary-router/status")
+  if status ~= 200 or type(body) ~= "table" then
+    return nil, nil
+  end
+  for _, d in ipairs(type(body.data) == "table" and body.data or {}) do
+    if d.plugin_id == id then
+      return d, body
+    end
+  end
+  return nil, body
+end
+
+
+-- Deterministic text of a decoded JSON value (sorted keys; JSON null is
+-- an unset field), to compare two configs.
+local function canonical(v, out)
+  out = out or {}
+  if type(v) == "table" then
+    local keys = {}
+    for k, x in pairs(v) do
+      if x ~= cjson.null and x ~= dkjson.null then keys[#keys + 1] = k end
+    end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    out[#out + 1] = "{"
+    for _, k in ipairs(keys) do
+      out[#out + 1] = tostring(k) .. "="
+      canonical(v[k], out)
+      out[#out + 1] = ","
+    end
+    out[#out + 1] = "}"
+  else
+    out[#out + 1] = tostring(v)
+  end
+  return table.concat(out)
+end
+
+
+-- What the engine publishes a plugin config under (runtime.lua,
+-- config_hash): its upstreams and its progression, where notifications
+-- go aside.  A change of it publishes a new generation of the route.
+local function published_part(config)
+  if type(config) ~= "table" then
+    return ""
+  end
+  local prog = config.progression
+  if type(prog) == "table" then
+    local rest = {}
+    for k, v in pairs(prog) do
+      if k ~= "notify" then rest[k] = v end
+    end
+    prog = rest
+  end
+  return canonical({ config.upstreams, prog })
+end
+
+
+-- Does the status `d` of an instance show the progression of `config`
+-- (its number of steps and interval, where the config says them), or
+-- none when it has none?
+local function shows_progression(d, config)
+  local want = type(config) == "table" and config.progression
+  local got = d.progression
+  -- blue/green: green is the preview (or second) upstream, and the
+  -- engine runs two steps of its own whatever `steps` says
+  local blue_green = type(want) == "table" and want.strategy == "blue_green"
+  if type(want) ~= "table" or
+     (not blue_green and (want.canary == nil or want.canary == cjson.null)) then
+    return type(got) ~= "table" or got.state == "none"
+  end
+  return type(got) == "table" and
+         (blue_green or type(want.steps) ~= "table" or got.steps == #want.steps) and
+         (tonumber(want.interval) == nil or got.interval_ms == tonumber(want.interval) * 1000)
+end
+
+
 -- Polls GET /canary-router/status until the instance `id` routes with the
--- configured `upstreams` (names and weights); returns the milliseconds it
--- took, or nil when it did not within `seconds`.
-local function wait_in_force(id, upstreams, seconds)
+-- configured `upstreams` (names and weights); with `new`, under a
+-- generation newer than new.gen and with the progression of new.config.
+-- Returns the milliseconds it took, or nil when it did not within
+-- `seconds`.
+local function wait_in_force(id, upstreams, seconds, new)
   local t0 = socket.gettime()
   repeat
-    local status, body = _M.admin("GET", "/canary-router/status")
-    if status == 200 and type(body) == "table" and body.segment_error then
+    local d, body = status_of(id)
+    if type(body) == "table" and body.segment_error then
       return nil  -- the engine is unavailable: no weights will ever show
     end
-    if status == 200 and type(body) == "table" and type(body.data) == "table" then
-      for _, d in ipairs(body.data) do
-        if d.plugin_id == id and type(d.upstreams) == "table" and #d.upstreams == #upstreams then
-          local same = true
-          for i, u in ipairs(upstreams) do
-            local got = d.upstreams[i]
-            if got.name ~= u.name or math.abs((got.weight or -1) - u.weight) > 1e-9 then
-              same = false
-            end
-          end
-          if same then
-            return (socket.gettime() - t0) * 1000
-          end
+    if d and type(d.upstreams) == "table" and #d.upstreams == #upstreams
+       and (not new or ((tonumber(d.generation) or -1) > new.gen and
+                        shows_progression(d, new.config))) then
+      local same = true
+      for i, u in ipairs(upstreams) do
+        local got = d.upstreams[i]
+        if got.name ~= u.name or math.abs((got.weight or -1) - u.weight) > 1e-9 then
+          same = false
         end
+      end
+      if same then
+        return (socket.gettime() - t0) * 1000
       end
     end
     socket.sleep(0.01)
@@ -1087,13 +1224,20 @@ _M.propagation_ms = {}
 -- time taken is kept in host.propagation_ms).
 function _M.configure_plugin(id, patch)
   assert(state, "host not started")
-  local status, body, upstreams
+  local status, body, upstreams, new_config
+  -- What the route runs before the change: the config Kong holds and the
+  -- generation the segment publishes it under.
+  local _, old_entity = _M.admin("GET", "/plugins/" .. id)
+  local old_config = type(old_entity) == "table" and old_entity.config or nil
+  local inst = status_of(id)
+  local old_gen = inst and tonumber(inst.generation)
   if _M.database() ~= "off" then
     status, body = _M.admin("PATCH", "/plugins/" .. id, { config = patch })
     if status ~= 200 then
       return false, status, body
     end
     upstreams = type(body) == "table" and body.config and body.config.upstreams
+    new_config = type(body) == "table" and body.config or nil
   else
     if not state.config then
       error("the gateway was started from a file; configure_plugin needs a config table", 2)
@@ -1112,14 +1256,38 @@ function _M.configure_plugin(id, patch)
     state.config = doc
     write_file(state.config_file, assert(cjson.encode(doc)))
     upstreams = plugin.config.upstreams
+    -- the entity as Kong stored it (defaults filled), when it says
+    local _, entity = _M.admin("GET", "/plugins/" .. id)
+    new_config = type(entity) == "table" and entity.config or nil
   end
   -- On the local host every worker says which config it runs: wait for
   -- all of them, so a change that leaves the weights alone (sticky, trace,
   -- a progression) is in force everywhere too.
   if not _M.kong() then wait_applied() end
   if upstreams then
-    local ms = wait_in_force(id, upstreams, 6)
+    -- Real Kong does not say which config each worker runs.  A change of
+    -- the upstreams or the progression is in force once the segment
+    -- publishes it, under a newer generation: the configured weights
+    -- alone would show at once when they did not change (a new
+    -- progression starting at the weight in force), and an Admin action
+    -- then would act on the progression about to be replaced.
+    local new
+    if old_gen and type(old_config) == "table" and type(new_config) == "table"
+       and published_part(old_config) ~= published_part(new_config) then
+      new = { gen = old_gen, config = new_config }
+    end
+    local ms = wait_in_force(id, upstreams, 6, new)
     _M.propagation_ms[#_M.propagation_ms + 1] = ms or -1
+    if new then return true, status, body end
+  end
+  if _M.kong() then
+    -- Nothing the segment publishes changed (or not our plugin): what
+    -- Kong's own propagation takes, the reconfigure event DB-less
+    -- (milliseconds; canary-router's crud event in DB mode), the
+    -- rebuild timer for another plugin with a database.
+    local other = type(old_entity) == "table" and old_entity.name ~= "canary-router"
+    socket.sleep((other and state.database ~= "off")
+                 and state.worker_state_update_frequency + 0.3 or 0.3)
   end
   return true, status, body
 end

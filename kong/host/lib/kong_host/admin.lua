@@ -301,19 +301,13 @@ local function parse_error(msg)
 end
 
 
--- Kong's reconfigure data (kong/db/declarative/import.lua,
--- load_into_cache_with_events_no_lock): default workspace, router hash,
--- plugins hash, balancer hash.
-local function reconfigure_data(doc)
-  local function hash(...)
-    local parts = {}
-    for i, k in ipairs { ... } do
-      parts[i] = util.json_encode(doc[k]) or ""
-    end
-    return ngx.md5(concat(parts, "\0"))
-  end
-  return { runtime.DEFAULT_WORKSPACE_ID, hash("services", "routes"), hash("plugins"),
-           hash("upstreams", "targets") }
+-- Kong's reconfigure data after POST /config (kong/db/declarative/
+-- import.lua, load_into_cache_with_events_no_lock): { default workspace,
+-- router hash, plugins hash, balancer hash }, where the hashes come only
+-- with a hybrid-mode sync: kong/api/routes/config.lua passes none, so
+-- the three are nil and every worker rebuilds everything.
+local function reconfigure_data()
+  return { runtime.DEFAULT_WORKSPACE_ID, nil, nil, nil }
 end
 
 
@@ -404,7 +398,7 @@ local function post_config()
   -- To every worker, after the document is stored (Kong:
   -- declarative_reconfigure_notify after loading LMDB); each switches and
   -- then runs the plugins' handlers (kong_host.runtime).
-  local posted, perr = events.post("declarative", "reconfigure", reconfigure_data(published))
+  local posted, perr = events.post("declarative", "reconfigure", reconfigure_data())
   if not posted then
     kong.log.err("failed to broadcast reconfigure event: ", perr)
     return 500, { message = "An unexpected error occurred" }
