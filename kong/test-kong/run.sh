@@ -17,7 +17,8 @@
 #      tells an operator with a separate tree.
 #   2. Each setup runs the same spec files as `make test` (integration,
 #      progression, analysis, Kong's runloop as a probe plugin sees it
-#      (the parts of spec/12-kong for this version and setup), chaos,
+#      (the parts of spec/12-kong for this version and setup), blue/green,
+#      chaos,
 #      hostile, Kong setups, and the cluster specs with two Kong nodes
 #      sharing a redis-server), with
 #      spec/helpers/host.lua driving `kong start/reload/stop` instead of the
@@ -68,7 +69,7 @@ done
 # The cluster specs run in the DB-less and PostgreSQL setups: what the
 # unprivileged one changes (the workers' user, the segment's owner) is
 # proven by the others there, and two more Kong nodes would take minutes.
-SINGLE_SPECS="spec/10-integration_spec.lua spec/11-progression_spec.lua spec/12-analysis_spec.lua spec/12-kong_spec.lua spec/20-chaos_spec.lua spec/21-hostile_spec.lua spec/30-kong_spec.lua"
+SINGLE_SPECS="spec/10-integration_spec.lua spec/11-progression_spec.lua spec/12-analysis_spec.lua spec/12-kong_spec.lua spec/13-bluegreen_spec.lua spec/20-chaos_spec.lua spec/21-hostile_spec.lua spec/30-kong_spec.lua"
 CLUSTER_SPECS="spec/31-cluster_spec.lua spec/32-cluster_tls_spec.lua"
 setup_specs() {
   if [ -n "${SPECS:-}" ]; then echo "$SPECS"
