@@ -183,7 +183,11 @@ $(BUILD)/bench/%: native/bench/%.c $(BUILD)/libcanary.a $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(INCS) -O2 -g -o $@ $< $(BUILD)/libcanary.a $(LDLIBS)
 
+# With KONG_ENV the real-Kong stages run too; the propagation stage needs
+# Debian's PostgreSQL, installed here as for test-kong.
 bench: deps build $(BENCH_BINS)
+	@if [ -n "$${KONG_ENV:-}" ]; then \
+		$(MAKE) --no-print-directory deps DEB_PACKAGES="$(DEB_PACKAGES) postgresql"; fi
 	@bash native/bench/run.sh
 
 run: deps build
