@@ -99,6 +99,17 @@ describe("canary-router handler (unit)", function()
     return k
   end
 
+  -- How many of n requests went to the canary.
+  local function canary_share(conf, n)
+    local canary = 0
+    for _ = 1, n do
+      if request(conf).upstream == "automation-service-canary" then
+        canary = canary + 1
+      end
+    end
+    return canary
+  end
+
   setup(function()
     saved_kong = _G.kong
     dir = tmpdir()
@@ -460,16 +471,6 @@ describe("canary-router handler (unit)", function()
     local seglock = require "helpers.seglock"
     local path = dir .. "/canary-router.seg"
     local key = "busy-instance"
-    local function canary_share(conf, n)
-      local canary = 0
-      for _ = 1, n do
-        if request(conf).upstream == "automation-service-canary" then
-          canary = canary + 1
-        end
-      end
-      return canary
-    end
-
     -- A new instance whose claim finds the claim lock held: it fails open
     -- to stable, says nothing, and is installed by the first tick after.
     local held = assert(seglock.hold(path, seglock.CLAIM))
@@ -537,16 +538,6 @@ describe("canary-router handler (unit)", function()
       timers[#timers + 1] = { delay = delay, fn = fn }
       return true
     end } }
-    local function canary_share(conf, n)
-      local canary = 0
-      for _ = 1, n do
-        if request(conf).upstream == "automation-service-canary" then
-          canary = canary + 1
-        end
-      end
-      return canary
-    end
-
     local held = assert(seglock.hold(path, seglock.CLAIM))
     local conf = config({ __plugin_id = key })
     local k = stub_kong(dir)
