@@ -1205,20 +1205,16 @@ local function refresh(self, route)
   return c
 end
 
--- Names of the route's upstreams as of generation `gen` (as pick reports
--- it), or of the newest generation this process has seen when gen is
--- nil.  Cached per route until the generation moves.
-function Seg:names(route, gen)
+-- The route's table as of the newest generation this process has seen
+-- ({ gen, names, stats, stat_of }), cached until the generation moves.
+function Seg:table(route)
   local c = self.cache[route]
-  if c and (gen == nil or c.gen == gen) then return c.names end
-  local err
-  c, err = refresh(self, route)
-  if not c then return nil, err end
-  return c.names
+  if c then return c end
+  return refresh(self, route)
 end
 
 -- The statistics handle of upstream `name` on the route, from the same
--- cached table as names(): after a pick, the exact handle of the
+-- cached table as table(): after a pick, the exact handle of the
 -- generation the pick used (a name keeps its handle across publishes).
 -- nil when the name is not in the route's table.
 function Seg:stat(route, name)
@@ -1229,14 +1225,16 @@ function Seg:stat(route, name)
   return c and c.stat_of[name]
 end
 
--- Picks an upstream.  Returns its 1-based index and the generation
--- (low 32 bits) it was picked under, or nil and an error.  Afterwards
--- names(route, gen) and stat(route, name) describe exactly the table the
--- pick used: when a publish lands between the pick and the read of the
--- table, the pick is made again.
-function Seg:pick(route, key)
-  local rc, gen
+-- Picks an upstream.  Returns its 1-based index, the generation (low 32
+-- bits) it was picked under and the cached table of that generation
+-- ({ gen, names, stats, stat_of }), or nil and an error.  That table
+-- is the one the pick used: when a publish lands between the pick and the read of the
+-- table, the pick is made again.  The common case (the cached table is
+-- the pick's) has no loop, so that it compiles into the request's trace.
+local function pick_again(self, route, key, gen, rc)
   for _ = 1, 4 do
+    local c = refresh(self, route)
+    if c and c.gen == gen then return rc + 1, gen, c end
     if key then
       rc = C.canary_route_pick(self.h, route, key, #key, gen32)
     else
@@ -1244,12 +1242,24 @@ function Seg:pick(route, key)
     end
     if rc < 0 then return nil, strerror(rc) end
     gen = gen32[0]
-    local c = self.cache[route]
-    if c and c.gen == gen then return rc + 1, gen end
-    c = refresh(self, route)
-    if c and c.gen == gen then return rc + 1, gen end
+    c = self.cache[route]
+    if c and c.gen == gen then return rc + 1, gen, c end
   end
   return nil, "route table keeps changing"
+end
+
+function Seg:pick(route, key)
+  local rc
+  if key then
+    rc = C.canary_route_pick(self.h, route, key, #key, gen32)
+  else
+    rc = C.canary_route_pick(self.h, route, C_NULL, 0, gen32)
+  end
+  if rc < 0 then return nil, strerror(rc) end
+  local gen = gen32[0]
+  local c = self.cache[route]
+  if c and c.gen == gen then return rc + 1, gen, c end
+  return pick_again(self, route, key, gen, rc)
 end
 
 -- Records one response: statistics handle (stat()), latency in

@@ -45,6 +45,17 @@ local TICK_SECONDS = 0.25
 
 function CanaryRouter:init_worker()
   runtime.init_worker(TICK_SECONDS)
+  local mode = os.getenv("CANARY_JITP")
+  if mode == "V" then
+    ngx.timer.at(tonumber(os.getenv("CANARY_JITP_START")), function()
+      require("jit.v").start(os.getenv("CANARY_JITP_OUT"))
+    end)
+  elseif mode then
+    ngx.timer.at(tonumber(os.getenv("CANARY_JITP_START")), function()
+      require("jit.p").start(mode, os.getenv("CANARY_JITP_OUT"))
+      ngx.timer.at(20, function() require("jit.p").stop() end)
+    end)
+  end
 end
 
 function CanaryRouter:configure(configs)
@@ -232,12 +243,17 @@ end
 -- plugin runs, is "name"; for a service on an IP address it would hand
 -- the Upstream's name to set_current_peer() and fail every request.  The
 -- Upstream exists (set_upstream checked), so the target is a name now.
+--
+-- A request already headed for the picked Upstream (the service's own
+-- host, usually the stable one) is left as it is: Kong's balancer looks
+-- that name up as it would without the plugin, and the PDK call, which
+-- fetches ngx.ctx three times and builds a cache key, is saved for the
+-- share of requests that stays where the service sends it.
 local function set_upstream(name, nctx)
+  local bd = nctx and nctx.balancer_data
+  if bd and bd.host == name and bd.type == "name" then return true end
   local ok, err = kong.service.set_upstream(name)
-  if ok then
-    local bd = nctx and nctx.balancer_data
-    if bd and bd.type ~= "name" then bd.type = "name" end
-  end
+  if ok and bd and bd.type ~= "name" then bd.type = "name" end
   return ok, err
 end
 
@@ -288,13 +304,15 @@ function CanaryRouter:access(conf)
   -- A client chose the upstream: counted apart, never judged by a gate;
   -- except blue/green's green, whose preview requests are what its
   -- pre-promotion window judges.
-  ctx.forced = idx ~= nil and idx ~= c.green
-  if not idx then
+  local tab
+  if idx then
+    if idx ~= c.green then ctx.forced = true end
+    tab = runtime.table(c)
+  else
     local key = c.sticky_sources[1] and sticky_key(c)
-    idx, gen = seg:pick(c.route, key)
+    idx, gen, tab = seg:pick(c.route, key)
   end
-  local names = idx and runtime.names(c, gen)
-  local name = names and names[idx]
+  local name = idx and tab and tab.names[idx]
   if not name then
     seg:event(c.route, EVENT.ENGINE_ERROR)
     log_once("err", "canary-router: engine pick failed for " .. c.key ..
@@ -307,20 +325,24 @@ function CanaryRouter:access(conf)
     return
   end
 
+  -- The statistics of the upstream that serves, by the handle of the
+  -- table the pick used: a publish before the response cannot move this
+  -- request's count to another name.
+  local stat = tab.stats[idx]
   local ok, err = set_upstream(name, nctx)
-  if not ok then
+  if ok then
+    -- (a fallback was chosen by no table: no generation header)
+    if c.generation_header then ctx.gen = gen end
+  else
     seg:event(c.route, EVENT.FALLBACK)
     log_once("err", "canary-router: upstream '" .. name .. "' refused (" ..
                     tostring(err) .. "); sending its traffic to " .. c.stable)
     set_stable(c, nctx)
     name = c.stable
+    stat = runtime.stat(c, name)
   end
-  ctx.name = name
-  ctx.gen = ok and gen or nil -- no table chose a fallback
-  -- The statistics of the upstream that serves, by the handle of the
-  -- table the pick used: a publish before the log phase cannot move
-  -- this request's count to another name.
-  ctx.stat = runtime.stat(c, name)
+  if c.response_header then ctx.name = name end
+  ctx.stat = stat
   ctx.t_sent = now_us()
 end
 

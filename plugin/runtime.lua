@@ -831,14 +831,14 @@ function _M.on_plugin_crud(data)
   end
 end
 
--- Names of the route's upstreams under generation `gen` (cached; nil:
--- the newest seen).
-function _M.names(c, gen)
-  return state.seg:names(c.route, gen)
+-- The route's table as this worker last saw it: { gen, names, stats,
+-- stat_of } (cached per generation).
+function _M.table(c)
+  return state.seg:table(c.route)
 end
 
 -- The statistics handle of upstream `name` of the instance's route, from
--- the table its last names() call described.
+-- the table its last pick or table() call described.
 function _M.stat(c, name)
   return state.seg:stat(c.route, name)
 end

@@ -15,11 +15,21 @@
 #                 override allowed from 127.0.0.1, response header, a
 #                 progression (1 h steps); requests carry X-User
 #
+# and, for telling apart what Kong charges from what the plugin does
+# (FLOOR_VARIANTS, measured by stage_kong_instructions.sh):
+#
+#   noop          bare + bench-noop (native/bench/noop_plugin): a plugin
+#                 with canary-router's phases (access, header_filter)
+#                 doing nothing; what Kong charges any such plugin
+#   upstreams     canary's services and Upstreams, no plugin: what Kong's
+#                 balancer charges for a service on an Upstream
+#
 # Ratios: each variant's cost added over bare, and
 #   canary added / correlation added       (target <= 0.8)
 #   canary_full added / assembled added    (target <= 0.5)
 
 VARIANTS=(bare weighted correlation prometheus assembled canary canary_full)
+FLOOR_VARIANTS=(noop upstreams)
 
 # The declarative config of one variant: services, upstreams, plugins.
 kong_yml() { # variant
@@ -50,7 +60,9 @@ kong_yml() { # variant
     prometheus) plugins=$prom ;;
     assembled) svc_url=http://weighted; upstreams=$weighted; plugins="$corr
 $prom" ;;
-    canary) svc_url=http://stable; upstreams=$two; plugins=$canary ;;
+    noop) plugins="      - name: bench-noop" ;;
+    upstreams) svc_url=http://stable; upstreams=$two ;;
+    canary | canary_alt) svc_url=http://stable; upstreams=$two; plugins=$canary ;;
     canary_full) svc_url=http://stable; upstreams=$two; plugins="$canary
           sticky: { by: header, header: X-User, fallback: [ip] }
           override: { header: X-Canary, allow_from: [127.0.0.1] }
@@ -75,9 +87,10 @@ EOF
 
 # Runs "$@" with the environment of one DB-less Kong node of one worker:
 # kong_variant_env PREFIX PROXY_LISTEN cmd...  (the plugin from the build
-# tree; KONG_DECLARATIVE_CONFIG is PREFIX/kong.yml).
+# tree, or from KV_TREE: another build directory with lua/ and
+# libcanary.so; KONG_DECLARATIVE_CONFIG is PREFIX/kong.yml).
 kong_variant_env() {
-  local prefix=$1 listen=$2
+  local prefix=$1 listen=$2 tree=${KV_TREE:-$BENCH_ROOT/build}
   shift 2
   env KONG_PREFIX="$prefix" \
     KONG_DATABASE=off \
@@ -89,11 +102,11 @@ kong_variant_env() {
     KONG_STATUS_LISTEN=off \
     KONG_PROXY_ACCESS_LOG=/dev/null \
     KONG_ANONYMOUS_REPORTS=off \
-    KONG_PLUGINS=bundled,canary-router \
+    KONG_PLUGINS=bundled,canary-router,bench-noop \
     CANARY_ROUTER_SEGMENT="$prefix/canary-router.seg" \
     KONG_NGINX_MAIN_ENV=CANARY_ROUTER_SEGMENT \
-    KONG_LUA_PACKAGE_PATH="$BENCH_ROOT/build/lua/?.lua;$BENCH_ROOT/build/lua/?/init.lua;;" \
-    KONG_LUA_PACKAGE_CPATH="$BENCH_ROOT/build/?.so;;" \
+    KONG_LUA_PACKAGE_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;$BENCH_DIR/noop_plugin/?.lua;;" \
+    KONG_LUA_PACKAGE_CPATH="$tree/?.so;;" \
     "$@"
 }
 

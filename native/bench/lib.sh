@@ -274,6 +274,13 @@ median() {
     if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# (max - min) / median of numbers on stdin, in percent.
+spread() {
+  sort -g | awk '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    if (NR == 0 || m == 0) print "nan"; else printf "%.0f\n", (v[NR] - v[1]) / m * 100 }'
+}
+
 # Requests completed in a wrk report (stdin); fails on non-2xx/socket errors.
 wrk_requests() {
   awk '/requests in/ { n = $1 }

@@ -11,7 +11,7 @@
 #   C host             the local Kong host, no plugin configured   :28130
 #                      (its own runloop: router, PDK, balancer, log)
 #   D noop_plugin      the host + bench-noop, a plugin whose       :28160
-#                      access, header_filter and log do nothing
+#                      access and header_filter (canary-router's phases) do nothing
 #                      (what the host charges any plugin)
 #   E plugin_defaults  the host + canary-router defaults: 2        :28140
 #                      upstreams 90/10, trace IDs (X-Trace-Id +

@@ -17,13 +17,29 @@
 # that LuaJIT has compiled its traces), KONG_INSN_ROUNDS windows (default
 # 3) of `wrk -t1 -c4 -d${KONG_INSN_SECONDS}s` (default 10) each give total
 # instructions / requests; the idle rate measured the same way (a few
-# thousand a second) is taken off.  Figures: the median per variant, the
-# spread on stderr, each variant's instructions added over bare, and the
-# two target ratios of kong_variants.sh.
+# thousand a second) is taken off.
 #
-# Ports: proxies 28500.. (one per variant), benchmark upstreams 29041 and
-# 29042.  All variants start at once (valgrind's start takes a minute or
-# two of CPU each); the windows then run one variant at a time.
+# Between starts of the same variant the count moves by up to 10 %
+# (LuaJIT forms different traces each start), more than some of the
+# differences measured, so each variant runs as KONG_INSN_STARTS
+# processes (default 3): its figure is the median over the processes'
+# medians, and the spread over processes is printed.  Figures: each
+# variant's instructions per request, its instructions added over bare,
+# the two target ratios of kong_variants.sh, and the floor any plugin
+# like canary-router pays on Kong (FLOOR_VARIANTS): Kong's charge for a
+# plugin with its phases (noop - bare), for a service on an Upstream
+# (upstreams - bare), and what canary-router adds beyond both
+# (canary - noop - upstreams + bare).
+#
+# KONG_INSN_ALT=DIR adds the variant canary_alt: canary's configuration
+# with the plugin from another build directory (lua/ and libcanary.so,
+# e.g. a worktree's build/), so that a change is measured against its
+# base in the same run (kong_insn_canary_vs_alt).
+#
+# Ports: proxies 28500.. (one per process), benchmark upstreams 29041
+# and 29042.  All processes start at once (valgrind's start takes a
+# minute or two of CPU each); the windows then run one at a time, the
+# starts of a variant interleaved with the other variants'.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/kong_variants.sh"
 
@@ -38,15 +54,27 @@ command -v wrk >/dev/null || die "wrk not found (apt-get install wrk)"
 WARM=${KONG_INSN_WARM:-6000}
 ROUNDS=${KONG_INSN_ROUNDS:-3}
 SECS=${KONG_INSN_SECONDS:-10}
+STARTS=${KONG_INSN_STARTS:-3}
+VARIANTS+=("${FLOOR_VARIANTS[@]}")
 # KONG_INSN_VARIANTS="bare canary": a subset (bare is always measured).
 if [ -n "${KONG_INSN_VARIANTS:-}" ]; then
   read -ra VARIANTS <<<"bare ${KONG_INSN_VARIANTS//bare/}"
 fi
+if [ -n "${KONG_INSN_ALT:-}" ]; then
+  [ -r "$KONG_INSN_ALT/libcanary.so" ] && [ -d "$KONG_INSN_ALT/lua" ] ||
+    die "KONG_INSN_ALT=$KONG_INSN_ALT has no lua/ and libcanary.so"
+  VARIANTS+=(canary_alt)
+fi
 UP1=29041
 UP2=29042
+# One process per variant and start: "variant.start".
+PROCS=()
+for s in $(seq "$STARTS"); do
+  for v in "${VARIANTS[@]}"; do PROCS+=("$v.$s"); done
+done
 declare -A PORT VG OUTF
 port=28500
-for v in "${VARIANTS[@]}"; do PORT[$v]=$port; port=$((port + 1)); done
+for p in "${PROCS[@]}"; do PORT[$p]=$port; port=$((port + 1)); done
 need_free_ports "${PORT[@]}" $UP1 $UP2
 ROOT_OUT=$BENCH_OUT/stage_kong_instructions
 rm -rf "$ROOT_OUT"
@@ -55,32 +83,35 @@ start_upstreams "$ROOT_OUT/upstream" $UP1 $UP2
 KONG_VERSION=$(kong version 2>/dev/null | awk '{ print $NF }')
 
 # One process, no daemon, root: no worker user to hand the segment to.
-for v in "${VARIANTS[@]}"; do
-  prefix=$ROOT_OUT/$v
+for p in "${PROCS[@]}"; do
+  v=${p%.*}
+  prefix=$ROOT_OUT/$p
   mkdir -p "$prefix"
   kong_yml "$v" >"$prefix/kong.yml"
-  kong_variant_env "$prefix" "127.0.0.1:${PORT[$v]}" \
+  tree=""
+  [ "$v" = canary_alt ] && tree=$KONG_INSN_ALT
+  KV_TREE=$tree kong_variant_env "$prefix" "127.0.0.1:${PORT[$p]}" \
     env KONG_NGINX_DAEMON=off KONG_NGINX_MAIN_MASTER_PROCESS=off KONG_NGINX_USER="root root" \
     kong prepare -p "$prefix" >"$prefix/prepare.log" 2>&1 ||
-    die "$v: kong prepare failed: $(tail -n 5 "$prefix/prepare.log")"
-  OUTF[$v]=$prefix/callgrind.out
+    die "$p: kong prepare failed: $(tail -n 5 "$prefix/prepare.log")"
+  OUTF[$p]=$prefix/callgrind.out
   CANARY_ROUTER_SEGMENT=$prefix/canary-router.seg \
     valgrind --tool=callgrind --instr-atstart=no \
-    --toggle-collect=ngx_epoll_process_events --callgrind-out-file="${OUTF[$v]}" \
+    --toggle-collect=ngx_epoll_process_events --callgrind-out-file="${OUTF[$p]}" \
     nginx -p "$prefix" -c nginx.conf >"$prefix/valgrind.log" 2>&1 &
-  VG[$v]=$!
-  on_exit "kill ${VG[$v]}"
+  VG[$p]=$!
+  on_exit "kill ${VG[$p]}"
 done
 
-say "# Kong $KONG_VERSION instructions per request (callgrind, inside ngx_epoll_process_events): $ROUNDS windows of ${SECS}s after $WARM requests (load $(machine_load))"
-for v in "${VARIANTS[@]}"; do wait_http "http://127.0.0.1:${PORT[$v]}/x" 900; done
+say "# Kong $KONG_VERSION instructions per request (callgrind, inside ngx_epoll_process_events): $STARTS processes per variant, each $ROUNDS windows of ${SECS}s after $WARM requests (load $(machine_load))"
+for p in "${PROCS[@]}"; do wait_http "http://127.0.0.1:${PORT[$p]}/x" 900; done
 
-requests() { # variant seconds
+requests() { # process seconds
   # shellcheck disable=SC2046
-  wrk -t1 -c4 -d"$2s" $(variant_headers "$1") "http://127.0.0.1:${PORT[$1]}/x" | wrk_requests
+  wrk -t1 -c4 -d"$2s" $(variant_headers "${1%.*}") "http://127.0.0.1:${PORT[$1]}/x" | wrk_requests
 }
 
-# A counting window: count_start VARIANT, the work, count_stop VARIANT
+# A counting window: count_start PROCESS, the work, count_stop PROCESS
 # (prints the instructions counted in between).
 count_start() {
   rm -f "${OUTF[$1]}"*
@@ -98,34 +129,61 @@ count_stop() {
   cat "$f"* | awk '/^totals:/ { s += $2 } END { print s + 0 }'
 }
 
-declare -A MED
-for v in "${VARIANTS[@]}"; do
+declare -A PMED VALS MED
+for p in "${PROCS[@]}"; do
   warm=0
-  while [ "$warm" -lt "$WARM" ]; do warm=$((warm + $(requests "$v" 5 2>/dev/null || echo 0))); done
-  count_start "$v"
+  while [ "$warm" -lt "$WARM" ]; do warm=$((warm + $(requests "$p" 5 2>/dev/null || echo 0))); done
+  count_start "$p"
   sleep "$SECS"
-  idle=$(count_stop "$v")
+  idle=$(count_stop "$p")
   vals=""
   for _ in $(seq "$ROUNDS"); do
-    count_start "$v"
-    n=$(requests "$v" "$SECS") || die "$v: wrk failed"
-    total=$(count_stop "$v")
-    [ "$n" -gt 0 ] || die "$v: no requests completed"
+    count_start "$p"
+    n=$(requests "$p" "$SECS") || die "$p: wrk failed"
+    total=$(count_stop "$p")
+    [ "$n" -gt 0 ] || die "$p: no requests completed"
     vals+="$(awk -v t="$total" -v i="$idle" -v n="$n" 'BEGIN { printf "%.0f", (t - i) / n }')"$'\n'
   done
-  MED[$v]=$(printf '%s' "$vals" | median)
-  figure "kong_insn_${v}_per_req" "${MED[$v]}" instructions
-  say "#   $v: median ${MED[$v]} min $(printf '%s' "$vals" | sort -g | head -n1) max $(printf '%s' "$vals" | sort -g | tail -n1) instructions/request (idle $idle per ${SECS}s)"
+  PMED[$p]=$(printf '%s' "$vals" | median)
+  VALS[${p%.*}]+="${PMED[$p]}"$'\n'
+  say "#   $p: median ${PMED[$p]} min $(printf '%s' "$vals" | sort -g | head -n1) max $(printf '%s' "$vals" | sort -g | tail -n1) instructions/request (idle $idle per ${SECS}s)"
 done
 
+for v in "${VARIANTS[@]}"; do
+  MED[$v]=$(printf '%s' "${VALS[$v]}" | median)
+  figure "kong_insn_${v}_per_req" "${MED[$v]}" instructions
+  figure "kong_insn_${v}_spread" "$(printf '%s' "${VALS[$v]}" | spread)" %
+  say "#   $v: median over $STARTS processes ${MED[$v]}, processes $(printf '%s' "${VALS[$v]}" | sort -g | tr '\n' ' ')"
+done
+
+have() { for x in "$@"; do [ -n "${MED[$x]:-}" ] || return 1; done; }
 added() { awk -v a="${MED[$1]}" -v b="${MED[bare]}" 'BEGIN { printf "%.0f", a - b }'; }
 for v in "${VARIANTS[@]}"; do
   [ "$v" = bare ] && continue
   figure "kong_insn_${v}_added_per_req" "$(added "$v")" instructions
 done
-ratio() { awk -v a="$(added "$1")" -v b="$(added "$2")" 'BEGIN { if (b <= 0) print "nan"; else printf "%.2f", a / b }'; }
-[ -n "${MED[correlation]:-}" ] && [ -n "${MED[canary]:-}" ] &&
-  figure kong_insn_canary_added_vs_correlation "$(ratio canary correlation)" x
-[ -n "${MED[assembled]:-}" ] && [ -n "${MED[canary_full]:-}" ] &&
-  figure kong_insn_canary_full_added_vs_assembled "$(ratio canary_full assembled)" x
+ratio() { # a b: a / b, or nothing when b is not positive
+  awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'
+}
+report_ratio() { # name a b
+  local r
+  r=$(ratio "$2" "$3")
+  if [ -n "$r" ]; then figure "$1" "$r" x; else say "#   $1: no ratio (denominator $3 <= 0)"; fi
+}
+have correlation canary &&
+  report_ratio kong_insn_canary_added_vs_correlation "$(added canary)" "$(added correlation)"
+have assembled canary_full &&
+  report_ratio kong_insn_canary_full_added_vs_assembled "$(added canary_full)" "$(added assembled)"
+if have noop upstreams canary; then
+  figure kong_insn_plugin_dispatch_per_req "$(added noop)" instructions
+  figure kong_insn_upstream_entities_per_req "$(added upstreams)" instructions
+  own=$(awk -v c="${MED[canary]}" -v n="${MED[noop]}" -v u="${MED[upstreams]}" -v b="${MED[bare]}" \
+    'BEGIN { printf "%.0f", c - n - u + b }')
+  figure kong_insn_canary_own_per_req "$own" instructions
+  have correlation &&
+    report_ratio kong_insn_canary_own_vs_correlation_own "$own" \
+      "$(awk -v c="${MED[correlation]}" -v n="${MED[noop]}" 'BEGIN { printf "%.0f", c - n }')"
+fi
+have canary canary_alt &&
+  report_ratio kong_insn_canary_vs_alt "${MED[canary]}" "${MED[canary_alt]}"
 exit 0

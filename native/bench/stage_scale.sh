@@ -122,13 +122,6 @@ stop_scraper() {
 }
 on_exit stop_scraper
 
-# (max - min) / median of numbers on stdin, in percent.
-spread() {
-  sort -g | awk '{ v[NR] = $1 } END {
-    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    if (NR == 0 || m == 0) print "nan"; else printf "%.0f\n", (v[NR] - v[1]) / m * 100 }'
-}
-
 # measure LABEL MODES: MODES is "N S C" (or "N S").  N: no scraping;
 # S: /canary-router/metrics 10 times a second; C (control): the status
 # listener's /status at the same rate, i.e. the same curl processes and
