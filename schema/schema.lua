@@ -49,8 +49,11 @@ local MAX_STEPS = 20
 local STICKY_SOURCES = { "header", "cookie", "consumer", "ip" }
 local STICKY_BY = { "none", "header", "cookie", "consumer", "ip" }
 
--- The defaults of the three records a config always has; the records'
--- own defaults are built from the same values as their fields'.
+-- Kong walks every plugin's configuration on every request, looking for
+-- vault references (kong.vault.update in runloop/plugins_iterator.lua),
+-- so a record only some configs need (sticky, override) is null unless
+-- set, and then gets its fields' defaults; trace, which every config
+-- uses, is always there with these defaults.
 local STICKY = {
   by = "none",
   header = "X-Canary-User",
@@ -310,10 +313,9 @@ return {
               description = "Sticky routing: requests with the same key always " ..
                             "reach the same upstream, on every worker and node, and " ..
                             "raising the canary's weight only moves keys onto the " ..
-                            "canary, never off it.",
+                            "canary, never off it. Unset: no stickiness.",
               type = "record",
-              required = true,
-              default = STICKY,
+              required = false,
               fields = {
                 {
                   by = {
@@ -373,10 +375,10 @@ return {
                             "without a progression), 'never' to the stable upstream, " ..
                             "and the name of a configured upstream to that upstream; " ..
                             "other values are ignored. Forced requests are counted " ..
-                            "apart and never judged by the progression's gates.",
+                            "apart and never judged by the progression's gates. " ..
+                            "Unset: no overrides.",
               type = "record",
-              required = true,
-              default = OVERRIDE,
+              required = false,
               fields = {
                 {
                   header = typedefs.header_name {

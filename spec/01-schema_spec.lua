@@ -91,24 +91,23 @@ local function config_fields()
 end
 
 
+-- sticky and override stay unset unless given: Kong walks the whole
+-- config on every request (kong.vault.update).
 local DEFAULTS = {
   upstreams = { { name = "a", weight = 90 }, { name = "b", weight = 10 } },
-  sticky = {
-    by = "none",
-    header = "X-Canary-User",
-    cookie = "canary_user",
-    fallback = {},
-  },
-  -- no override header: overrides are off unless configured
-  override = {
-    allow_from = {},
-  },
   trace = {
     header = "X-Trace-Id",
     traceparent = true,
     sampled = true,
     echo_downstream = true,
   },
+}
+
+local STICKY_DEFAULTS = {
+  by = "none",
+  header = "X-Canary-User",
+  cookie = "canary_user",
+  fallback = {},
 }
 
 local PROGRESSION_DEFAULTS = {
@@ -266,10 +265,9 @@ describe("canary-router schema", function()
                 } })
       end)
 
-      it("when it is not a record, or null", function()
+      it("when it is not a record, or a field of it is null", function()
         rejects(config { sticky = "ip" }, { sticky = "expected a record" })
         -- A field with a default is required: null does not reset it.
-        rejects(config { sticky = null }, { sticky = "required field missing" })
         rejects(config { sticky = { by = null } },
                 { sticky = { by = "required field missing" } })
       end)
@@ -644,8 +642,8 @@ describe("canary-router schema", function()
 
     it("with nulls for unset optional fields when asked (Admin API view)", function()
       local expected = deep_copy(DEFAULTS)
-      expected.override.header = null
-      expected.override.cookie = null
+      expected.sticky = null
+      expected.override = null
       expected.response_header = null
       expected.generation_header = null
       expected.progression = null
@@ -724,8 +722,22 @@ describe("canary-router schema", function()
 
     it("a JSON body decoded with cjson, nulls included", function()
       local body = cjson.decode([[{"upstreams":[{"name":"a","weight":90},
-        {"name":"b","weight":10}],"response_header":null,"sticky":{"fallback":[]}}]])
+        {"name":"b","weight":10}],"response_header":null,"sticky":null}]])
       assert.same(DEFAULTS, accepts(body))
+      body = cjson.decode([[{"upstreams":[{"name":"a","weight":90},
+        {"name":"b","weight":10}],"sticky":{"fallback":[]}}]])
+      local expected = deep_copy(DEFAULTS)
+      expected.sticky = STICKY_DEFAULTS
+      assert.same(expected, accepts(body))
+    end)
+
+    it("sticky and override unset or null, and fills in their fields when given", function()
+      assert.same(DEFAULTS, accepts(config { sticky = null, override = null }))
+      local got = accepts(config { sticky = { by = "ip" }, override = { header = "X-Canary" } })
+      local expected = deep_copy(STICKY_DEFAULTS)
+      expected.by = "ip"
+      assert.same(expected, got.sticky)
+      assert.same({ header = "X-Canary", allow_from = {} }, got.override)
     end)
 
     it("without modifying its input", function()
@@ -917,6 +929,8 @@ describe("canary-router schema", function()
         ["progression.pre_promotion"] = "optional",
         ["progression.post_promotion"] = "optional",
         -- optional: unset means "off"
+        ["sticky"] = "optional",
+        ["override"] = "optional",
         ["override.header"] = "optional",
         ["override.cookie"] = "optional",
         ["response_header"] = "optional",
@@ -950,7 +964,7 @@ describe("canary-router schema", function()
           assert.is_true(f.field.required, f.path .. " has a default but is optional")
         end
       end
-      assert.equal(27, seen)
+      assert.equal(29, seen)
     end)
 
     it("the records' defaults agree with their fields' defaults", function()
