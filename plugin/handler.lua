@@ -45,17 +45,6 @@ local TICK_SECONDS = 0.25
 
 function CanaryRouter:init_worker()
   runtime.init_worker(TICK_SECONDS)
-  local mode = os.getenv("CANARY_JITP")
-  if mode == "V" then
-    ngx.timer.at(tonumber(os.getenv("CANARY_JITP_START")), function()
-      require("jit.v").start(os.getenv("CANARY_JITP_OUT"))
-    end)
-  elseif mode then
-    ngx.timer.at(tonumber(os.getenv("CANARY_JITP_START")), function()
-      require("jit.p").start(mode, os.getenv("CANARY_JITP_OUT"))
-      ngx.timer.at(20, function() require("jit.p").stop() end)
-    end)
-  end
 end
 
 function CanaryRouter:configure(configs)
