@@ -124,6 +124,10 @@ struct canary_prom {
   uint64_t exhausted[POOLS];
   int le_last[N_LE];
   uint8_t le_of[CANARY_HIST_BUCKETS];
+  /* The statistics slot of each row gathered in this step (NULL: none),
+   * for the row pass (gather_rows). */
+  const struct stat_slot *step_st[GATHER_ROWS + CANARY_MAX_UPSTREAMS];
+  size_t step_rows0;                      /* the step's first row */
   struct table_data table;                /* scratch of gather_route */
   struct canary_decision decision;        /* scratch of gather_gates */
   char key[CANARY_KEY_MAX];               /* scratch of gather_route */
@@ -290,18 +294,59 @@ static int add_text(struct canary_prom *p, const char *route_label,
   return 0;
 }
 
+/* The buckets of p50, p95 and p99 by the nearest-rank rule of
+ * canary_hist_summarize(), in one walk: the ranks only grow, so each
+ * quantile's walk goes on from the last one's bucket, or starts at the
+ * `le` range its rank falls in when that lies further on (row->le tells
+ * which), and skips blocks never written (their bucket copies are stale
+ * scratch, their counts zero).  `seen` counts the buckets before b. */
+static void quantiles(struct prom_row *row, const uint64_t *buckets,
+                      uint32_t blocks, const int *le_last) {
+  static const double qs[3] = {0.50, 0.95, 0.99};
+  const int last = CANARY_HIST_BUCKETS - 1;
+  uint64_t seen = 0;
+  int b = 0;
+  for (int i = 0; i < 3; i++) {
+    uint64_t rank;
+    size_t k = 0;
+    row->q[i] = -1;
+    if (row->count == 0)
+      continue;
+    rank = canary__rank(qs[i], row->count);
+    while (k < N_LE && row->le[k] < rank)
+      k++;
+    /* The rank lies in range k: after le_last[k-1], up to le_last[k]. */
+    if (k > 0 && le_last[k - 1] + 1 > b) {
+      b = le_last[k - 1] + 1;
+      seen = row->le[k - 1];
+    }
+    /* Here seen < rank: le[k-1] < rank, and the last quantile stopped at
+     * the first bucket that reached a rank no larger. */
+    while (b < last) {
+      uint64_t v;
+      if (!(blocks & (1u << (b / 64)))) {
+        b = (b / 64 + 1) * 64 < last ? (b / 64 + 1) * 64 : last;
+        continue; /* zero throughout: cannot reach the rank */
+      }
+      v = buckets[b];
+      if (seen + v >= rank)
+        break;
+      seen += v;
+      b++;
+    }
+    row->q[i] = b;
+  }
+}
+
 /* Reads statistics slot st into row in one pass: status classes and sum
  * from the stripes in use, and the latency buckets of the blocks in use,
  * summed per `le` range (le_of[b] is the first boundary whose bucket,
  * le_last, is at or above bucket b: a boundary counts every bucket that
  * starts at or below it) while they are copied to `buckets` for the
- * quantile walks.  Quantiles follow the nearest-rank rule of
- * canary_hist_summarize(); each walks only the range its rank falls in.
- * Blocks never written are zero and never touched. */
+ * quantile walk.  Blocks never written are zero and never touched. */
 static void read_row(const canary_seg_t *seg, const struct stat_slot *st,
                      struct prom_row *row, uint64_t *buckets,
                      const uint8_t *le_of, const int *le_last) {
-  static const double qs[3] = {0.50, 0.95, 0.99};
   const struct up_stats *us = &st->stats;
   uint64_t part[N_LE + 1], acc = 0;
   /* Only bits of real blocks: the word may hold anything in a damaged
@@ -309,11 +354,6 @@ static void read_row(const canary_seg_t *seg, const struct stat_slot *st,
   uint32_t blocks = ck_pr_load_32((uint32_t *)(uintptr_t)&st->hdr.nonempty) &
                     CANARY_BLOCKS_MASK;
 
-  /* Ask for every line of the blocks in use at once: the loads below
-   * then find them in cache instead of missing one line after another. */
-  for (uint32_t m = blocks; m != 0; m &= m - 1)
-    for (int b = 64 * __builtin_ctz(m), e = b + 64; b < e; b += 8)
-      __builtin_prefetch(&us->buckets[b]);
   for (uint64_t m = canary__stripes_used(seg); m != 0; m &= m - 1) {
     const struct up_stripe *sp = &us->stripes[__builtin_ctzll(m)];
     row->sum_us += ck_pr_load_64((uint64_t *)(uintptr_t)&sp->sum_us);
@@ -342,27 +382,7 @@ static void read_row(const canary_seg_t *seg, const struct stat_slot *st,
       row->le[k] = acc;
   }
   row->count = acc;
-  for (int i = 0; i < 3; i++) {
-    uint64_t rank, seen;
-    size_t k = 0;
-    int b;
-    row->q[i] = -1;
-    if (acc == 0)
-      continue;
-    rank = canary__rank(qs[i], acc);
-    while (k < N_LE && row->le[k] < rank)
-      k++;
-    /* The rank lies in range k: after le_last[k-1], up to le_last[k]. */
-    b = k == 0 ? 0 : le_last[k - 1] + 1;
-    seen = k == 0 ? 0 : row->le[k - 1];
-    for (; b < CANARY_HIST_BUCKETS - 1; b++) {
-      if (blocks & (1u << (b / 64)))
-        seen += buckets[b];
-      if (seen >= rank)
-        break;
-    }
-    row->q[i] = b;
-  }
+  quantiles(row, buckets, blocks, le_last);
 }
 
 /* The gates of the route's last conclusive window, from its decision
@@ -449,6 +469,8 @@ static int gather_route(struct canary_prom *p, uint32_t i) {
     for (int e = 0; e < N_EVENTS; e++)
       pr->events[e] += ck_pr_load_64((uint64_t *)(uintptr_t)&k->events[e]);
   }
+  /* The rows' statistics are read by gather_rows, after the step's
+   * routes. */
   for (uint32_t u = 0; u < d->n; u++) {
     struct prom_row *row = &p->rows[p->nrows];
     const struct stat_slot *st = canary__stat_of(seg, i, d->stat[u]);
@@ -458,18 +480,55 @@ static int gather_route(struct canary_prom *p, uint32_t i) {
     rc = add_text(p, shown, d->names[u], &row->labels_off, &row->labels_len);
     if (rc != 0)
       return rc;
-    if (st != NULL) {
-      read_row(seg, st, row, p->buckets, p->le_of, p->le_last);
-      for (int c = 0; c < 6; c++)
-        row->forced[c] =
-            ck_pr_load_64((uint64_t *)(uintptr_t)&st->forced.status[c]);
-    } else {
-      memset(row->q, 0xff, sizeof row->q); /* no quantiles: -1 */
-    }
+    if (st != NULL)
+      __builtin_prefetch(&st->hdr.nonempty);
+    p->step_st[p->nrows - p->step_rows0] = st;
     p->nrows++;
   }
   p->nroutes++;
   return 0;
+}
+
+/* Asks for every line the row of st will read: the stripes in use and
+ * the buckets of the blocks in use (hint only: read_row reads `nonempty`
+ * again). */
+static void prefetch_row(const struct stat_slot *st, uint64_t stripes) {
+  uint32_t blocks;
+  if (st == NULL)
+    return;
+  blocks = ck_pr_load_32((uint32_t *)(uintptr_t)&st->hdr.nonempty) &
+           CANARY_BLOCKS_MASK;
+  __builtin_prefetch(&st->forced);
+  for (uint64_t m = stripes; m != 0; m &= m - 1)
+    __builtin_prefetch(&st->stats.stripes[__builtin_ctzll(m)]);
+  for (uint32_t m = blocks; m != 0; m &= m - 1)
+    for (int b = 64 * __builtin_ctz(m), e = b + 64; b < e; b += 8)
+      __builtin_prefetch(&st->stats.buckets[b]);
+}
+
+/* Reads the statistics of the rows gathered in this step.  Reading a row
+ * is a few kilobytes of buckets that are rarely in cache: the lines of
+ * the next row are asked for while this one is read, so their misses
+ * overlap with work instead of following each other. */
+static void gather_rows(struct canary_prom *p) {
+  uint64_t stripes = canary__stripes_used(p->seg);
+  size_t n = p->nrows - p->step_rows0;
+  if (n > 0)
+    prefetch_row(p->step_st[0], stripes);
+  for (size_t j = 0; j < n; j++) {
+    struct prom_row *row = &p->rows[p->step_rows0 + j];
+    const struct stat_slot *st = p->step_st[j];
+    if (j + 1 < n)
+      prefetch_row(p->step_st[j + 1], stripes);
+    if (st == NULL) {
+      memset(row->q, 0xff, sizeof row->q); /* no quantiles: -1 */
+      continue;
+    }
+    read_row(p->seg, st, row, p->buckets, p->le_of, p->le_last);
+    for (int c = 0; c < 6; c++)
+      row->forced[c] =
+          ck_pr_load_64((uint64_t *)(uintptr_t)&st->forced.status[c]);
+  }
 }
 
 /* Pool gauges, once every route is read. */
@@ -491,19 +550,54 @@ static void gather_segment(struct canary_prom *p) {
   p->exhausted[POOL_PROGS] = info.prog_slots_exhausted;
 }
 
+/* Asks for the lines gather_route will read of route slot i, whose
+ * header line was asked for one route earlier: its key and label, the
+ * table buffer its generation selects, and its counter stripes in use
+ * (hints only; gather_route reads everything again, properly ordered). */
+static void prefetch_route(const canary_seg_t *seg, uint32_t i) {
+  const struct route_hdr *r = canary__route(seg, i);
+  const struct route_stripe *rs;
+  const struct table_buf *b;
+  const char *names;
+  if (ck_pr_load_32((uint32_t *)(uintptr_t)&r->state) != ROUTE_READY)
+    return;
+  b = &r->tables[ck_pr_load_64((uint64_t *)(uintptr_t)&r->generation) & 1];
+  for (const char *c = r->key; c < (const char *)&r->tables[0]; c += 64)
+    __builtin_prefetch(c);
+  for (const char *c = (const char *)b; c < b->names[0]; c += 64)
+    __builtin_prefetch(c);
+  names = b->names[0];
+  __builtin_prefetch(names);
+  __builtin_prefetch(names + 64);
+  rs = canary__route_stripes(seg, i);
+  for (uint64_t m = canary__stripes_used(seg); m != 0; m &= m - 1)
+    __builtin_prefetch(&rs[__builtin_ctzll(m)]);
+}
+
 /* One gathering step.  Returns 1 while routes are left, 0 when done. */
 static int gather_step(struct canary_prom *p, int *err) {
-  size_t rows0 = p->nrows;
   uint32_t looked = 0;
+  p->step_rows0 = p->nrows;
   while (p->next_slot < p->seg->max_routes) {
-    if (p->nrows - rows0 >= GATHER_ROWS || looked >= GATHER_SLOTS)
+    uint32_t i = p->next_slot;
+    if (p->nrows - p->step_rows0 >= GATHER_ROWS || looked >= GATHER_SLOTS) {
+      gather_rows(p);
       return 1;
+    }
+    /* Route slots are kilobytes apart: the header of the route after
+     * next and the lines of the next one are asked for now, so that
+     * their misses overlap with reading this one. */
+    if (i + 2 < p->seg->max_routes)
+      __builtin_prefetch(canary__route(p->seg, i + 2));
+    if (i + 1 < p->seg->max_routes)
+      prefetch_route(p->seg, i + 1);
     *err = gather_route(p, p->next_slot);
     if (*err != 0)
       return 0;
     p->next_slot++;
     looked++;
   }
+  gather_rows(p);
   gather_segment(p);
   return 0;
 }
@@ -851,14 +945,45 @@ static int write_units(struct canary_prom *p, struct out *o, int chunked) {
 
 /* ---- the scrape cursor ------------------------------------------------- */
 
+/* The last finished scrape of this process, kept for the next one: its
+ * arrays (a megabyte for a thousand routes) are then already the right
+ * size and mapped.  Allocated afresh, they cost every scrape hundreds of
+ * page faults, a tenth of its render time.  One scrape at a time owns
+ * it: it is taken and given back with an atomic swap, so concurrent
+ * scrapes (threads) each get their own.  It is process-local memory,
+ * never in the segment; it lives until the process exits. */
+static struct canary_prom *spare;
+
+static void prom_free(struct canary_prom *p) {
+  if (p == NULL)
+    return;
+  free(p->routes);
+  free(p->rows);
+  free(p->text);
+  free(p);
+}
+
 int canary_prom_begin(const canary_seg_t *seg, canary_prom_t **out) {
   struct canary_prom *p;
   if (seg == NULL || out == NULL)
     return CANARY_EINVAL;
   *out = NULL;
-  p = calloc(1, sizeof *p);
-  if (p == NULL)
-    return CANARY_ENOMEM;
+  p = ck_pr_fas_ptr(&spare, NULL);
+  if (p != NULL) {
+    /* Keep the arrays, start everything else afresh. */
+    struct canary_prom keep = *p;
+    memset(p, 0, sizeof *p);
+    p->routes = keep.routes;
+    p->routes_cap = keep.routes_cap;
+    p->rows = keep.rows;
+    p->rows_cap = keep.rows_cap;
+    p->text = keep.text;
+    p->text_cap = keep.text_cap;
+  } else {
+    p = calloc(1, sizeof *p);
+    if (p == NULL)
+      return CANARY_ENOMEM;
+  }
   p->seg = seg;
   for (size_t k = 0; k < N_LE; k++)
     p->le_last[k] = canary__bucket_of(le_bounds[k].us);
@@ -874,10 +999,8 @@ int canary_prom_begin(const canary_seg_t *seg, canary_prom_t **out) {
 void canary_prom_end(canary_prom_t *p) {
   if (p == NULL)
     return;
-  free(p->routes);
-  free(p->rows);
-  free(p->text);
-  free(p);
+  p->seg = NULL; /* the handle may be closed before the next scrape */
+  prom_free(ck_pr_fas_ptr(&spare, p));
 }
 
 int canary_prom_next(canary_prom_t *p, char *buf, size_t cap,
