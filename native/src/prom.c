@@ -55,15 +55,9 @@ static const struct {
 #undef LE
 #define N_LE (sizeof le_bounds / sizeof le_bounds[0] - 1) /* +Inf apart */
 
-static const char *const source_text[CANARY_TRACE_SOURCES] = {
-    "client", "traceparent", "generated", "rejected"};
-static const char *const prog_state_text[] = {
-    "none", "running", "paused", "promoted", "rolled_back"};
-static const char *const gate_text[CANARY_GATE_RESULTS] = {
-    "pass", "fail", "inconclusive"};
+/* Label values of the per-route families are spelled out, with the rest
+ * of their line's label set, in the unit that writes them. */
 #define N_EVENTS 4
-static const char *const event_text[N_EVENTS] = {
-    "override", "override_denied", "fallback", "engine_error"};
 
 /* Room for {route="<label>",upstream="<name>" with every byte escaped. */
 #define LABELS_MAX (2 * CANARY_LABEL_MAX + 2 * CANARY_NAME_MAX + 32)
@@ -150,45 +144,6 @@ static inline void put(struct out *o, const char *s, size_t n) {
 #define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
 
 static void puts_(struct out *o, const char *s) { put(o, s, strlen(s)); }
-
-/* Decimal without printf, and the line's end with it: the bucket lines
- * are most of a scrape. */
-static void put_u64_nl(struct out *o, uint64_t v) {
-  char tmp[24];
-  size_t n = sizeof tmp - 1;
-  tmp[n] = '\n';
-  do {
-    tmp[--n] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v > 0);
-  put(o, tmp + n, sizeof tmp - n);
-}
-
-static void put_u64(struct out *o, uint64_t v) {
-  char tmp[24];
-  size_t n = sizeof tmp;
-  do {
-    tmp[--n] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v > 0);
-  put(o, tmp + n, sizeof tmp - n);
-}
-
-/* v / 10^digits with exactly `digits` decimals. */
-static void put_fixed(struct out *o, uint64_t v, unsigned digits) {
-  uint64_t scale = 1;
-  char frac[24];
-  for (unsigned i = 0; i < digits; i++)
-    scale *= 10;
-  put_u64(o, v / scale);
-  put(o, ".", 1);
-  v %= scale;
-  for (unsigned i = digits; i > 0; i--) {
-    frac[i - 1] = (char)('0' + v % 10);
-    v /= 10;
-  }
-  put(o, frac, digits);
-}
 
 /* Length of the valid UTF-8 character at p (RFC 3629: no overlong forms,
  * no surrogates, nothing above U+10FFFF), or 0.  Prometheus rejects a
@@ -604,177 +559,255 @@ static int gather_step(struct canary_prom *p, int *err) {
 
 /* ---- writing ----------------------------------------------------------- */
 
-static void row_series(struct out *o, const struct canary_prom *p,
-                       const char *name, const struct prom_row *r) {
-  puts_(o, name);
-  put(o, p->text + r->labels_off, r->labels_len);
+/* A unit writes through a cursor with room for UNIT_MAX bytes (see
+ * write_units), so no write checks the room left: a scrape is tens of
+ * thousands of lines, and the checks and calls per piece of a line were
+ * a good part of its time. */
+
+static inline char *w_put(char *w, const char *s, size_t n) {
+  memcpy(w, s, n);
+  return w + n;
 }
 
-static void route_series(struct out *o, const struct canary_prom *p,
-                         const char *name, const struct prom_route *r) {
-  puts_(o, name);
-  put(o, p->text + r->label_off, r->label_len);
+/* A string literal: its length is known, so the copy is inlined. */
+#define W_LIT(w, lit) w_put((w), (lit), sizeof(lit) - 1)
+
+static char *w_str(char *w, const char *s) {
+  return w_put(w, s, strlen(s));
 }
 
-/* name{route="..",<key>="<val>"} n */
-static void route_line(struct out *o, const struct canary_prom *p,
-                       const char *name, const struct prom_route *r,
-                       const char *key, const char *val, uint64_t n) {
-  route_series(o, p, name, r);
-  PUT_LIT(o, ",");
-  puts_(o, key);
-  PUT_LIT(o, "=\"");
-  puts_(o, val);
-  PUT_LIT(o, "\"} ");
-  put_u64_nl(o, n);
+/* Decimal without printf: the bucket lines are most of a scrape. */
+static char *w_u64(char *w, uint64_t v) {
+  char *e;
+  size_t d = 1;
+  for (uint64_t t = v; t >= 10; t /= 10)
+    d++;
+  e = w + d;
+  do {
+    *--e = (char)('0' + v % 10);
+    v /= 10;
+  } while (v > 0);
+  return w + d;
 }
+
+static inline char *w_u64_nl(char *w, uint64_t v) {
+  w = w_u64(w, v);
+  *w++ = '\n';
+  return w;
+}
+
+/* v / 10^digits exactly, without the trailing zeros of the fraction (and
+ * without the point when it is whole): 0.9 for 9000 with 4 digits. */
+static char *w_fixed(char *w, uint64_t v, unsigned digits) {
+  uint64_t scale = 1;
+  for (unsigned i = 0; i < digits; i++)
+    scale *= 10;
+  w = w_u64(w, v / scale);
+  v %= scale;
+  if (v == 0)
+    return w;
+  while (v % 10 == 0) {
+    v /= 10;
+    digits--;
+  }
+  *w++ = '.';
+  for (unsigned i = digits; i > 0; i--) {
+    w[i - 1] = (char)('0' + v % 10);
+    v /= 10;
+  }
+  return w + digits;
+}
+
+/* A label set ending a series name, and what closes it: `,key="val"} `
+ * and the like, with their lengths. */
+struct lit {
+  const char *s;
+  size_t n;
+};
+#define LIT(text)                                                             \
+  { text, sizeof(text) - 1 }
+
+static inline char *w_lit(char *w, struct lit l) {
+  return w_put(w, l.s, l.n);
+}
+
+static inline char *w_row(char *w, const struct canary_prom *p,
+                          const struct prom_row *r) {
+  return w_put(w, p->text + r->labels_off, r->labels_len);
+}
+
+static inline char *w_route(char *w, const struct canary_prom *p,
+                            const struct prom_route *r) {
+  return w_put(w, p->text + r->label_off, r->label_len);
+}
+
+/* name{route="..",<closing> n: the name a literal. */
+#define W_ROUTE_LINE(w, p, r, name, closing, n)                               \
+  w_u64_nl(w_lit(w_route(W_LIT((w), name), (p), (r)), (closing)), (n))
 
 /* Seconds from the middle of bucket b: (low + high) / 2 microseconds,
  * a whole or half microsecond, so 7 decimals are exact. */
-static void put_bucket_seconds(struct out *o, int b) {
+static char *w_bucket_seconds(char *w, int b) {
   if (b < 0) {
-    put(o, "0", 1);
-    return;
+    *w++ = '0';
+    return w;
   }
-  put_fixed(o, (canary_hist_bucket_low(b) + canary_hist_bucket_high(b)) * 5,
-            7);
+  return w_fixed(
+      w, (canary_hist_bucket_low(b) + canary_hist_bucket_high(b)) * 5, 7);
 }
 
-/* ,status="2xx"}  and the like (classes 1xx..5xx), ready to copy. */
-#define STATUS_LABEL_LEN (sizeof(",status=\"2xx\"} ") - 1)
-static const char *const status_labels[6] = {
-    NULL,                 ",status=\"1xx\"} ", ",status=\"2xx\"} ",
-    ",status=\"3xx\"} ", ",status=\"4xx\"} ", ",status=\"5xx\"} "};
+/* ,status="2xx"}  and the like (classes 1xx..5xx). */
+static const struct lit status_labels[6] = {LIT(""),
+                                            LIT(",status=\"1xx\"} "),
+                                            LIT(",status=\"2xx\"} "),
+                                            LIT(",status=\"3xx\"} "),
+                                            LIT(",status=\"4xx\"} "),
+                                            LIT(",status=\"5xx\"} ")};
 
-static void unit_requests(struct out *o, const struct canary_prom *p,
-                          size_t i) {
+static char *unit_requests(char *w, const struct canary_prom *p, size_t i) {
   const struct prom_row *r = &p->rows[i];
   for (int c = 1; c < 6; c++) {
     if (c == 1 && r->status[1] == 0)
       continue; /* 1xx only when seen */
-    PUT_LIT(o, "canary_requests_total");
-    put(o, p->text + r->labels_off, r->labels_len);
-    put(o, status_labels[c], STATUS_LABEL_LEN);
-    put_u64_nl(o, r->status[c]);
+    w = W_LIT(w, "canary_requests_total");
+    w = w_row(w, p, r);
+    w = w_lit(w, status_labels[c]);
+    w = w_u64_nl(w, r->status[c]);
   }
+  return w;
 }
 
-static void unit_forced(struct out *o, const struct canary_prom *p,
-                        size_t i) {
+static char *unit_forced(char *w, const struct canary_prom *p, size_t i) {
   const struct prom_row *r = &p->rows[i];
   for (int c = 1; c < 6; c++) {
     if (r->forced[c] == 0)
       continue; /* forced requests are rare: only classes seen */
-    PUT_LIT(o, "canary_forced_requests_total");
-    put(o, p->text + r->labels_off, r->labels_len);
-    put(o, status_labels[c], STATUS_LABEL_LEN);
-    put_u64_nl(o, r->forced[c]);
+    w = W_LIT(w, "canary_forced_requests_total");
+    w = w_row(w, p, r);
+    w = w_lit(w, status_labels[c]);
+    w = w_u64_nl(w, r->forced[c]);
   }
+  return w;
 }
 
-static void unit_histogram(struct out *o, const struct canary_prom *p,
-                           size_t i) {
+/* The bucket lines share their name and labels: written once, then
+ * copied from the first line in one go. */
+static char *unit_histogram(char *w, const struct canary_prom *p, size_t i) {
   const struct prom_row *r = &p->rows[i];
-  const char *labels = p->text + r->labels_off;
+  const char *first = w;
+  size_t pre;
+  w = W_LIT(w, "canary_upstream_latency_seconds_bucket");
+  w = w_row(w, p, r);
+  pre = (size_t)(w - first);
   for (size_t k = 0; k <= N_LE; k++) {
-    PUT_LIT(o, "canary_upstream_latency_seconds_bucket");
-    put(o, labels, r->labels_len);
-    put(o, le_bounds[k].text, le_bounds[k].len);
-    put_u64_nl(o, k < N_LE ? r->le[k] : r->count);
+    if (k > 0)
+      w = w_put(w, first, pre);
+    w = w_put(w, le_bounds[k].text, le_bounds[k].len);
+    w = w_u64_nl(w, k < N_LE ? r->le[k] : r->count);
   }
-  PUT_LIT(o, "canary_upstream_latency_seconds_sum");
-  put(o, labels, r->labels_len);
-  PUT_LIT(o, "} ");
-  put_fixed(o, r->sum_us, 6);
-  PUT_LIT(o, "\n");
-  PUT_LIT(o, "canary_upstream_latency_seconds_count");
-  put(o, labels, r->labels_len);
-  PUT_LIT(o, "} ");
-  put_u64_nl(o, r->count);
+  w = W_LIT(w, "canary_upstream_latency_seconds_sum");
+  w = w_row(w, p, r);
+  w = W_LIT(w, "} ");
+  w = w_fixed(w, r->sum_us, 6);
+  *w++ = '\n';
+  w = W_LIT(w, "canary_upstream_latency_seconds_count");
+  w = w_row(w, p, r);
+  w = W_LIT(w, "} ");
+  return w_u64_nl(w, r->count);
 }
 
 /* Quantiles computed here are a summary in Prometheus' terms (the only
  * type that may carry a `quantile` label), with its _sum and _count. */
-static void unit_quantiles(struct out *o, const struct canary_prom *p,
-                           size_t i) {
-  static const char *const qt[3] = {",quantile=\"0.5\"} ",
-                                    ",quantile=\"0.95\"} ",
-                                    ",quantile=\"0.99\"} "};
+static char *unit_quantiles(char *w, const struct canary_prom *p, size_t i) {
+  static const struct lit qt[3] = {LIT(",quantile=\"0.5\"} "),
+                                   LIT(",quantile=\"0.95\"} "),
+                                   LIT(",quantile=\"0.99\"} ")};
   const struct prom_row *r = &p->rows[i];
-  const char *labels = p->text + r->labels_off;
   for (int k = 0; k < 3; k++) {
-    PUT_LIT(o, "canary_upstream_latency_quantile_seconds");
-    put(o, labels, r->labels_len);
-    puts_(o, qt[k]);
-    put_bucket_seconds(o, r->q[k]);
-    PUT_LIT(o, "\n");
+    w = W_LIT(w, "canary_upstream_latency_quantile_seconds");
+    w = w_row(w, p, r);
+    w = w_lit(w, qt[k]);
+    w = w_bucket_seconds(w, r->q[k]);
+    *w++ = '\n';
   }
-  PUT_LIT(o, "canary_upstream_latency_quantile_seconds_sum");
-  put(o, labels, r->labels_len);
-  PUT_LIT(o, "} ");
-  put_fixed(o, r->sum_us, 6);
-  PUT_LIT(o, "\n");
-  PUT_LIT(o, "canary_upstream_latency_quantile_seconds_count");
-  put(o, labels, r->labels_len);
-  PUT_LIT(o, "} ");
-  put_u64_nl(o, r->count);
+  w = W_LIT(w, "canary_upstream_latency_quantile_seconds_sum");
+  w = w_row(w, p, r);
+  w = W_LIT(w, "} ");
+  w = w_fixed(w, r->sum_us, 6);
+  *w++ = '\n';
+  w = W_LIT(w, "canary_upstream_latency_quantile_seconds_count");
+  w = w_row(w, p, r);
+  w = W_LIT(w, "} ");
+  return w_u64_nl(w, r->count);
 }
 
-static void unit_weight(struct out *o, const struct canary_prom *p,
-                        size_t i) {
+static char *unit_weight(char *w, const struct canary_prom *p, size_t i) {
   const struct prom_row *r = &p->rows[i];
-  row_series(o, p, "canary_upstream_weight", r);
-  puts_(o, "} ");
-  put_fixed(o, r->effective, 4); /* 0..10000 is 0.0000..1.0000 */
-  put(o, "\n", 1);
+  w = W_LIT(w, "canary_upstream_weight");
+  w = w_row(w, p, r);
+  w = W_LIT(w, "} ");
+  w = w_fixed(w, r->effective, 4); /* 0..10000 is 0..1 */
+  *w++ = '\n';
+  return w;
 }
 
-static void unit_step(struct out *o, const struct canary_prom *p, size_t i) {
+static char *unit_step(char *w, const struct canary_prom *p, size_t i) {
   const struct prom_route *r = &p->routes[i];
-  route_series(o, p, "canary_progression_step", r);
-  puts_(o, "} ");
-  put_u64(o, r->state == CANARY_PROG_NONE ? 0u : r->step + 1);
-  put(o, "\n", 1);
+  static const struct lit closing = LIT("} ");
+  return W_ROUTE_LINE(w, p, r, "canary_progression_step", closing,
+                      r->state == CANARY_PROG_NONE ? 0u : r->step + 1);
 }
 
 /* A blue/green route reports its phases (canary_prog_phase()) instead of
  * the canary's states: its running state is "preview" or
  * "post_promotion". */
-static void unit_state(struct out *o, const struct canary_prom *p, size_t i) {
+static char *unit_state(char *w, const struct canary_prom *p, size_t i) {
   static const char *const bg_phases[] = {"none",           "preview",
                                           "post_promotion", "paused",
                                           "promoted",       "rolled_back"};
+  static const struct lit bg_closing[] = {
+      LIT(",state=\"none\"} "),           LIT(",state=\"preview\"} "),
+      LIT(",state=\"post_promotion\"} "), LIT(",state=\"paused\"} "),
+      LIT(",state=\"promoted\"} "),       LIT(",state=\"rolled_back\"} ")};
+  static const struct lit closing[] = {
+      LIT(",state=\"none\"} "), LIT(",state=\"running\"} "),
+      LIT(",state=\"paused\"} "), LIT(",state=\"promoted\"} "),
+      LIT(",state=\"rolled_back\"} ")};
   const struct prom_route *r = &p->routes[i];
   if (r->strategy == CANARY_STRATEGY_BLUE_GREEN) {
     const char *now = canary_prog_phase(r->strategy, r->state, r->step);
     for (size_t k = 0; k < sizeof bg_phases / sizeof bg_phases[0]; k++)
-      route_line(o, p, "canary_progression_state", r, "state", bg_phases[k],
-                 strcmp(now, bg_phases[k]) == 0);
-    return;
+      w = W_ROUTE_LINE(w, p, r, "canary_progression_state", bg_closing[k],
+                       strcmp(now, bg_phases[k]) == 0);
+    return w;
   }
   for (uint32_t st = CANARY_PROG_NONE; st <= CANARY_PROG_ROLLED_BACK; st++)
-    route_line(o, p, "canary_progression_state", &p->routes[i], "state",
-               prog_state_text[st], p->routes[i].state == st);
+    w = W_ROUTE_LINE(w, p, r, "canary_progression_state", closing[st],
+                     r->state == st);
+  return w;
 }
 
-static void unit_gates(struct out *o, const struct canary_prom *p, size_t i) {
+static char *unit_gates(char *w, const struct canary_prom *p, size_t i) {
+  static const struct lit closing[CANARY_GATE_RESULTS] = {
+      LIT(",result=\"pass\"} "), LIT(",result=\"fail\"} "),
+      LIT(",result=\"inconclusive\"} ")};
+  static const struct lit dry[CANARY_GATE_RESULTS] = {
+      LIT(",result=\"pass\",dry_run=\"true\"} "),
+      LIT(",result=\"fail\",dry_run=\"true\"} "),
+      LIT(",result=\"inconclusive\",dry_run=\"true\"} ")};
   const struct prom_route *r = &p->routes[i];
   for (int g = 0; g < CANARY_GATE_RESULTS; g++)
-    route_line(o, p, "canary_gate_evaluations_total", r, "result",
-               gate_text[g], r->evaluations[g]);
-  for (int g = 0; r->dry && g < CANARY_GATE_RESULTS; g++) {
-    route_series(o, p, "canary_gate_evaluations_total", r);
-    puts_(o, ",result=\"");
-    puts_(o, gate_text[g]);
-    puts_(o, "\",dry_run=\"true\"} ");
-    put_u64(o, r->dry_evaluations[g]);
-    put(o, "\n", 1);
-  }
+    w = W_ROUTE_LINE(w, p, r, "canary_gate_evaluations_total", closing[g],
+                     r->evaluations[g]);
+  for (int g = 0; r->dry && g < CANARY_GATE_RESULTS; g++)
+    w = W_ROUTE_LINE(w, p, r, "canary_gate_evaluations_total", dry[g],
+                     r->dry_evaluations[g]);
+  return w;
 }
 
 /* One family of the last conclusive window's gates: value or limit. */
-static void gate_lines(struct out *o, const struct canary_prom *p, size_t i,
-                       const char *name, int limit) {
+static char *gate_lines(char *w, const struct canary_prom *p, size_t i,
+                        const char *name, int limit) {
   const struct prom_route *r = &p->routes[i];
   char num[40];
   for (int g = 0; r->judged && g < CANARY_GATES; g++) {
@@ -785,60 +818,66 @@ static void gate_lines(struct out *o, const struct canary_prom *p, size_t i,
     if (fpclassify(v) == FP_SUBNORMAL)
       v = 0; /* no gate measures below 1e-308; only damage writes that */
     n = snprintf(num, sizeof num, "%.9g\n", v);
-    route_series(o, p, name, r);
-    puts_(o, ",gate=\"");
-    puts_(o, canary_gate_name(g));
-    puts_(o, r->judged_dry ? "\",dry_run=\"true\"} " : "\"} ");
-    put(o, num, n > 0 && (size_t)n < sizeof num ? (size_t)n : 0);
+    w = w_str(w, name);
+    w = w_route(w, p, r);
+    w = W_LIT(w, ",gate=\"");
+    w = w_str(w, canary_gate_name(g));
+    w = r->judged_dry ? W_LIT(w, "\",dry_run=\"true\"} ") : W_LIT(w, "\"} ");
+    w = w_put(w, num, n > 0 && (size_t)n < sizeof num ? (size_t)n : 0);
   }
+  return w;
 }
 
-static void unit_gate_value(struct out *o, const struct canary_prom *p,
-                            size_t i) {
-  gate_lines(o, p, i, "canary_gate_value", 0);
+static char *unit_gate_value(char *w, const struct canary_prom *p, size_t i) {
+  return gate_lines(w, p, i, "canary_gate_value", 0);
 }
 
-static void unit_gate_limit(struct out *o, const struct canary_prom *p,
-                            size_t i) {
-  gate_lines(o, p, i, "canary_gate_limit", 1);
+static char *unit_gate_limit(char *w, const struct canary_prom *p, size_t i) {
+  return gate_lines(w, p, i, "canary_gate_limit", 1);
 }
 
-static void unit_trace(struct out *o, const struct canary_prom *p, size_t i) {
+static char *unit_trace(char *w, const struct canary_prom *p, size_t i) {
+  static const struct lit closing[CANARY_TRACE_SOURCES] = {
+      LIT(",source=\"client\"} "), LIT(",source=\"traceparent\"} "),
+      LIT(",source=\"generated\"} "), LIT(",source=\"rejected\"} ")};
+  const struct prom_route *r = &p->routes[i];
   for (int t = 0; t < CANARY_TRACE_SOURCES; t++)
-    route_line(o, p, "canary_trace_ids_total", &p->routes[i], "source",
-               source_text[t], p->routes[i].trace[t]);
+    w = W_ROUTE_LINE(w, p, r, "canary_trace_ids_total", closing[t],
+                     r->trace[t]);
+  return w;
 }
 
-static void unit_events(struct out *o, const struct canary_prom *p,
-                        size_t i) {
+static char *unit_events(char *w, const struct canary_prom *p, size_t i) {
+  static const struct lit closing[N_EVENTS] = {
+      LIT(",event=\"override\"} "), LIT(",event=\"override_denied\"} "),
+      LIT(",event=\"fallback\"} "), LIT(",event=\"engine_error\"} ")};
+  const struct prom_route *r = &p->routes[i];
   for (int e = 0; e < N_EVENTS; e++)
-    route_line(o, p, "canary_events_total", &p->routes[i], "event",
-               event_text[e], p->routes[i].events[e]);
+    w = W_ROUTE_LINE(w, p, r, "canary_events_total", closing[e], r->events[e]);
+  return w;
 }
 
 static const char *const pool_text[POOLS] = {"routes", "upstreams",
                                              "progressions"};
 
-static void unit_slots(struct out *o, const struct canary_prom *p, size_t i) {
+static char *unit_slots(char *w, const struct canary_prom *p, size_t i) {
   static const char *const state[3] = {"live", "retired", "free"};
   for (int s = 0; s < 3; s++) {
-    puts_(o, "canary_slots{pool=\"");
-    puts_(o, pool_text[i]);
-    puts_(o, "\",state=\"");
-    puts_(o, state[s]);
-    puts_(o, "\"} ");
-    put_u64(o, p->slots[i][s]);
-    put(o, "\n", 1);
+    w = W_LIT(w, "canary_slots{pool=\"");
+    w = w_str(w, pool_text[i]);
+    w = W_LIT(w, "\",state=\"");
+    w = w_str(w, state[s]);
+    w = W_LIT(w, "\"} ");
+    w = w_u64_nl(w, p->slots[i][s]);
   }
+  return w;
 }
 
-static void unit_exhausted(struct out *o, const struct canary_prom *p,
-                           size_t i) {
-  puts_(o, "canary_slots_exhausted_total{pool=\"");
-  puts_(o, pool_text[i]);
-  puts_(o, "\"} ");
-  put_u64(o, p->exhausted[i]);
-  put(o, "\n", 1);
+static char *unit_exhausted(char *w, const struct canary_prom *p, size_t i) {
+  w = W_LIT(w, "canary_slots_exhausted_total{pool=\"");
+  w = w_str(w, pool_text[i]);
+  w = W_LIT(w, "\"} ");
+  return w_u64_nl(w, p->exhausted[i]);
 }
 
 enum { PER_ROW, PER_ROUTE, PER_POOL };
@@ -846,7 +885,7 @@ enum { PER_ROW, PER_ROUTE, PER_POOL };
 static const struct family {
   const char *name, *type, *help;
   int per;
-  void (*unit)(struct out *o, const struct canary_prom *p, size_t i);
+  char *(*unit)(char *w, const struct canary_prom *p, size_t i);
 } families[] = {
     {"canary_requests_total", "counter",
      "Responses per route, upstream and status class (requests an override "
@@ -907,38 +946,49 @@ static size_t units_of(const struct canary_prom *p, const struct family *f) {
                                : (size_t)POOLS;
 }
 
-static void head(struct out *o, const struct family *f) {
-  puts_(o, "# HELP ");
-  puts_(o, f->name);
-  put(o, " ", 1);
-  puts_(o, f->help);
-  puts_(o, "\n# TYPE ");
-  puts_(o, f->name);
-  put(o, " ", 1);
-  puts_(o, f->type);
-  put(o, "\n", 1);
+static char *head(char *w, const struct family *f) {
+  w = W_LIT(w, "# HELP ");
+  w = w_str(w, f->name);
+  *w++ = ' ';
+  w = w_str(w, f->help);
+  w = W_LIT(w, "\n# TYPE ");
+  w = w_str(w, f->name);
+  *w++ = ' ';
+  w = w_str(w, f->type);
+  *w++ = '\n';
+  return w;
 }
 
 /* Writes units into o; with `chunked`, only while a whole unit surely
- * fits.  Returns 1 while units are left, 0 when the exposition is
- * complete. */
+ * fits.  A unit goes straight into o's buffer when UNIT_MAX bytes are
+ * left in it, else (the one-go render near or past the end of its
+ * buffer) through `spill`, which put() copies or only counts.  Returns
+ * 1 while units are left, 0 when the exposition is complete. */
 static int write_units(struct canary_prom *p, struct out *o, int chunked) {
+  char spill[UNIT_MAX];
   while (p->family < N_FAMILIES) {
     const struct family *f = &families[p->family];
-    if (chunked && o->len + UNIT_MAX > o->cap)
+    int room = o->len + UNIT_MAX <= o->cap;
+    char *w0, *w;
+    if (chunked && !room)
       return 1;
+    if (p->headed && p->item >= units_of(p, f)) {
+      p->family++;
+      p->headed = 0;
+      p->item = 0;
+      continue;
+    }
+    w0 = room ? o->buf + o->len : spill;
     if (!p->headed) {
-      head(o, f);
+      w = head(w0, f);
       p->headed = 1;
-      continue;
+    } else {
+      w = f->unit(w0, p, p->item++);
     }
-    if (p->item < units_of(p, f)) {
-      f->unit(o, p, p->item++);
-      continue;
-    }
-    p->family++;
-    p->headed = 0;
-    p->item = 0;
+    if (room)
+      o->len += (size_t)(w - w0);
+    else
+      put(o, spill, (size_t)(w - w0));
   }
   return 0;
 }
