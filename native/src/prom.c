@@ -283,6 +283,17 @@ static void quantiles(struct prom_row *row, const uint64_t *buckets,
         b = (b / 64 + 1) * 64 < last ? (b / 64 + 1) * 64 : last;
         continue; /* zero throughout: cannot reach the rank */
       }
+      if ((b & 7) == 0 && b + 8 <= last) {
+        /* Eight buckets at a time while they stay below the rank (eight
+         * never straddle a block, nor take in the last bucket). */
+        const uint64_t *e = &buckets[b];
+        uint64_t s8 = e[0] + e[1] + e[2] + e[3] + e[4] + e[5] + e[6] + e[7];
+        if (seen + s8 < rank) {
+          seen += s8;
+          b += 8;
+          continue;
+        }
+      }
       v = buckets[b];
       if (seen + v >= rank)
         break;
