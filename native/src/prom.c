@@ -26,9 +26,16 @@
  * `sum by (le)` over a cluster is a correct cluster histogram.  A
  * boundary counts every histogram bucket that starts at or below it, so
  * it is exact to one bucket width (<= 1/64 of the boundary).  Numbers are
- * written with integer arithmetic, exactly: seconds from microsecond sums
- * with 6 decimals, quantiles (bucket middles, whole or half
- * microseconds) with 7, weights with 4.
+ * written with integer arithmetic, exactly, without trailing zeros:
+ * seconds from microsecond sums with up to 6 decimals, quantiles (bucket
+ * middles, whole or half microseconds) with up to 7, weights with up to
+ * 4.
+ *
+ * Where a scrape's time goes (1000 routes x 2 upstreams, 7 MB): mostly
+ * reading the buckets of the blocks in use, kilobytes per row that are
+ * rarely in cache, so the lines of the next row and route are asked for
+ * while this one is read; then writing, through a cursor that never
+ * checks the room left within a unit.
  */
 #include "internal.h"
 
