@@ -16,7 +16,7 @@
 -- the scrape took every moment the worker had no request ready, a
 -- thousand routes' scrape (about 10 ms of CPU and 7 MB through the
 -- socket) came in one burst, and requests arriving behind it queued; a
--- paced scrape takes longer (70 ms instead of 20 for 1000 routes) but
+-- paced scrape takes longer (75 ms instead of 20 for 1000 routes) but
 -- the requests around it wait a third as long (p50 while scraped 10
 -- times a second, open loop at half the worker's capacity).  Without
 -- OpenResty's delayed-events patch (plain nginx with the lua module)
