@@ -177,6 +177,7 @@ test-prom:
 # C benchmarks (bench.c: engine vs lock-based baselines; accuracy.c;
 # scale.c), linked statically against the engine.
 BENCH_BINS := $(BUILD)/bench/bench $(BUILD)/bench/accuracy $(BUILD)/bench/scale \
+	$(BUILD)/bench/openloop \
 	$(BUILD)/bench/judge
 
 $(BUILD)/bench/%: native/bench/%.c $(BUILD)/libcanary.a $(HDRS)

@@ -753,6 +753,153 @@ static canary_seg_t *forty_routes(struct test_fx *fx) {
   return seg;
 }
 
+/* Latency shapes that put the quantile ranks and `le` boundaries in
+ * awkward places: nothing, one sample, two modes with empty blocks
+ * between, one bucket only, values past the top bucket, ranks exactly on
+ * boundaries, p50 and p95 in one `le` range, and random spreads.  The
+ * second mode of shape 2 (2^21 us) is the first bucket of its block. */
+static void record_shape(canary_seg_t *seg, int route, int up, int shape,
+                         uint64_t *rs) {
+  static const uint64_t on_bounds[][2] = {
+      {1000, 50}, {2500, 45}, {5000, 4}, {10000, 1}};
+  switch (shape) {
+  case 0:
+    return; /* nothing: quantiles 0 */
+  case 1:
+    assert_int_equal(canary_route_record(seg, route, up,
+                                         1 + test_rand_below(rs, 5000000), 200,
+                                         -1),
+                     0);
+    return;
+  case 2:
+    for (int i = 0; i < 100; i++)
+      assert_int_equal(
+          canary_route_record(seg, route, up, i < 97 ? 50 : 1u << 21, 200, -1),
+          0);
+    return;
+  case 3:
+    for (int i = 0; i < 50; i++)
+      assert_int_equal(canary_route_record(seg, route, up, 20000, 200, -1), 0);
+    return;
+  case 4:
+    for (int i = 0; i < 20; i++)
+      assert_int_equal(canary_route_record(seg, route, up,
+                                           i % 2 ? 1000 : 500000000, 200, -1),
+                       0);
+    return;
+  case 5:
+    for (size_t k = 0; k < 4; k++)
+      for (uint64_t i = 0; i < on_bounds[k][1]; i++)
+        assert_int_equal(
+            canary_route_record(seg, route, up, on_bounds[k][0], 200, -1), 0);
+    return;
+  case 6:
+    for (int i = 0; i < 100; i++)
+      assert_int_equal(
+          canary_route_record(seg, route, up, i < 60 ? 20000 : 24000, 200, -1),
+          0);
+    return;
+  default:
+    /* Log-uniform from 1 us to about 300 s. */
+    for (int i = 0; i < 150; i++) {
+      double e = (double)test_rand_below(rs, 1000000) / 1000000.0 * 19.5;
+      assert_int_equal(
+          canary_route_record(seg, route, up, (uint64_t)exp2(e), 200, -1), 0);
+    }
+  }
+}
+
+/* Every quantile the exposition shows is exactly the bucket
+ * canary_hist_summarize() finds, and every cumulative `le` count exactly
+ * the buckets that start at or below the boundary, for each shape, over
+ * more rows than one step reads. */
+static void prom_quantiles_and_buckets_are_exact(void **state) {
+  struct test_fx *fx = *state;
+  canary_seg_t *seg = NULL;
+  char path[PATH_MAX];
+  struct expo x;
+  uint64_t rs = 5;
+  size_t len, checked = 0;
+  int idx[40];
+  char *buf;
+
+  test_path(path, sizeof path, fx->dir, "shapes.seg");
+  assert_int_equal(test_seg_open(&seg, path, 40, 2, 0, NULL, 0),
+                   CANARY_SEG_CREATED);
+  for (int r = 0; r < 40; r++) {
+    struct canary_table t;
+    const uint32_t w[2] = {5000, 5000};
+    char key[32];
+    snprintf(key, sizeof key, "shape-%02d", r);
+    idx[r] = canary_route_claim(seg, key, strlen(key), key, strlen(key));
+    assert_true(idx[r] >= 0);
+    test_table(&t, "up", 2, w);
+    assert_int_equal(canary_route_publish(seg, idx[r], &t, 1, NULL, NULL, 0),
+                     0);
+    record_shape(seg, idx[r], 0, r % 9, &rs);
+    record_shape(seg, idx[r], 1, (r / 9 + r) % 9, &rs);
+  }
+  buf = render(seg, &len);
+  parse_expo(buf, len, &x);
+  for (int r = 0; r < 40; r++) {
+    for (int up = 0; up < 2; up++) {
+      static const char *const qn[3] = {"0.5", "0.95", "0.99"};
+      struct canary_hist_snapshot snap;
+      struct canary_hist_summary sum;
+      double want[3];
+      char route[32], upstream[32];
+      const char *kv[] = {"route", route, "upstream", upstream, NULL};
+      size_t les = 0;
+      snprintf(route, sizeof route, "shape-%02d", r);
+      snprintf(upstream, sizeof upstream, "up%d", up);
+      assert_int_equal(canary_hist_snapshot(seg, idx[r], up, &snap), 0);
+      assert_int_equal(canary_hist_summarize(&snap, NULL, &sum), 0);
+      want[0] = sum.p50_us;
+      want[1] = sum.p95_us;
+      want[2] = sum.p99_us;
+      for (int q = 0; q < 3; q++) {
+        const char *kq[] = {"route",    route, "upstream", upstream,
+                            "quantile", qn[q], NULL};
+        double v =
+            value_of(&x, "canary_upstream_latency_quantile_seconds", kq);
+        if (fabs(v * 1e6 - want[q]) > 1e-3)
+          fail_msg("%s/%s quantile %s: %.7f s, summary says %.1f us", route,
+                   upstream, qn[q], v, want[q]);
+      }
+      for (size_t i = 0; i < x.ns; i++) {
+        const struct sample *s = &x.s[i];
+        const char *le;
+        uint64_t want_n = 0;
+        if (!matches(s, "canary_upstream_latency_seconds_bucket", kv))
+          continue;
+        le = label(s, "le");
+        if (strcmp(le, "+Inf") == 0) {
+          want_n = sum.count;
+        } else {
+          int b = canary_hist_bucket_of((uint64_t)llround(atof(le) * 1e6));
+          for (int k = 0; k <= b; k++)
+            want_n += snap.buckets[k];
+        }
+        if (s->value != (double)want_n)
+          fail_msg("%s/%s le=%s: %.0f, buckets say %llu", route, upstream, le,
+                   s->value, (unsigned long long)want_n);
+        les++;
+      }
+      assert_true(les > 10);
+      assert_true(value_of(&x, "canary_upstream_latency_seconds_count", kv) ==
+                  (double)sum.count);
+      assert_true(
+          fabs(value_of(&x, "canary_upstream_latency_seconds_sum", kv) -
+               (double)snap.sum_us / 1e6) <= 1e-9 + snap.sum_us * 1e-15);
+      checked++;
+    }
+  }
+  assert_int_equal(checked, 80);
+  t_free(x.s);
+  t_free(buf);
+  test_seg_close(seg);
+}
+
 /* The scrape in pieces of the smallest allowed size: every piece whole
  * lines within its size, and together exactly the one-go exposition,
  * valid, every family together. */
@@ -845,6 +992,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(prom_many_routes_and_upstreams, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(prom_quantiles_and_buckets_are_exact,
+                                      setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
