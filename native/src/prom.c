@@ -708,6 +708,22 @@ static char *unit_forced(char *w, const struct canary_prom *p, size_t i) {
   return w;
 }
 
+/* The _sum (seconds) and _count lines that close a histogram or a
+ * summary. */
+static char *w_sum_count(char *w, const struct canary_prom *p,
+                         const struct prom_row *r, struct lit sum,
+                         struct lit count) {
+  w = w_lit(w, sum);
+  w = w_row(w, p, r);
+  w = W_LIT(w, "} ");
+  w = w_fixed(w, r->sum_us, 6);
+  *w++ = '\n';
+  w = w_lit(w, count);
+  w = w_row(w, p, r);
+  w = W_LIT(w, "} ");
+  return w_u64_nl(w, r->count);
+}
+
 /* The bucket lines share their name and labels: written once, then
  * copied from the first line in one go. */
 static char *unit_histogram(char *w, const struct canary_prom *p, size_t i) {
@@ -723,15 +739,9 @@ static char *unit_histogram(char *w, const struct canary_prom *p, size_t i) {
     w = w_put(w, le_bounds[k].text, le_bounds[k].len);
     w = w_u64_nl(w, k < N_LE ? r->le[k] : r->count);
   }
-  w = W_LIT(w, "canary_upstream_latency_seconds_sum");
-  w = w_row(w, p, r);
-  w = W_LIT(w, "} ");
-  w = w_fixed(w, r->sum_us, 6);
-  *w++ = '\n';
-  w = W_LIT(w, "canary_upstream_latency_seconds_count");
-  w = w_row(w, p, r);
-  w = W_LIT(w, "} ");
-  return w_u64_nl(w, r->count);
+  static const struct lit sum = LIT("canary_upstream_latency_seconds_sum");
+  static const struct lit count = LIT("canary_upstream_latency_seconds_count");
+  return w_sum_count(w, p, r, sum, count);
 }
 
 /* Quantiles computed here are a summary in Prometheus' terms (the only
@@ -748,15 +758,11 @@ static char *unit_quantiles(char *w, const struct canary_prom *p, size_t i) {
     w = w_bucket_seconds(w, r->q[k]);
     *w++ = '\n';
   }
-  w = W_LIT(w, "canary_upstream_latency_quantile_seconds_sum");
-  w = w_row(w, p, r);
-  w = W_LIT(w, "} ");
-  w = w_fixed(w, r->sum_us, 6);
-  *w++ = '\n';
-  w = W_LIT(w, "canary_upstream_latency_quantile_seconds_count");
-  w = w_row(w, p, r);
-  w = W_LIT(w, "} ");
-  return w_u64_nl(w, r->count);
+  static const struct lit sum =
+      LIT("canary_upstream_latency_quantile_seconds_sum");
+  static const struct lit count =
+      LIT("canary_upstream_latency_quantile_seconds_count");
+  return w_sum_count(w, p, r, sum, count);
 }
 
 static char *unit_weight(char *w, const struct canary_prom *p, size_t i) {
