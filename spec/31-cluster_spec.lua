@@ -113,6 +113,12 @@ local function all(st, f)
   return true
 end
 
+-- Every test ends its load with wait_all once it has seen what it waited
+-- for, so `seconds` is only a bound: a generous one, so that on a slow
+-- machine a test never outlasts its traffic (windows without requests
+-- are inconclusive and would hold a progression still).
+local LOAD_SECONDS = 30
+
 local function load_all(seconds, extra)
   local jobs = {}
   for i = 1, N do
@@ -165,7 +171,7 @@ describe("cluster-scoped progression on " .. N .. " nodes", function()
 
   it("steps every node within 1 s of the others, from windows judged once", function()
     start_progression { steps = { 10, 50, 100 } }
-    local jobs = load_all(6)
+    local jobs = load_all(LOAD_SECONDS)
     local first = {}   -- first[step][node] = time seen
     local st, ok = wait_for(function(s)
       local t = socket.gettime()
@@ -204,7 +210,7 @@ describe("cluster-scoped progression on " .. N .. " nodes", function()
   it("judges a canary failing on one node on the cluster's sum and rolls back every node",
      function()
     start_progression()
-    local jobs = load_all(6)
+    local jobs = load_all(LOAD_SECONDS)
     -- a healthy start: the progression is moving
     local _, moving = wait_for(function(s)
       return all(s, function(p) return (p.step or 0) >= 2 end)
@@ -237,7 +243,7 @@ describe("cluster-scoped progression on " .. N .. " nodes", function()
 
   it("rolls every node back when one node breaches rollback_error_rate", function()
     start_progression { rollback_error_rate = 10, max_error_rate = 50 }
-    local jobs = load_all(4)
+    local jobs = load_all(LOAD_SECONDS)
     local _, moving = wait_for(function(s)
       return all(s, function(p) return (p.step or 0) >= 2 end)
     end, 4)
@@ -257,7 +263,7 @@ describe("cluster-scoped progression on " .. N .. " nodes", function()
   it("goes degraded without Redis: no promotion, no failed request, recovery after",
      function()
     start_progression { min_requests = 5 }
-    local jobs = load_all(7)
+    local jobs = load_all(LOAD_SECONDS)
     local _, moving = wait_for(function(s)
       return all(s, function(p) return (p.step or 0) >= 2 and p.cluster.state == "ok" end)
     end, 4)
@@ -349,7 +355,7 @@ describe("cluster-scoped progression on " .. N .. " nodes", function()
   it("has another node judge the next window when the judging node is killed", function()
     start_progression { min_requests = 5, steps = { 5, 10, 15, 20, 25, 30, 35, 40, 45, 50,
                                                      55, 60, 65, 70, 75, 80, 85, 90, 95, 100 } }
-    local jobs = load_all(6)
+    local jobs = load_all(LOAD_SECONDS)
     local st, ok = wait_for(function(s)
       return all(s, function(p) return (p.step or 0) >= 2 and p.cluster.judged_by end)
     end, 4)
