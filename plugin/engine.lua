@@ -1227,19 +1227,21 @@ end
 
 -- Picks an upstream.  Returns its 1-based index, the generation (low 32
 -- bits) it was picked under and the cached table of that generation
--- ({ gen, names, stats, stat_of }), or nil and an error.  That table
--- is the one the pick used: when a publish lands between the pick and the read of the
--- table, the pick is made again.  The common case (the cached table is
--- the pick's) has no loop, so that it compiles into the request's trace.
+-- ({ gen, names, stats, stat_of }), or nil and an error.  That table is
+-- the one the pick used: when a publish lands between the pick and the
+-- read of the table, the pick is made again.  The common case (the
+-- cached table is the pick's) has no loop, so that it compiles into the
+-- request's trace.
+local function raw_pick(self, route, key)
+  if key then return C.canary_route_pick(self.h, route, key, #key, gen32) end
+  return C.canary_route_pick(self.h, route, C_NULL, 0, gen32)
+end
+
 local function pick_again(self, route, key, gen, rc)
   for _ = 1, 4 do
     local c = refresh(self, route)
     if c and c.gen == gen then return rc + 1, gen, c end
-    if key then
-      rc = C.canary_route_pick(self.h, route, key, #key, gen32)
-    else
-      rc = C.canary_route_pick(self.h, route, C_NULL, 0, gen32)
-    end
+    rc = raw_pick(self, route, key)
     if rc < 0 then return nil, strerror(rc) end
     gen = gen32[0]
     c = self.cache[route]
@@ -1249,12 +1251,7 @@ local function pick_again(self, route, key, gen, rc)
 end
 
 function Seg:pick(route, key)
-  local rc
-  if key then
-    rc = C.canary_route_pick(self.h, route, key, #key, gen32)
-  else
-    rc = C.canary_route_pick(self.h, route, C_NULL, 0, gen32)
-  end
+  local rc = raw_pick(self, route, key)
   if rc < 0 then return nil, strerror(rc) end
   local gen = gen32[0]
   local c = self.cache[route]

@@ -725,6 +725,21 @@ static void prom_many_routes_and_upstreams(void **state) {
   test_seg_close(big);
 }
 
+/* Route "<prefix>-<r>" claimed and published with two upstreams, up0
+ * and up1, weighted w[0] and w[1]. */
+static int two_upstream_route(canary_seg_t *seg, const char *prefix, int r,
+                              const uint32_t w[2]) {
+  struct canary_table t;
+  char key[32];
+  int idx;
+  snprintf(key, sizeof key, "%s-%02d", prefix, r);
+  idx = canary_route_claim(seg, key, strlen(key), key, strlen(key));
+  assert_true(idx >= 0);
+  test_table(&t, "up", 2, w);
+  assert_int_equal(canary_route_publish(seg, idx, &t, 1, NULL, NULL, 0), 0);
+  return idx;
+}
+
 /* 40 routes x 2 upstreams with data, in their own segment. */
 static canary_seg_t *forty_routes(struct test_fx *fx) {
   canary_seg_t *seg = NULL;
@@ -735,15 +750,8 @@ static canary_seg_t *forty_routes(struct test_fx *fx) {
   assert_int_equal(test_seg_open(&seg, path, 40, 2, 0, NULL, 0),
                    CANARY_SEG_CREATED);
   for (int r = 0; r < 40; r++) {
-    struct canary_table t;
     const uint32_t w[2] = {9000, 1000};
-    char key[32];
-    int idx;
-    snprintf(key, sizeof key, "route-%02d", r);
-    idx = canary_route_claim(seg, key, strlen(key), key, strlen(key));
-    assert_true(idx >= 0);
-    test_table(&t, "up", 2, w);
-    assert_int_equal(canary_route_publish(seg, idx, &t, 1, NULL, NULL, 0), 0);
+    int idx = two_upstream_route(seg, "route", r, w);
     for (int i = 0; i < 200; i++)
       assert_int_equal(
           canary_route_record(seg, idx, i % 2, test_rand_below(&rs, 3000000),
@@ -827,15 +835,8 @@ static void prom_quantiles_and_buckets_are_exact(void **state) {
   assert_int_equal(test_seg_open(&seg, path, 40, 2, 0, NULL, 0),
                    CANARY_SEG_CREATED);
   for (int r = 0; r < 40; r++) {
-    struct canary_table t;
     const uint32_t w[2] = {5000, 5000};
-    char key[32];
-    snprintf(key, sizeof key, "shape-%02d", r);
-    idx[r] = canary_route_claim(seg, key, strlen(key), key, strlen(key));
-    assert_true(idx[r] >= 0);
-    test_table(&t, "up", 2, w);
-    assert_int_equal(canary_route_publish(seg, idx[r], &t, 1, NULL, NULL, 0),
-                     0);
+    idx[r] = two_upstream_route(seg, "shape", r, w);
     record_shape(seg, idx[r], 0, r % 9, &rs);
     record_shape(seg, idx[r], 1, (r / 9 + r) % 9, &rs);
   }
