@@ -115,3 +115,13 @@ variant_headers() { # variant
   [ "$1" = canary_full ] && echo "-H X-User:user-4711"
   return 0
 }
+
+# Sources KONG_ENV for a real-Kong stage: the stage ends quietly without
+# it, and dies when it names no readable file or puts no kong on PATH.
+load_kong_env() {
+  [ -n "${KONG_ENV:-}" ] || exit 0
+  [ -r "$KONG_ENV" ] || die "KONG_ENV=$KONG_ENV is not a readable file"
+  # shellcheck disable=SC1090
+  . "$KONG_ENV"
+  command -v kong >/dev/null || die "KONG_ENV=$KONG_ENV puts no kong on PATH"
+}

@@ -43,11 +43,7 @@
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/kong_variants.sh"
 
-[ -n "${KONG_ENV:-}" ] || exit 0
-[ -r "$KONG_ENV" ] || die "KONG_ENV=$KONG_ENV is not a readable file"
-# shellcheck disable=SC1090
-. "$KONG_ENV"
-command -v kong >/dev/null || die "KONG_ENV=$KONG_ENV puts no kong on PATH"
+load_kong_env
 command -v valgrind >/dev/null || die "valgrind not found (apt-get install valgrind)"
 command -v wrk >/dev/null || die "wrk not found (apt-get install wrk)"
 
