@@ -12,6 +12,7 @@
 local engine = require "kong.plugins.canary-router.engine"
 local runtime = require "kong.plugins.canary-router.runtime"
 local cidr = require "kong.plugins.canary-router.cidr"
+local headers = require "kong.plugins.canary-router.headers"
 
 -- Loaded by Kong's master in the init phase: a root master prepares the
 -- segment for its unprivileged workers (no-op anywhere else).
@@ -26,6 +27,12 @@ local now_us = engine.now_us
 local trace_generate = engine.trace_generate
 local traceparent_trace_id = engine.traceparent_trace_id
 local trace_id_valid = engine.trace_id_valid
+local read_headers = headers.read
+local H_TRACEPARENT = headers.TRACEPARENT
+local H_TRACE = headers.TRACE
+local H_TRACESTATE = headers.TRACESTATE
+local H_STICKY = headers.STICKY
+local H_OVERRIDE = headers.OVERRIDE
 local type = type
 local find = string.find
 local lower = string.lower
@@ -54,13 +61,14 @@ end
 -- The request path reads and writes headers through the cheapest API that
 -- keeps the PDK's semantics (kong/tools/http.lua get_header, kong/pdk/
 -- service/request.lua set_header, kong/pdk/response.lua set_header):
--- the nginx variable of a header (its name precomputed by runtime.compile)
--- is what kong.request.get_header() reads, and its answer is used unless
--- it holds ", " (repeated headers), where the PDK's own first-value rule
--- is asked; ngx.req.set_header and ngx.header are what the PDK setters
--- end in for any name but Host and :authority, which the compiled config
--- routes through the PDK.  Without ngx (the unit specs' stub) the PDK is
--- used throughout.
+-- the headers a config reads come from one pass over the request's
+-- header list (headers.lua), first value of each as kong.request.
+-- get_header() gives it; the Cookie header is its nginx variable, used
+-- unless it holds ", " (repeated headers), where the PDK's own
+-- first-value rule is asked; ngx.req.set_header and ngx.header are what
+-- the PDK setters end in for any name but Host and :authority, which the
+-- compiled config routes through the PDK.  Without ngx (the unit specs'
+-- stub) the PDK is used throughout.
 local ngx_var = ngx and ngx.var
 
 -- kong.response.get_source() (kong/pdk/response.lua) on the flags Kong's
@@ -138,7 +146,8 @@ local function cookie(pattern)
   return v
 end
 
--- Trace ID of this request, its source, and the traceparent to send on
+-- Trace ID of this request (hv: its headers.read() view), its source, and
+-- the traceparent to send on
 -- (nil: leave the request's own alone).
 --   valid traceparent          its trace-id; forwarded unchanged, with its
 --                              sampling decision and tracestate
@@ -147,9 +156,9 @@ end
 --   neither                    a new id, in both headers
 -- An invalid traceparent is replaced (W3C: act as if it were absent).
 -- Generated traceparents carry the configured sampled flag.
-local function trace(c)
-  local tp_in = c.traceparent and header("traceparent", "http_traceparent") or nil
-  local id_in = header(c.trace_header, c.trace_var)
+local function trace(c, hv)
+  local tp_in = hv[H_TRACEPARENT] or nil
+  local id_in = hv[H_TRACE] or nil
   local rejected = false
 
   if tp_in then
@@ -173,12 +182,12 @@ local function trace(c)
 end
 
 -- Key for sticky routing: the first source in the chain that has one.
-local function sticky_key(c)
+local function sticky_key(c, hv)
   local sources = c.sticky_sources
   for i = 1, #sources do
     local s, v = sources[i], nil
     if s == "header" then
-      v = header(c.sticky_header, c.sticky_var)
+      v = hv[H_STICKY] or nil
     elseif s == "cookie" then
       v = cookie(c.sticky_cookie)
     elseif s == "consumer" then
@@ -193,8 +202,8 @@ local function sticky_key(c)
 end
 
 -- Upstream index forced by the tester override, or nil.
-local function override(c)
-  local v = c.override_header and header(c.override_header, c.override_var)
+local function override(c, hv)
+  local v = hv[H_OVERRIDE] or nil
   if not v then v = cookie(c.override_cookie) end
   if not v then return nil end
   if c.allow_from and not cidr.match(c.allow_from,
@@ -261,8 +270,10 @@ function CanaryRouter:access(conf)
   local ctx = new_request_state(nctx)
   ctx.c = c
 
+  -- Read before anything that could yield (the view is the config's own).
+  local hv = read_headers(c.headers)
   if state.lib_ok then
-    local id, source, tp = trace(c)
+    local id, source, tp = trace(c, hv)
     if id then
       ctx.trace_id = id
       ctx.source = source
@@ -271,7 +282,7 @@ function CanaryRouter:access(conf)
         -- W3C: tracestate belongs to the traceparent it came with; ours
         -- is not the client's, so theirs goes.
         set_upstream_header("traceparent", tp, true)
-        if header("tracestate", "http_tracestate") then
+        if hv[H_TRACESTATE] then
           kong.service.request.clear_header("tracestate")
         end
       end
@@ -289,7 +300,7 @@ function CanaryRouter:access(conf)
   if not c.labelled then label(c) end
 
   local seg = state.seg
-  local idx, gen = override(c), nil
+  local idx, gen = override(c, hv), nil
   -- A client chose the upstream: counted apart, never judged by a gate;
   -- except blue/green's green, whose preview requests are what its
   -- pre-promotion window judges.
@@ -298,7 +309,7 @@ function CanaryRouter:access(conf)
     if idx ~= c.green then ctx.forced = true end
     tab = runtime.table(c)
   else
-    local key = c.sticky_sources[1] and sticky_key(c)
+    local key = c.sticky_sources[1] and sticky_key(c, hv)
     idx, gen, tab = seg:pick(c.route, key)
   end
   local name = idx and tab and tab.names[idx]

@@ -10,6 +10,7 @@ local engine = require "kong.plugins.canary-router.engine"
 local cidr = require "kong.plugins.canary-router.cidr"
 local cluster = require "kong.plugins.canary-router.cluster"
 local decisions = require "kong.plugins.canary-router.decisions"
+local headers = require "kong.plugins.canary-router.headers"
 local notify = require "kong.plugins.canary-router.notify"
 
 local floor = math.floor
@@ -250,13 +251,6 @@ local function instance_key(conf)
   return key
 end
 
--- The nginx variable holding a request header: what Kong's get_header
--- reads (kong/tools/http.lua: "http_" .. the name lowercased, dashes as
--- underscores).
-local function header_var(name)
-  return "http_" .. name:lower():gsub("-", "_")
-end
-
 local function raw_header(name)
   local l = name:lower()
   return l ~= "host" and l ~= ":authority"
@@ -341,12 +335,21 @@ local function compile(conf)
   c.sampled = tr.sampled ~= false
   c.echo = tr.echo_downstream ~= false
   c.response_header = opt(conf.response_header)
-  -- For the request path: nginx variables of the headers read, and
-  -- whether a header may be written without the PDK (runtime's names
-  -- only: Host and :authority have side effects there).
-  c.trace_var = header_var(c.trace_header)
-  c.sticky_var = c.sticky_header and header_var(c.sticky_header)
-  c.override_var = c.override_header and header_var(c.override_header)
+  -- For the request path: whether a header may be written without the
+  -- PDK (runtime's names only: Host and :authority have side effects
+  -- there).
+  -- The headers access reads, in one pass over the request's (headers.lua).
+  local reads_sticky_header = false
+  for _, s in ipairs(c.sticky_sources) do
+    if s == "header" then reads_sticky_header = true end
+  end
+  c.headers = headers.compile {
+    [headers.TRACEPARENT] = c.traceparent and "traceparent" or nil,
+    [headers.TRACE] = c.trace_header,
+    [headers.TRACESTATE] = c.traceparent and "tracestate" or nil,
+    [headers.STICKY] = reads_sticky_header and c.sticky_header or nil,
+    [headers.OVERRIDE] = c.override_header,
+  }
   c.trace_raw = raw_header(c.trace_header)
   c.response_raw = c.response_header and raw_header(c.response_header)
   c.generation_header = opt(conf.generation_header)

@@ -635,3 +635,35 @@ describe("canary-router handler (unit)", function()
     assert.equal("libcanary.so not found; tried: /nonexistent/explicit.so", err)
   end)
 end)
+
+describe("canary-router header view (unit)", function()
+  local headers = require "kong.plugins.canary-router.headers"
+  local ffi = require "ffi"
+
+  -- nginx's $http_* rule, which kong.request.get_header() follows: a
+  -- header line "X_Trace_Id" (with underscores_in_headers on) is the
+  -- header X-Trace-Id.
+  it("matches a lowercase header name with '_' as '-', nothing else", function()
+    local function same(key, name)
+      return headers.same(ffi.new("uint8_t[?]", #key, key), name, #key)
+    end
+    assert.is_true(same("x-trace-id", "x-trace-id"))
+    assert.is_true(same("x_trace_id", "x-trace-id"))
+    assert.is_false(same("x.trace.id", "x-trace-id"))
+    assert.is_false(same("x-trace-ie", "x-trace-id"))
+  end)
+
+  it("reads through the PDK without ngx, first value of each slot", function()
+    local spec = headers.compile { [headers.TRACE] = "X-Trace-Id",
+                                   [headers.OVERRIDE] = "X-Canary" }
+    local outer = _G.kong
+    _G.kong = { request = { get_header = function(name)
+      if name == "X-Trace-Id" then return { "a", "b" } end
+    end } }
+    local v = headers.read(spec)
+    _G.kong = outer
+    assert.equal("a", v[headers.TRACE])
+    assert.is_false(v[headers.OVERRIDE])
+    assert.is_false(v[headers.TRACEPARENT])
+  end)
+end)

@@ -388,6 +388,45 @@ describe("hostile input", function()
     assert.is_true(answered > 100, "too few requests reached the plugin: " .. answered)
   end)
 
+  -- The headers the plugin reads come from one pass over the request's
+  -- header list (plugin/headers.lua): Kong's reading of a header is the
+  -- first line of that name in any case, wherever it stands.
+  it("reads the first of repeated headers in any case, after more than 100 others", function()
+    local filler = {}
+    for i = 1, 120 do filler[i] = ("X-Filler-%03d: v%d"):format(i, i) end
+    local function with_filler(lines)
+      local all = {}
+      for i, l in ipairs(filler) do all[i] = l end
+      for _, l in ipairs(lines) do all[#all + 1] = l end
+      return all
+    end
+    local tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    local cases = {
+      { "first of two, upper case", { "X-CANARY: always", "x-canary: never" }, CANARY },
+      { "first of two, lower case", { "x-canary: never", "X-Canary: always" }, STABLE },
+      { "after 120 headers", with_filler({ "X-Canary: always" }), CANARY },
+      { "first after 120 headers", with_filler({ "x-CANARY: never", "X-Canary: always" }), STABLE },
+    }
+    for _, case in ipairs(cases) do
+      for _ = 1, 10 do
+        local res = assert(raw("/sticky/h", case[2]))
+        assert.equal(200, res.status, case[1])
+        assert.same({ case[3] }, res.headers["x-canary-upstream"], case[1])
+      end
+    end
+    local res = assert(raw("/sticky/h",
+                           with_filler({ "X-Trace-Id: first-id", "x-trace-id: second-id" })))
+    assert.same({ "first-id" }, res.headers["x-trace-id"])
+    res = assert(raw("/sticky/h", with_filler({ "TraceParent: " .. tp, "tracestate: v=1" })))
+    assert.same({ tp:sub(4, 35) }, res.headers["x-trace-id"])
+    -- (the demo upstream echoes the first 100 headers: no filler here)
+    res = assert(raw("/sticky/h", { "X-Trace-Id: first-id", "x-trace-id: second-id" }))
+    assert.equal("first-id", cjson.decode(res.body).headers["x-trace-id"])
+    res = assert(raw("/sticky/h", { "TraceParent: " .. tp, "tracestate: v=1" }))
+    assert.equal(tp, cjson.decode(res.body).headers.traceparent)
+    assert.same({}, host.lua_errors())
+  end)
+
   it("parses traceparent as strictly as W3C Trace Context says", function()
     local id = "4bf92f3577b34da6a3ce929d0e0e4736"
     local parent = "00f067aa0ba902b7"
