@@ -419,6 +419,15 @@ struct canary_hist_summary {
  int canary_hist_bucket_of(uint64_t value_us);
  uint64_t canary_hist_bucket_low(int bucket);
  uint64_t canary_hist_bucket_high(int bucket);
+typedef struct canary_header {
+  int32_t key_len;
+  const uint8_t *key;
+  int32_t value_len;
+  const uint8_t *value;
+} canary_header_t;
+ int canary_headers_find(const canary_header_t *headers, int32_t n,
+                                   const char *names, int32_t n_names,
+                                   int32_t *found);
  int canary_trace_generate(char *id_out, char *tp_out);
  int canary_traceparent_parse(const char *s, size_t len,
                                         char *trace_id_out,
@@ -1390,6 +1399,14 @@ function _M.traceparent_trace_id(s)
     return nil
   end
   return ffi_string(id_buf, 32)
+end
+
+-- canary_headers_find over a request's header list (headers.lua): the
+-- index of the first header of each name in found[], or a negative code
+-- (CANARY_EINVAL; -1 too without the library).
+function _M.headers_find(list, n, packed, n_names, found)
+  if not C then return -1 end
+  return C.canary_headers_find(list, n, packed, n_names, found)
 end
 
 -- True when a client-supplied trace id may be kept.

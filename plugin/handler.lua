@@ -28,6 +28,8 @@ local trace_generate = engine.trace_generate
 local traceparent_trace_id = engine.traceparent_trace_id
 local trace_id_valid = engine.trace_id_valid
 local read_headers = headers.read
+local header_value = headers.value
+local has_header = headers.has
 local H_TRACEPARENT = headers.TRACEPARENT
 local H_TRACE = headers.TRACE
 local H_TRACESTATE = headers.TRACESTATE
@@ -146,8 +148,7 @@ local function cookie(pattern)
   return v
 end
 
--- Trace ID of this request (hv: its headers.read() view), its source, and
--- the traceparent to send on
+-- Trace ID of this request, its source, and the traceparent to send on
 -- (nil: leave the request's own alone).
 --   valid traceparent          its trace-id; forwarded unchanged, with its
 --                              sampling decision and tracestate
@@ -156,9 +157,9 @@ end
 --   neither                    a new id, in both headers
 -- An invalid traceparent is replaced (W3C: act as if it were absent).
 -- Generated traceparents carry the configured sampled flag.
-local function trace(c, hv)
-  local tp_in = hv[H_TRACEPARENT] or nil
-  local id_in = hv[H_TRACE] or nil
+local function trace(c)
+  local tp_in = c.traceparent and header_value(H_TRACEPARENT) or nil
+  local id_in = header_value(H_TRACE)
   local rejected = false
 
   if tp_in then
@@ -182,12 +183,12 @@ local function trace(c, hv)
 end
 
 -- Key for sticky routing: the first source in the chain that has one.
-local function sticky_key(c, hv)
+local function sticky_key(c)
   local sources = c.sticky_sources
   for i = 1, #sources do
     local s, v = sources[i], nil
     if s == "header" then
-      v = hv[H_STICKY] or nil
+      v = header_value(H_STICKY)
     elseif s == "cookie" then
       v = cookie(c.sticky_cookie)
     elseif s == "consumer" then
@@ -202,8 +203,8 @@ local function sticky_key(c, hv)
 end
 
 -- Upstream index forced by the tester override, or nil.
-local function override(c, hv)
-  local v = hv[H_OVERRIDE] or nil
+local function override(c)
+  local v = c.override_header and header_value(H_OVERRIDE)
   if not v then v = cookie(c.override_cookie) end
   if not v then return nil end
   if c.allow_from and not cidr.match(c.allow_from,
@@ -270,10 +271,11 @@ function CanaryRouter:access(conf)
   local ctx = new_request_state(nctx)
   ctx.c = c
 
-  -- Read before anything that could yield (the view is the config's own).
-  local hv = read_headers(c.headers)
+  -- The headers this config reads (headers.lua), in one pass; used
+  -- before anything could yield.
+  read_headers(c.headers)
   if state.lib_ok then
-    local id, source, tp = trace(c, hv)
+    local id, source, tp = trace(c)
     if id then
       ctx.trace_id = id
       ctx.source = source
@@ -282,7 +284,7 @@ function CanaryRouter:access(conf)
         -- W3C: tracestate belongs to the traceparent it came with; ours
         -- is not the client's, so theirs goes.
         set_upstream_header("traceparent", tp, true)
-        if hv[H_TRACESTATE] then
+        if has_header(H_TRACESTATE) then
           kong.service.request.clear_header("tracestate")
         end
       end
@@ -300,7 +302,7 @@ function CanaryRouter:access(conf)
   if not c.labelled then label(c) end
 
   local seg = state.seg
-  local idx, gen = override(c, hv), nil
+  local idx, gen = override(c), nil
   -- A client chose the upstream: counted apart, never judged by a gate;
   -- except blue/green's green, whose preview requests are what its
   -- pre-promotion window judges.
@@ -309,7 +311,7 @@ function CanaryRouter:access(conf)
     if idx ~= c.green then ctx.forced = true end
     tab = runtime.table(c)
   else
-    local key = c.sticky_sources[1] and sticky_key(c, hv)
+    local key = c.sticky_sources[1] and sticky_key(c)
     idx, gen, tab = seg:pick(c.route, key)
   end
   local name = idx and tab and tab.names[idx]

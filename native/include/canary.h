@@ -848,6 +848,33 @@ CANARY_API int canary_hist_bucket_of(uint64_t value_us);
 CANARY_API uint64_t canary_hist_bucket_low(int bucket);
 CANARY_API uint64_t canary_hist_bucket_high(int bucket);
 
+/* ---- request headers ----------------------------------------------- */
+
+/* One request header as lua-nginx-module lists it (its
+ * ngx_http_lua_ffi_table_elt_t: two { int len; const u_char *data; }
+ * pairs; the same layout, with fixed-width lengths). */
+typedef struct canary_header {
+  int32_t key_len;
+  const uint8_t *key;
+  int32_t value_len;
+  const uint8_t *value;
+} canary_header_t;
+
+/* Most names one canary_headers_find call looks for. */
+#define CANARY_HEADERS_FIND_MAX 8
+
+/* Finds, in one pass over the `n` headers of a request, the first header
+ * of each of `n_names` names (at most CANARY_HEADERS_FIND_MAX): `names`
+ * holds them one after the other, each ended by a NUL, lowercase with
+ * '-' (an empty name is a slot not looked for).  A header matches when
+ * its key, read case-insensitively and with '_' as '-', is the name
+ * (nginx's rule for $http_*).  found[i] is the index of the first header
+ * that matches name i, or -1.  Returns how many names were found, or
+ * CANARY_EINVAL.  Pure. */
+CANARY_API int canary_headers_find(const canary_header_t *headers, int32_t n,
+                                   const char *names, int32_t n_names,
+                                   int32_t *found);
+
 /* ---- trace ids ----------------------------------------------------- */
 
 /* Writes a new random 128-bit trace id as 32 lowercase hex chars plus NUL
