@@ -178,11 +178,17 @@ test-prom:
 # scale.c), linked statically against the engine.
 BENCH_BINS := $(BUILD)/bench/bench $(BUILD)/bench/accuracy $(BUILD)/bench/scale \
 	$(BUILD)/bench/openloop \
-	$(BUILD)/bench/judge
+	$(BUILD)/bench/judge \
+	$(BUILD)/bench/vgtoggle.so
 
 $(BUILD)/bench/%: native/bench/%.c $(BUILD)/libcanary.a $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) $(INCS) -O2 -g -o $@ $< $(BUILD)/libcanary.a $(LDLIBS)
+
+# callgrind's counting switch for stage_kong_own.sh (valgrind's header).
+$(BUILD)/bench/vgtoggle.so: native/bench/vgtoggle.c
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) -O2 -shared -fPIC -o $@ $<
 
 # With KONG_ENV the real-Kong stages run too; the propagation stage needs
 # Debian's PostgreSQL, installed here as for test-kong.
