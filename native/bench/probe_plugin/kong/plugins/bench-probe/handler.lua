@@ -15,6 +15,7 @@ local PROBED = { "canary-router", "correlation-id", "prometheus" }
 local PHASES = { "rewrite", "access", "header_filter", "body_filter", "log" }
 
 ffi.cdef "void canary_bench_toggle_collect(void);"
+local lib
 
 local function wrap(toggle, handler, phase)
   local f = handler[phase]
@@ -32,7 +33,10 @@ return {
   init_worker = function()
     local path = assert(package.searchpath("vgtoggle", package.cpath),
                         "bench-probe: vgtoggle.so not on the Lua C path")
-    local toggle = ffi.load(path).canary_bench_toggle_collect
+    -- The library stays referenced: a collected ffi.load() handle would
+    -- unload it under the wrapped handlers.
+    lib = ffi.load(path)
+    local toggle = lib.canary_bench_toggle_collect
     for _, name in ipairs(PROBED) do
       local ok, handler = pcall(require, "kong.plugins." .. name .. ".handler")
       if ok and type(handler) == "table" then
