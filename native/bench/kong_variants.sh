@@ -125,3 +125,46 @@ load_kong_env() {
   . "$KONG_ENV"
   command -v kong >/dev/null || die "KONG_ENV=$KONG_ENV puts no kong on PATH"
 }
+
+# The instruction stages' Kong processes (stage_kong_instructions.sh,
+# stage_kong_own.sh): one DB-less nginx process each (master_process
+# off, no daemon, root: no worker user to hand the segment to) under
+# callgrind, instrumentation off until a window opens.
+#   callgrind_kong PROCESS PREFIX PORT TREE [VAR=value...] [-- valgrind option...]
+# (TREE: a build directory, empty for this one; PREFIX/kong.yml written
+# before) sets VG[PROCESS] (its pid) and OUTF[PROCESS] (callgrind's
+# output file), arrays the stage declares.
+callgrind_kong() {
+  local p=$1 prefix=$2 port=$3 tree=$4 envs=()
+  shift 4
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  KV_TREE=$tree kong_variant_env "$prefix" "127.0.0.1:$port" \
+    env KONG_NGINX_DAEMON=off KONG_NGINX_MAIN_MASTER_PROCESS=off KONG_NGINX_USER="root root" \
+    "${envs[@]}" kong prepare -p "$prefix" >"$prefix/prepare.log" 2>&1 ||
+    die "$p: kong prepare failed: $(tail -n 5 "$prefix/prepare.log")"
+  OUTF[$p]=$prefix/callgrind.out
+  CANARY_ROUTER_SEGMENT=$prefix/canary-router.seg \
+    valgrind --tool=callgrind --instr-atstart=no "$@" --callgrind-out-file="${OUTF[$p]}" \
+    nginx -p "$prefix" -c nginx.conf >"$prefix/valgrind.log" 2>&1 &
+  VG[$p]=$!
+  on_exit "kill ${VG[$p]}"
+}
+
+# A counting window: count_start PROCESS, the work, count_stop PROCESS
+# (prints the instructions counted in between).
+count_start() {
+  rm -f "${OUTF[$1]}"*
+  callgrind_control -z "${VG[$1]}" >/dev/null 2>&1
+  callgrind_control -i on "${VG[$1]}" >/dev/null 2>&1
+}
+count_stop() {
+  local f=${OUTF[$1]}
+  callgrind_control -i off "${VG[$1]}" >/dev/null 2>&1
+  callgrind_control -d "${VG[$1]}" >/dev/null 2>&1
+  for _ in $(seq 50); do
+    grep -qs '^totals:' "$f"* && break
+    sleep 0.1
+  done
+  cat "$f"* | awk '/^totals:/ { s += $2 } END { print s + 0 }'
+}

@@ -78,7 +78,6 @@ mkdir -p "$ROOT_OUT"
 start_upstreams "$ROOT_OUT/upstream" $UP1 $UP2
 KONG_VERSION=$(kong version 2>/dev/null | awk '{ print $NF }')
 
-# One process, no daemon, root: no worker user to hand the segment to.
 for p in "${PROCS[@]}"; do
   v=${p%.*}
   prefix=$ROOT_OUT/$p
@@ -86,17 +85,7 @@ for p in "${PROCS[@]}"; do
   kong_yml "$v" >"$prefix/kong.yml"
   tree=""
   [ "$v" = canary_alt ] && tree=$KONG_INSN_ALT
-  KV_TREE=$tree kong_variant_env "$prefix" "127.0.0.1:${PORT[$p]}" \
-    env KONG_NGINX_DAEMON=off KONG_NGINX_MAIN_MASTER_PROCESS=off KONG_NGINX_USER="root root" \
-    kong prepare -p "$prefix" >"$prefix/prepare.log" 2>&1 ||
-    die "$p: kong prepare failed: $(tail -n 5 "$prefix/prepare.log")"
-  OUTF[$p]=$prefix/callgrind.out
-  CANARY_ROUTER_SEGMENT=$prefix/canary-router.seg \
-    valgrind --tool=callgrind --instr-atstart=no \
-    --toggle-collect=ngx_epoll_process_events --callgrind-out-file="${OUTF[$p]}" \
-    nginx -p "$prefix" -c nginx.conf >"$prefix/valgrind.log" 2>&1 &
-  VG[$p]=$!
-  on_exit "kill ${VG[$p]}"
+  callgrind_kong "$p" "$prefix" "${PORT[$p]}" "$tree" -- --toggle-collect=ngx_epoll_process_events
 done
 
 say "# Kong $KONG_VERSION instructions per request (callgrind, inside ngx_epoll_process_events): $STARTS processes per variant, each $ROUNDS windows of ${SECS}s after $WARM requests (load $(machine_load))"
@@ -108,24 +97,6 @@ requests() { # process seconds
   # shellcheck disable=SC2046
   wrk -t1 -c4 -d"$2s" --timeout 30s $(variant_headers "${1%.*}") \
     "http://127.0.0.1:${PORT[$1]}/x" | wrk_requests
-}
-
-# A counting window: count_start PROCESS, the work, count_stop PROCESS
-# (prints the instructions counted in between).
-count_start() {
-  rm -f "${OUTF[$1]}"*
-  callgrind_control -z "${VG[$1]}" >/dev/null 2>&1
-  callgrind_control -i on "${VG[$1]}" >/dev/null 2>&1
-}
-count_stop() {
-  local f=${OUTF[$1]}
-  callgrind_control -i off "${VG[$1]}" >/dev/null 2>&1
-  callgrind_control -d "${VG[$1]}" >/dev/null 2>&1
-  for _ in $(seq 50); do
-    grep -qs '^totals:' "$f"* && break
-    sleep 0.1
-  done
-  cat "$f"* | awk '/^totals:/ { s += $2 } END { print s + 0 }'
 }
 
 declare -A PMED VALS MED

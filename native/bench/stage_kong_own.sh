@@ -63,8 +63,8 @@ mkdir -p "$ROOT_OUT"
 start_upstreams "$ROOT_OUT/upstream" $UP1 $UP2
 KONG_VERSION=$(kong version 2>/dev/null | awk '{ print $NF }')
 
-# One process, no daemon, root (as in stage_kong_instructions.sh), with
-# bench-probe loaded and vgtoggle.so on the Lua C path.
+# bench-probe loaded, vgtoggle.so on the Lua C path, counting off until
+# a handler switches it on.
 for p in "${PROCS[@]}"; do
   v=${p%.*}
   prefix=$ROOT_OUT/$p
@@ -72,20 +72,11 @@ for p in "${PROCS[@]}"; do
   kong_yml "$v" >"$prefix/kong.yml"
   tree=${BENCH_ROOT}/build
   [ "$v" = canary_alt ] && tree=$ALT
-  KV_TREE=$tree kong_variant_env "$prefix" "127.0.0.1:${PORT[$p]}" \
-    env KONG_NGINX_DAEMON=off KONG_NGINX_MAIN_MASTER_PROCESS=off KONG_NGINX_USER="root root" \
+  callgrind_kong "$p" "$prefix" "${PORT[$p]}" "$tree" \
     KONG_PLUGINS=bundled,canary-router,bench-probe \
     KONG_LUA_PACKAGE_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;$BENCH_DIR/probe_plugin/?.lua;;" \
     KONG_LUA_PACKAGE_CPATH="$tree/?.so;$(dirname "$TOGGLE")/?.so;;" \
-    kong prepare -p "$prefix" >"$prefix/prepare.log" 2>&1 ||
-    die "$p: kong prepare failed: $(tail -n 5 "$prefix/prepare.log")"
-  OUTF[$p]=$prefix/callgrind.out
-  CANARY_ROUTER_SEGMENT=$prefix/canary-router.seg \
-    valgrind --tool=callgrind --instr-atstart=no --collect-atstart=no \
-    --callgrind-out-file="${OUTF[$p]}" \
-    nginx -p "$prefix" -c nginx.conf >"$prefix/valgrind.log" 2>&1 &
-  VG[$p]=$!
-  on_exit "kill ${VG[$p]}"
+    -- --collect-atstart=no
 done
 
 say "# Kong $KONG_VERSION instructions per request in the plugins' own phase handlers (callgrind, bench-probe): $STARTS processes per variant, each $ROUNDS windows of ${SECS}s after $WARM requests (load $(machine_load))"
@@ -104,19 +95,16 @@ for p in "${PROCS[@]}"; do
   while [ "$warm" -lt "$WARM" ]; do warm=$((warm + $(requests "$p" 5 2>/dev/null || echo 0))); done
   vals=""
   for _ in $(seq "$ROUNDS"); do
-    f=${OUTF[$p]}
-    rm -f "$f"*
-    callgrind_control -z "${VG[$p]}" >/dev/null 2>&1
-    callgrind_control -i on "${VG[$p]}" >/dev/null 2>&1
-    n=$(requests "$p" "$SECS") || die "$p: wrk failed"
-    callgrind_control -i off "${VG[$p]}" >/dev/null 2>&1
-    callgrind_control -d "${VG[$p]}" >/dev/null 2>&1
-    for _ in $(seq 50); do
-      grep -qs '^totals:' "$f"* && break
-      sleep 0.1
+    # A window in which no request completes (callgrind on a busy
+    # machine) is measured again.
+    for try in 1 2 3; do
+      count_start "$p"
+      n=$(requests "$p" "$SECS") || die "$p: wrk failed"
+      total=$(count_stop "$p")
+      [ "$n" -gt 0 ] && break
+      [ "$try" = 3 ] && die "$p: no request completed in three windows"
+      say "#   $p: no request completed in a window; again"
     done
-    total=$(cat "$f"* | awk '/^totals:/ { s += $2 } END { print s + 0 }')
-    [ "$n" -gt 0 ] || die "$p: no request completed in a window"
     vals+="$(awk -v t="$total" -v n="$n" 'BEGIN { printf "%.0f", t / n }')"$'\n'
   done
   med=$(printf '%s' "$vals" | median)
