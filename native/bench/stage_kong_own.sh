@@ -11,7 +11,9 @@
 # turns callgrind's counting on and off around each phase handler of
 # canary-router, correlation-id and prometheus (callgrind started with
 # counting off, vgtoggle.so switching it), so a count covers only the
-# handlers: it moves by about 1 % between starts.
+# handlers.  correlation-id's count moves by under 1 % between starts;
+# canary-router's by up to a third, with how LuaJIT compiles its
+# handlers in each start (callgrind shows it as the interpreter's share).
 #
 # Variants (kong_variants.sh): correlation, canary (defaults), assembled
 # (weighted + prometheus + correlation-id) and canary_full; KONG_OWN_ALT
