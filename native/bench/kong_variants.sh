@@ -126,6 +126,28 @@ load_kong_env() {
   command -v kong >/dev/null || die "KONG_ENV=$KONG_ENV puts no kong on PATH"
 }
 
+# The processes of a callgrind stage: STARTS of each of VARIANTS, named
+# "variant.start" (a variant's starts interleaved with the other
+# variants'), on ports from BASE_PORT on; the stage's output directory
+# and its two benchmark upstreams.
+#   callgrind_procs STAGE BASE_PORT UP1 UP2
+# sets PROCS, PORT[...] (an array the stage declares), ROOT_OUT and
+# KONG_VERSION.
+callgrind_procs() {
+  local port=$2 s v p
+  PROCS=()
+  for s in $(seq "$STARTS"); do
+    for v in "${VARIANTS[@]}"; do PROCS+=("$v.$s"); done
+  done
+  for p in "${PROCS[@]}"; do PORT[$p]=$port; port=$((port + 1)); done
+  need_free_ports "${PORT[@]}" "$3" "$4"
+  ROOT_OUT=$BENCH_OUT/$1
+  rm -rf "$ROOT_OUT"
+  mkdir -p "$ROOT_OUT"
+  start_upstreams "$ROOT_OUT/upstream" "$3" "$4"
+  KONG_VERSION=$(kong version 2>/dev/null | awk '{ print $NF }')
+}
+
 # The instruction stages' Kong processes (stage_kong_instructions.sh,
 # stage_kong_own.sh): one DB-less nginx process each (master_process
 # off, no daemon, root: no worker user to hand the segment to) under

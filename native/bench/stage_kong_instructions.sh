@@ -63,20 +63,8 @@ if [ -n "${KONG_INSN_ALT:-}" ]; then
 fi
 UP1=29041
 UP2=29042
-# One process per variant and start: "variant.start".
-PROCS=()
-for s in $(seq "$STARTS"); do
-  for v in "${VARIANTS[@]}"; do PROCS+=("$v.$s"); done
-done
 declare -A PORT VG OUTF
-port=28500
-for p in "${PROCS[@]}"; do PORT[$p]=$port; port=$((port + 1)); done
-need_free_ports "${PORT[@]}" $UP1 $UP2
-ROOT_OUT=$BENCH_OUT/stage_kong_instructions
-rm -rf "$ROOT_OUT"
-mkdir -p "$ROOT_OUT"
-start_upstreams "$ROOT_OUT/upstream" $UP1 $UP2
-KONG_VERSION=$(kong version 2>/dev/null | awk '{ print $NF }')
+callgrind_procs stage_kong_instructions 28500 $UP1 $UP2
 
 for p in "${PROCS[@]}"; do
   v=${p%.*}

@@ -51,19 +51,8 @@ if [ -n "$ALT" ]; then
 fi
 UP1=29051
 UP2=29052
-PROCS=()
-for s in $(seq "$STARTS"); do
-  for v in "${VARIANTS[@]}"; do PROCS+=("$v.$s"); done
-done
 declare -A PORT VG OUTF
-port=28600
-for p in "${PROCS[@]}"; do PORT[$p]=$port; port=$((port + 1)); done
-need_free_ports "${PORT[@]}" $UP1 $UP2
-ROOT_OUT=$BENCH_OUT/stage_kong_own
-rm -rf "$ROOT_OUT"
-mkdir -p "$ROOT_OUT"
-start_upstreams "$ROOT_OUT/upstream" $UP1 $UP2
-KONG_VERSION=$(kong version 2>/dev/null | awk '{ print $NF }')
+callgrind_procs stage_kong_own 28600 $UP1 $UP2
 
 # bench-probe loaded, vgtoggle.so on the Lua C path, counting off until
 # a handler switches it on.
