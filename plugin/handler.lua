@@ -30,12 +30,12 @@ local trace_id_valid = engine.trace_id_valid
 local read_headers = headers.read
 local header_value = headers.value
 local has_header = headers.has
+local pdk_header = headers.pdk_header
 local H_TRACEPARENT = headers.TRACEPARENT
 local H_TRACE = headers.TRACE
 local H_TRACESTATE = headers.TRACESTATE
 local H_STICKY = headers.STICKY
 local H_OVERRIDE = headers.OVERRIDE
-local type = type
 local find = string.find
 local lower = string.lower
 
@@ -112,15 +112,15 @@ local function request_state(nctx)
   return kong.ctx.plugin.r
 end
 
--- First value of a header (`var` is its nginx variable, "http_x_y").
-local function header(name, var)
+-- The first value of the Cookie header: its nginx variable, unless that
+-- holds ", " (repeated headers), where the PDK's first-value rule is
+-- asked.
+local function cookie_jar()
   if ngx_var then
-    local v = ngx_var[var]
+    local v = ngx_var.http_cookie
     if not v or not find(v, ", ", 1, true) then return v end
   end
-  local v = kong.request.get_header(name)
-  if type(v) == "table" then v = v[1] end
-  return v
+  return pdk_header("Cookie")
 end
 
 local function set_upstream_header(name, value, raw)
@@ -141,7 +141,7 @@ end
 
 local function cookie(pattern)
   if not pattern then return nil end
-  local jar = header("Cookie", "http_cookie")
+  local jar = cookie_jar()
   if not jar then return nil end
   local v = jar:match(pattern)
   if v == "" then return nil end

@@ -34,13 +34,13 @@ _M.OVERRIDE = 4
 local N_SLOTS = 5
 
 local ffi = require "ffi"
+local NC = ffi.C
 local headers_find = engine.headers_find
 local get_request, ffi_string, elt_t, list, headers, cap, truncated, found
 do
   local ok = ngx ~= nil and pcall(require, "resty.core.request")
   local base_ok, base = pcall(require, "resty.core.base")
   if ok and base_ok then
-    local NC = ffi.C
     -- Declared by resty.core.request; absent from an nginx without them.
     ok = pcall(function()
       return NC.ngx_http_lua_ffi_req_get_headers_count and
@@ -59,7 +59,6 @@ do
     end
   end
 end
-local NC = ffi.C
 
 -- The view of a config.  `names` maps slot -> header name as configured
 -- (nil: a header the config does not read).
@@ -106,6 +105,7 @@ local function pdk_header(name)
   if type(v) == "table" then v = v[1] end
   return v
 end
+_M.pdk_header = pdk_header
 
 -- The first value of the header in `slot` of the last read(), or nil.
 function _M.value(slot)

@@ -335,9 +335,6 @@ local function compile(conf)
   c.sampled = tr.sampled ~= false
   c.echo = tr.echo_downstream ~= false
   c.response_header = opt(conf.response_header)
-  -- For the request path: whether a header may be written without the
-  -- PDK (runtime's names only: Host and :authority have side effects
-  -- there).
   -- The headers access reads, in one pass over the request's (headers.lua).
   local reads_sticky_header = false
   for _, s in ipairs(c.sticky_sources) do
@@ -350,6 +347,9 @@ local function compile(conf)
     [headers.STICKY] = reads_sticky_header and c.sticky_header or nil,
     [headers.OVERRIDE] = c.override_header,
   }
+  -- For the request path: whether a header may be written without the
+  -- PDK (runtime's names only: Host and :authority have side effects
+  -- there).
   c.trace_raw = raw_header(c.trace_header)
   c.response_raw = c.response_header and raw_header(c.response_header)
   c.generation_header = opt(conf.generation_header)
