@@ -28,8 +28,10 @@
 -- failures, verdict, reason, the last judged window) and a version.
 -- Every node reads it on every tick (a few times a second) and applies a
 -- new version with canary_prog_apply, which sets the step's weights
--- without judging.  Admin actions on any node write the state the same
--- way.  The segment's own window judging stands aside; every worker still
+-- without judging and records the decision in the node's own log (the
+-- judging node with the judge's gates; it alone notifies a judged
+-- window).  Admin actions on any node write the state the same way.
+-- The segment's own window judging stands aside; every worker still
 -- checks the immediate rollback limit on the node's own traffic
 -- (canary_prog_breach), and a node that rolled back writes the rollback
 -- for every node.
@@ -254,15 +256,18 @@ local function cas(r, inst, from, st)
   return tostring(res[2])
 end
 
--- Applies a cluster state to this node.  Returns true, or nil, err, kind.
-local function apply(inst, c, seg, st)
-  local rc, err, kind = seg:prog_apply(c.route, c.hash, st, st.kind == "judge")
+-- Applies a cluster state to this node.  The engine records it in this
+-- node's decision log when it was a judged window or changes state or
+-- step; the line is logged here.  Only the node that judged the window
+-- (`j`, its judge's result) notifies: a decision is sent once for the
+-- cluster, and the node behind an action or a breach has already sent
+-- its own.  Returns true, or nil, err, kind.
+local function apply(inst, c, seg, st, j)
+  local rc, decided_or_err, kind = seg:prog_apply(c.route, c.hash, st, st.kind == "judge", j)
   inst.applied = st.version
-  if not rc then return nil, err, kind end
-  if rc == 2 then
-    local level = st.state == "rolled_back" and "warn" or "notice"
-    kong.log[level]("canary-router ", c.key, ": cluster ", st.state, " at step ",
-                    st.step, ": ", st.reason)
+  if not rc then return nil, decided_or_err, kind end
+  if decided_or_err > 0 then
+    decisions.report(c, seg, decided_or_err, j ~= nil)
   end
   return true
 end
@@ -302,7 +307,7 @@ local function judge(r, inst, c, seg, state, w, interval)
       end
     end
   end
-  local verdict, nxt = engine.prog_judge(c.prog, win_c, win_s, state)
+  local verdict, nxt, j = engine.prog_judge(c.prog, win_c, win_s, state)
   if not verdict then return nil, "cannot judge window " .. w .. ": " .. tostring(nxt) end
   nxt.window = w
   nxt.kind = "judge"
@@ -313,7 +318,7 @@ local function judge(r, inst, c, seg, state, w, interval)
   kong.log.notice("canary-router ", c.key, ": cluster window ", w, " (", #nodes,
                   " nodes, ", nxt.window_requests, " canary requests) judged ",
                   verdict, " by ", node_id())
-  return apply(inst, c, seg, nxt)
+  return apply(inst, c, seg, nxt, j)
 end
 
 -- One tick of a cluster-scoped instance, from the progression timer.

@@ -55,8 +55,9 @@ function _M.payload(c, seg, d)
 end
 
 -- Logs decision `seq` of instance `c` and notifies it when it changed
--- state.  Returns the decision (a plain table) or nil.
-function _M.report(c, seg, seq)
+-- state, unless `notify_it` is false (a cluster decision another node
+-- sends).  Returns the decision (a plain table) or nil.
+function _M.report(c, seg, seq, notify_it)
   local d, err = seg:decision(c.route, seq)
   if not d then
     kong.log.warn("canary-router ", c.key, ": decision #", tostring(seq),
@@ -67,7 +68,7 @@ function _M.report(c, seg, seq)
   local level = changes and (d.event == "rollback" or d.event == "abort")
                 and "warn" or "notice"
   kong.log[level](_M.line(c, d))
-  if changes and c.notify then
+  if changes and c.notify and notify_it ~= false then
     notify.send(c.notify, _M.payload(c, seg, d),
                 "decision #" .. tostring(d.seq) .. " (" .. d.event .. ") of " ..
                 c.key)

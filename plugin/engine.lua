@@ -194,7 +194,8 @@ struct canary_prog_params {
 enum canary_decision_origin {
   CANARY_ORIGIN_WINDOW = 0,
   CANARY_ORIGIN_IMMEDIATE = 1,
-  CANARY_ORIGIN_OPERATOR = 2
+  CANARY_ORIGIN_OPERATOR = 2,
+  CANARY_ORIGIN_CLUSTER = 3
 };
 enum canary_decision_action {
   CANARY_DO_NOTHING = 0,
@@ -368,11 +369,14 @@ struct canary_hist_summary {
                                  const struct canary_hist_snapshot *canary,
                                  const struct canary_hist_snapshot *stable,
                                  const struct canary_prog_status *cur,
-                                 struct canary_prog_status *next);
+                                 struct canary_prog_status *next,
+                                 struct canary_judge_result *j);
  int canary_prog_apply(canary_seg_t *seg, int route,
                                  uint64_t config_hash,
                                  const struct canary_prog_status *st,
-                                 int judged, double now_us, char *err,
+                                 int judged,
+                                 const struct canary_judge_result *j,
+                                 double now_us, uint64_t *decided, char *err,
                                  size_t err_len);
  int canary_route_set_effective(canary_seg_t *seg, int route,
                                           const uint32_t *effective,
@@ -510,7 +514,7 @@ _M.ANALYSIS = { threshold = 0, statistical = 1 }
 _M.STRATEGY = { canary = 0, blue_green = 1 }
 local STRATEGY_NAME = { [0] = "canary", [1] = "blue_green" }
 local ANALYSIS_NAME = { [0] = "threshold", [1] = "statistical" }
-local ORIGIN = { [0] = "window", [1] = "immediate", [2] = "operator" }
+local ORIGIN = { [0] = "window", [1] = "immediate", [2] = "operator", [3] = "cluster" }
 local CHECK = { [1] = "pass", [2] = "fail", [3] = "skipped" }
 local GATES = 9 -- CANARY_GATES
 _M.DECISIONS = 50 -- CANARY_DECISIONS
@@ -944,7 +948,8 @@ local function action_text(d)
   elseif a == 2 then
     what = "promote at " .. w .. " %"
   elseif a == 3 then
-    what = d.origin == 2 and "pause" or ("hold at " .. w .. " % until promoted")
+    local judged = d.origin ~= 2 and d.judge.verdict < 3
+    what = judged and ("hold at " .. w .. " % until promoted") or "pause"
   elseif a == 4 then
     what = d.origin == 1 and "roll back at once" or "roll back"
   elseif a == 5 then
@@ -998,7 +1003,17 @@ local function decision_table(d, strategy)
     window_s = g6(d.window_ms / 1e3),
     reason = ffi_string(j.reason),
   }
-  if d.origin ~= 2 and j.verdict < 3 then
+  if d.origin == 3 then
+    -- Applied from the cluster's state: what the state carries of the
+    -- window the judging node saw (its own log has the gates).
+    if j.verdict < 3 then
+      out.verdict = _M.GATE[j.verdict]
+      out.analysis = ANALYSIS_NAME[j.analysis ~= 0 and 1 or 0]
+      out.requests = { canary = tonumber(j.canary_requests) }
+      out.canary = { error_rate = g6(j.canary_error_rate * 100),
+                     p95_ms = g6(j.canary_p95_us / 1e3), p99_ms = g6(j.canary_p99_us / 1e3) }
+    end
+  elseif d.origin ~= 2 and j.verdict < 3 then
     out.verdict = _M.GATE[j.verdict]
     out.analysis = ANALYSIS_NAME[j.analysis ~= 0 and 1 or 0]
     out.requests = { canary = tonumber(j.canary_requests),
@@ -1097,8 +1112,9 @@ end
 
 -- Judges a cluster window (snapshots of the canary's and stable's
 -- counts in it; stable may be nil) for a progression (engine units, see
--- fill_prog) at status `cur`.  Returns the verdict name and the next
--- status table, or nil and an error.
+-- fill_prog) at status `cur`.  Returns the verdict name, the next
+-- status table and the judge's result (a struct canary_judge_result of
+-- its own, for Seg:prog_apply), or nil and an error.
 function _M.prog_judge(prog, canary, stable, cur)
   local ok, err = need_lib()
   if not ok then return nil, err end
@@ -1108,9 +1124,10 @@ function _M.prog_judge(prog, canary, stable, cur)
   local cs
   cs, err = fill_status(cur)
   if not cs then return nil, err end
-  local rc = C.canary_prog_judge(pp, canary, stable or C_NULL, cs, prog_next_buf)
+  local j = ffi_new("struct canary_judge_result")
+  local rc = C.canary_prog_judge(pp, canary, stable or C_NULL, cs, prog_next_buf, j)
   if rc < 0 then return nil, strerror(rc) end
-  return _M.GATE[rc], prog_status_table(prog_next_buf)
+  return _M.GATE[rc], prog_status_table(prog_next_buf), j
 end
 
 -- Cluster scope's tick: the immediate rollback limit only.  Returns 0 or
@@ -1123,19 +1140,21 @@ function Seg:prog_breach(route)
 end
 
 -- Applies a status table decided for the cluster under the configuration
--- published with `config_hash`; `judged` counts its
--- verdict.  Returns 1 (nothing to publish) or 2 (weights or state
--- changed), or nil, the reason and "state" when refused for the state
+-- published with `config_hash`; `judged` counts its verdict, and `j` (the
+-- judge's result from prog_judge, on the node that judged; may be nil)
+-- goes into the decision log.  Returns 1 (nothing to publish) or 2
+-- (weights or state changed) and the seq of the decision recorded (0:
+-- none), or nil, the reason and "state" when refused for the state
 -- (rolled back here).
-function Seg:prog_apply(route, config_hash, st, judged)
+function Seg:prog_apply(route, config_hash, st, judged, j)
   local cs, err = fill_status(st)
   if not cs then return nil, err, "error" end
   local rc = C.canary_prog_apply(self.h, route, config_hash, cs, judged and 1 or 0,
-                                 C.canary_clock_us(), msg_buf, 512)
+                                 j or C_NULL, C.canary_clock_us(), gen64, msg_buf, 512)
   if rc < 0 then
     return nil, ffi_string(msg_buf), rc == _M.E.STATE and "state" or "error"
   end
-  return rc
+  return rc, tonumber(gen64[0])
 end
 
 -- Validates a table without publishing; returns true or nil, reason.

@@ -8,6 +8,7 @@ local host = require "helpers.host"
 local poll = require "helpers.poll"
 local load = require "helpers.load"
 local release = require "helpers.release"
+local hook = require "helpers.hook"
 local engine = require "kong.plugins.canary-router.engine"
 local cjson = require "cjson.safe"
 local socket = require "socket"
@@ -17,6 +18,7 @@ local STABLE, CANARY = release.STABLE, release.CANARY
 local URL = "http://127.0.0.1:8000/ai/a"
 local RECEIVER_PORT = 9010
 local SECRET = "Bearer s3cr3t-notify-t0ken"
+local receiver
 
 local function declarative()
   return release.config(PLUGIN_ID, {
@@ -61,10 +63,7 @@ local function decisions_after(inst, since)
   return list
 end
 
-local function newest_seq()
-  local d = (instance().decisions or {})[1]
-  return d and d.seq or 0
-end
+local function newest_seq() return release.newest_seq(instance().decisions) end
 
 local function gate_of(d, name)
   for _, g in ipairs(d.gates or {}) do
@@ -81,54 +80,15 @@ local function canary_share(n)
   return canary
 end
 
--- The webhook receiver (spec/helpers/receiver.lua) in the background.
-local receiver = {}
-
-function receiver.start(fail_first)
-  receiver.log = os.tmpname()
-  receiver.pidfile = receiver.log .. ".pid"
-  os.execute(("luajit %s/spec/helpers/receiver.lua %d %s %d >/dev/null 2>&1 & echo $! > %s")
-             :format(host.root(), RECEIVER_PORT, receiver.log, fail_first, receiver.pidfile))
-  for _ = 1, 100 do
-    local c = socket.connect("127.0.0.1", RECEIVER_PORT)
-    if c then c:close() return end
-    socket.sleep(0.05)
-  end
-  error("receiver did not start")
-end
-
-function receiver.stop()
-  local f = io.open(receiver.pidfile or "")
-  if f then
-    os.execute("kill " .. f:read("*a"):match("%d+") .. " 2>/dev/null")
-    f:close()
-    os.remove(receiver.pidfile)
-  end
-  if receiver.log then os.remove(receiver.log) end
-end
-
--- The POSTs the receiver got, in order.
-function receiver.requests()
-  local list = {}
-  local f = io.open(receiver.log)
-  if not f then return list end
-  for line in f:lines() do
-    local r = cjson.decode(line)
-    if r and r.method == "POST" then list[#list + 1] = r end
-  end
-  f:close()
-  return list
-end
-
 describe("canary analysis in the local Kong host", function()
   setup(function()
     host.start { config = declarative() }
     -- 500 to the first three notifications, 204 after that.
-    receiver.start(3)
+    receiver = hook.start(RECEIVER_PORT, 3)
   end)
 
   teardown(function()
-    receiver.stop()
+    if receiver then receiver:stop() end
     host.stop()
   end)
 
@@ -161,14 +121,8 @@ describe("canary analysis in the local Kong host", function()
     end, 5)
     load.wait(job)
     assert.is_true(ok, cjson.encode(inst.progression))
-    local after = decisions_after(inst, regressed)
-    local judged = 0
-    for i = 2, #after do
-      assert.is_not.equal("fail", after[i].verdict, cjson.encode(after))
-      if after[i].verdict == "pass" then judged = judged + 1 end
-    end
-    assert.is_true(judged <= 1, "windows passed after the regression: " .. cjson.encode(after))
-    local d = after[1]
+    local passed, failed, d = release.judged_before_newest(inst.decisions, regressed)
+    assert.is_true(passed <= 1 and failed == 0, cjson.encode(inst.decisions))
     assert.equal("rollback", d.event)
     assert.equal("roll back", d.action)
     assert.equal("fail", d.verdict)
@@ -336,7 +290,7 @@ describe("canary analysis in the local Kong host", function()
     repeat
       socket.sleep(0.2)
       delivered, got = {}, 0
-      for _, r in ipairs(receiver.requests()) do
+      for _, r in ipairs(receiver:requests()) do
         if r.status == 204 then
           local body = cjson.decode(r.body)
           local seq = body.decision.seq
@@ -347,7 +301,7 @@ describe("canary analysis in the local Kong host", function()
       end
     until got >= want or socket.gettime() > deadline
     socket.sleep(1) -- nothing more may come
-    local requests = receiver.requests()
+    local requests = receiver:requests()
     local acked = 0
     for _, r in ipairs(requests) do
       if r.status == 204 then acked = acked + 1 end

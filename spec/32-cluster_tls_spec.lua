@@ -4,10 +4,10 @@
 -- refuses the server and is degraded, saying why.
 
 local host = require "helpers.host"
+local poll = require "helpers.poll"
 local rs = require "helpers.redis"
 local release = require "helpers.release"
 local cjson = require "cjson.safe"
-local socket = require "socket"
 
 local PLUGIN_ID = "7d3e5f7a-9b1c-4d2e-8f3a-5b7c9d1e3f5a"
 local REDIS_PORT = 6394
@@ -26,16 +26,7 @@ local function cluster_status()
   return body.data[1].progression.cluster
 end
 
-local function wait_for(pred, seconds)
-  local deadline = socket.gettime() + seconds
-  local c
-  repeat
-    c = cluster_status()
-    if pred(c) then return c, true end
-    socket.sleep(0.05)
-  until socket.gettime() > deadline
-  return c, false
-end
+local function wait_for(pred, seconds) return poll.until_true(cluster_status, pred, seconds) end
 
 describe("cluster progression over TLS", function()
   local srv

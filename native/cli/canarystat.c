@@ -134,7 +134,8 @@ static double ms2(double us) { /* microseconds -> ms, 2 decimals */
 
 /* ---- decisions ----------------------------------------------------- */
 
-static const char *origin_text[] = {"window", "immediate", "operator"};
+static const char *origin_text[] = {"window", "immediate", "operator",
+                                    "cluster"};
 static const char *check_text[] = {"off", "pass", "fail", "skipped"};
 static const char *analysis_text[] = {"threshold", "statistical"};
 
@@ -166,7 +167,9 @@ static void action_text(const struct canary_decision *d, char *buf,
     snprintf(what, sizeof what, "promote at %g %%", w);
     break;
   case CANARY_DO_PAUSE:
-    if (d->origin == CANARY_ORIGIN_OPERATOR)
+    /* Not a judged window: an operator's pause (here or, applied from
+     * the cluster, on another node). */
+    if (d->origin == CANARY_ORIGIN_OPERATOR || d->judge.verdict >= 3)
       snprintf(what, sizeof what, "pause");
     else
       snprintf(what, sizeof what, "hold at %g %% until promoted", w);
@@ -241,8 +244,8 @@ static void json_decision(const struct canary_decision *d,
   printf("{\"seq\":%llu,\"time\":\"%s\",\"unix_ms\":%llu,\"origin\":\"%s\","
          "\"event\":\"%s\",\"action\":",
          (unsigned long long)d->seq, buf, (unsigned long long)d->unix_ms,
-         d->origin <= CANARY_ORIGIN_OPERATOR ? origin_text[d->origin]
-                                             : "unknown",
+         d->origin <= CANARY_ORIGIN_CLUSTER ? origin_text[d->origin]
+                                            : "unknown",
          canary_action_name((int)d->action));
   action_text(d, buf, sizeof buf);
   json_str(buf);
@@ -255,7 +258,22 @@ static void json_decision(const struct canary_decision *d,
                                              : "unknown",
          canary_prog_phase(strategy, d->state, after), d->failures);
   num(d->window_ms / 1e3);
-  if (d->origin != CANARY_ORIGIN_OPERATOR && j->verdict < 3) {
+  if (d->origin == CANARY_ORIGIN_CLUSTER) {
+    /* Applied from the cluster's state: what it carries of the window
+     * the judging node saw (that node's log has the gates). */
+    if (j->verdict < 3) {
+      printf(",\"verdict\":\"%s\",\"analysis\":\"%s\","
+             "\"requests\":{\"canary\":%llu},\"canary\":{\"error_rate\":",
+             gate_text[j->verdict], analysis_text[j->analysis ? 1 : 0],
+             (unsigned long long)j->canary_requests);
+      num(j->canary_error_rate * 100);
+      printf(",\"p95_ms\":");
+      num(j->canary_p95_us / 1e3);
+      printf(",\"p99_ms\":");
+      num(j->canary_p99_us / 1e3);
+      putchar('}');
+    }
+  } else if (d->origin != CANARY_ORIGIN_OPERATOR && j->verdict < 3) {
     printf(",\"verdict\":\"%s\",\"analysis\":\"%s\","
            "\"requests\":{\"canary\":%llu,\"stable\":%llu},"
            "\"errors\":{\"canary\":%llu,\"stable\":%llu}",
@@ -517,8 +535,8 @@ static void print_table(const canary_seg_t *seg, const struct sample *a,
         action_text(&d, what, sizeof what);
         printf("  last decision #%llu at %s (%s): %s%s%s: %s\n",
                (unsigned long long)d.seq, when,
-               d.origin <= CANARY_ORIGIN_OPERATOR ? origin_text[d.origin]
-                                                  : "unknown",
+               d.origin <= CANARY_ORIGIN_CLUSTER ? origin_text[d.origin]
+                                                 : "unknown",
                d.judge.verdict < 3 ? gate_text[d.judge.verdict] : "",
                d.judge.verdict < 3 ? " -> " : "", what, d.judge.reason);
       }

@@ -280,7 +280,12 @@ struct canary_prog_params {
 enum canary_decision_origin {
   CANARY_ORIGIN_WINDOW = 0,    /* the end of a window */
   CANARY_ORIGIN_IMMEDIATE = 1, /* an immediate-rollback limit, mid-window */
-  CANARY_ORIGIN_OPERATOR = 2   /* an operator action */
+  CANARY_ORIGIN_OPERATOR = 2,  /* an operator action */
+  CANARY_ORIGIN_CLUSTER = 3    /* scope cluster: a state another node
+                                  decided (a window it judged, an action,
+                                  a rollback), applied here; its judge
+                                  result holds only the verdict, the
+                                  canary's window figures and the reason */
 };
 
 /* What a decision did (or, in a dry run, would have done). */
@@ -659,14 +664,16 @@ CANARY_API int canary_prog_breach(canary_seg_t *seg, int route, double now_us,
  * step, failures, evaluations), with canary_judge() and the same step,
  * promotion and rollback rules (and dry run) as canary_prog_tick().
  * Writes the resulting state to `next` (state, step, step_weight,
- * failures, last_result, evaluations, window figures, reason).  Returns
- * the canary_gate_result, CANARY_EINVAL or CANARY_ESTATE (not running).
+ * failures, last_result, evaluations, window figures, reason) and the
+ * judge's result, gate by gate, to `j` (may be NULL).  Returns the
+ * canary_gate_result, CANARY_EINVAL or CANARY_ESTATE (not running).
  * Pure. */
 CANARY_API int canary_prog_judge(const struct canary_prog_params *p,
                                  const struct canary_hist_snapshot *canary,
                                  const struct canary_hist_snapshot *stable,
                                  const struct canary_prog_status *cur,
-                                 struct canary_prog_status *next);
+                                 struct canary_prog_status *next,
+                                 struct canary_judge_result *j);
 
 /* Sets the route's progression to `st` (state, step, failures,
  * last_result, window figures, reason), decided for the configuration
@@ -674,14 +681,21 @@ CANARY_API int canary_prog_judge(const struct canary_prog_params *p,
  * judging, publishing the
  * step's effective weights (0 for the canary when rolled back) when state
  * or step change, and opens a fresh local window.  With `judged` non-zero
- * the verdict is counted in the evaluations.  A route rolled back here
- * stays rolled back: another state gives CANARY_ESTATE.  Takes the writer
- * word once; safe across processes.  Returns 1 (nothing to publish), 2
- * (weights or state changed) or a negative error with `err` saying why. */
+ * the verdict is counted in the evaluations.  A state that was judged, or
+ * that changes state or step, is recorded in the route's decision log:
+ * with `j` (the judge's result, from canary_prog_judge() on the node that
+ * judged) as a window's decision, without it (NULL) as a
+ * CANARY_ORIGIN_CLUSTER one; `decided` (may be NULL) gets its seq, 0 when
+ * nothing was recorded.  A route rolled back here stays rolled back:
+ * another state gives CANARY_ESTATE.  Takes the writer word once; safe
+ * across processes.  Returns 1 (nothing to publish), 2 (weights or state
+ * changed) or a negative error with `err` saying why. */
 CANARY_API int canary_prog_apply(canary_seg_t *seg, int route,
                                  uint64_t config_hash,
                                  const struct canary_prog_status *st,
-                                 int judged, double now_us, char *err,
+                                 int judged,
+                                 const struct canary_judge_result *j,
+                                 double now_us, uint64_t *decided, char *err,
                                  size_t err_len);
 
 /* Publishes new effective weights (same names and configured weights) for

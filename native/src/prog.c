@@ -274,7 +274,10 @@ static uint64_t record(struct prog_area *pa, struct canary_decision *d) {
   /* ...and before the count that tells readers it exists. */
   ck_pr_fence_store();
   ck_pr_store_64(&pa->decisions, seq);
-  if (d->origin != CANARY_ORIGIN_OPERATOR &&
+  /* The last decision with gates to show (canary_gate_value): a cluster
+   * decision applied without the judge's result has none. */
+  if ((d->origin == CANARY_ORIGIN_WINDOW ||
+       d->origin == CANARY_ORIGIN_IMMEDIATE) &&
       d->judge.verdict != CANARY_GATE_INCONCLUSIVE)
     ck_pr_store_64(&pa->last_judged, seq);
   return seq;
@@ -1085,7 +1088,8 @@ int canary_prog_judge(const struct canary_prog_params *p,
                       const struct canary_hist_snapshot *canary,
                       const struct canary_hist_snapshot *stable,
                       const struct canary_prog_status *cur,
-                      struct canary_prog_status *next) {
+                      struct canary_prog_status *next,
+                      struct canary_judge_result *j_out) {
   static _Thread_local struct canary_judge_result j;
   const char *dry = "", *why = j.reason;
   uint32_t step, flags = 0;
@@ -1160,25 +1164,65 @@ int canary_prog_judge(const struct canary_prog_params *p,
   next->step_weight = next->state == CANARY_PROG_ROLLED_BACK
                           ? 0
                           : p->steps[next->step];
+  if (j_out != NULL)
+    *j_out = j;
   return (int)j.verdict;
+}
+
+/* What a cluster state applied here did, as a decision's action: the
+ * change of state or step it makes on this node, or, for a window judged
+ * in a dry run (nothing changes), what canary_prog_judge()'s rules would
+ * have done. */
+static uint32_t applied_action(const struct canary_prog_params *p,
+                               uint32_t state, uint32_t step,
+                               const struct canary_prog_status *st,
+                               int dry_run, int rollback) {
+  if (dry_run) {
+    if (st->last_result == CANARY_GATE_PASS)
+      return step + 1 < p->nsteps                   ? CANARY_DO_STEP_UP
+             : p->on_success == CANARY_PROG_PROMOTE ? CANARY_DO_PROMOTE
+                                                    : CANARY_DO_PAUSE;
+    if (st->last_result == CANARY_GATE_FAIL &&
+        (rollback || st->failures >= p->failure_limit))
+      return CANARY_DO_ROLLBACK;
+    return CANARY_DO_NOTHING;
+  }
+  if (st->state != state) {
+    switch (st->state) {
+    case CANARY_PROG_ROLLED_BACK:
+      return CANARY_DO_ROLLBACK;
+    case CANARY_PROG_PROMOTED:
+      return CANARY_DO_PROMOTE;
+    case CANARY_PROG_PAUSED:
+      return CANARY_DO_PAUSE;
+    default:
+      return CANARY_DO_RESUME;
+    }
+  }
+  return st->step > step ? CANARY_DO_STEP_UP : CANARY_DO_NOTHING;
 }
 
 int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
                       const struct canary_prog_status *st, int judged,
-                      double now_us, char *err, size_t err_len) {
+                      const struct canary_judge_result *j, double now_us,
+                      uint64_t *decided, char *err, size_t err_len) {
   struct canary_prog_params p;
   struct table_data d;
   struct route_hdr *r = route_of(seg, route);
   struct prog_area *pa;
   char reason[CANARY_REASON_MAX];
   uint32_t state, step;
+  uint64_t seq;
   int changed, rc;
 
+  if (decided != NULL)
+    *decided = 0;
   if (r == NULL)
     return canary__fail(err, err_len, CANARY_EINVAL, "no such route");
   if (st == NULL || st->state < CANARY_PROG_RUNNING ||
       st->state > CANARY_PROG_ROLLED_BACK || st->step >= CANARY_MAX_STEPS ||
-      st->last_result >= CANARY_GATE_RESULTS)
+      st->last_result >= CANARY_GATE_RESULTS ||
+      (j != NULL && (!judged || j->verdict != st->last_result)))
     return canary__fail(err, err_len, CANARY_EINVAL,
                         "not a progression state to apply");
   if (seg->readonly)
@@ -1259,6 +1303,41 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
       ck_pr_fence_store();
       ck_pr_store_32(&pa->state, st->state);
     }
+  }
+  if (judged || changed) {
+    struct canary_decision dec;
+    memset(&dec, 0, sizeof dec);
+    if (j != NULL) {
+      /* The node that judged the window: its whole result. */
+      dec.origin = CANARY_ORIGIN_WINDOW;
+      dec.judge = *j;
+    } else {
+      dec.origin = CANARY_ORIGIN_CLUSTER;
+      dec.judge.verdict = judged ? st->last_result : CANARY_GATE_RESULTS;
+      dec.judge.analysis = p.judge.analysis;
+      dec.judge.failed_gate = CANARY_GATES;
+      dec.judge.canary_requests = st->window_requests;
+      dec.judge.canary_error_rate = st->error_rate;
+      dec.judge.canary_p95_us = st->p95_us;
+      dec.judge.canary_p99_us = st->p99_us;
+      memcpy(dec.judge.reason, reason, sizeof dec.judge.reason);
+    }
+    dec.window_ms = judged ? p.interval_ms : 0;
+    dec.dry_run = judged && p.dry_run;
+    dec.action = applied_action(&p, state, step, st, (int)dec.dry_run,
+                                j != NULL && j->rollback);
+    dec.step = step;
+    dec.step_weight = state == CANARY_PROG_ROLLED_BACK ? 0 : p.steps[step];
+    dec.weight = st->state == CANARY_PROG_ROLLED_BACK ? 0 : p.steps[st->step];
+    if (dec.dry_run) /* what it would have set, as in node scope */
+      dec.weight = dec.action == CANARY_DO_STEP_UP    ? p.steps[step + 1]
+                   : dec.action == CANARY_DO_ROLLBACK ? 0
+                                                      : p.steps[step];
+    dec.state = st->state;
+    dec.failures = st->failures;
+    seq = record(pa, &dec);
+    if (decided != NULL)
+      *decided = seq;
   }
   /* The node's own window (for the immediate limit) restarts with every
    * state applied, as it does after each judged window in node scope. */

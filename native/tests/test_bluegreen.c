@@ -107,12 +107,12 @@ static void test_params_rejected(void **state) {
   blue_green(&p);
   memset(&cur, 0, sizeof cur);
   cur.state = CANARY_PROG_RUNNING;
-  assert_int_equal(canary_prog_judge(&p, snap, snap, &cur, &next),
+  assert_int_equal(canary_prog_judge(&p, snap, snap, &cur, &next, NULL),
                    CANARY_EINVAL);
   {
     int route = bg_route(fx, &p, 5);
-    assert_int_equal(canary_prog_apply(fx->seg, route, 5, &cur, 1,
-                                       canary_clock_us(), err, sizeof err),
+    assert_int_equal(canary_prog_apply(fx->seg, route, 5, &cur, 1, NULL,
+                                       canary_clock_us(), NULL, err, sizeof err),
                      CANARY_ESTATE);
     assert_non_null(strstr(err, "judged by its node"));
     assert_int_equal(green(fx, route), 0);

@@ -35,4 +35,31 @@ function _M.weights(stable, canary)
   return { { name = _M.STABLE, weight = stable }, { name = _M.CANARY, weight = canary } }
 end
 
+-- The seq of the newest decision in `decisions` (newest first), 0 for none.
+function _M.newest_seq(decisions)
+  local d = (decisions or {})[1]
+  return d and d.seq or 0
+end
+
+-- How fast a progression answers a change, in windows rather than wall
+-- time: of the decisions in `decisions` (a decision log, newest first)
+-- made after decision `since` (a seq), the windows that passed and
+-- failed before the newest one.  Windows too small to judge
+-- (inconclusive) count in neither.
+function _M.judged_before_newest(decisions, since)
+  local passed, failed, newest = 0, 0, nil
+  for _, d in ipairs(decisions or {}) do
+    if d.seq > since then
+      if not newest then
+        newest = d
+      elseif d.verdict == "pass" then
+        passed = passed + 1
+      elseif d.verdict == "fail" then
+        failed = failed + 1
+      end
+    end
+  end
+  return passed, failed, newest
+end
+
 return _M
