@@ -1278,20 +1278,17 @@ function _M.configure_plugin(id, patch)
     end
     local ms = wait_in_force(id, upstreams, 6, new)
     _M.propagation_ms[#_M.propagation_ms + 1] = ms or -1
-    if new and not (_M.kong() and state.database ~= "off") then return true, status, body end
+    if new then return true, status, body end
   end
   if _M.kong() then
-    -- What Kong's own propagation takes.  DB-less, the reconfigure event
-    -- (milliseconds), for what the segment does not publish (sticky,
-    -- trace, notify).  With a database, for everything: the segment
-    -- shows the publish of the worker that served the PATCH, and the
-    -- other workers' compiled config (the non-published settings: a
-    -- blue/green release's override rules, sticky) follows by
-    -- canary-router's event, usually within milliseconds, but Kong's
-    -- worker events are delayed on a loaded machine (Kong 3.4.2 with
-    -- PostgreSQL, three suites at once: a sticky change, and a
-    -- blue/green release's override rules, not yet in force on one
-    -- worker), and only the plugins iterators' rebuild bounds it.
+    -- Nothing the segment publishes changed (or not our plugin): what
+    -- Kong's own propagation takes.  DB-less, the reconfigure event
+    -- (milliseconds).  With a database, the plugins iterators' rebuild
+    -- timer: canary-router's crud event usually brings the change to
+    -- every worker within milliseconds, but it travels by Kong's worker
+    -- events, which a loaded machine delays (Kong 3.4.2 with PostgreSQL,
+    -- three suites at once: a sticky change not yet in force on one
+    -- worker 0.3 s after its PATCH), and only the rebuild bounds it.
     socket.sleep(state.database ~= "off" and state.worker_state_update_frequency + 0.3 or 0.3)
   end
   return true, status, body
