@@ -1222,7 +1222,9 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
   if (st == NULL || st->state < CANARY_PROG_RUNNING ||
       st->state > CANARY_PROG_ROLLED_BACK || st->step >= CANARY_MAX_STEPS ||
       st->last_result >= CANARY_GATE_RESULTS ||
-      (j != NULL && (!judged || j->verdict != st->last_result)))
+      (j != NULL && (!judged || j->verdict != st->last_result ||
+                     j->analysis > CANARY_ANALYSIS_STATISTICAL ||
+                     j->failed_gate > CANARY_GATES)))
     return canary__fail(err, err_len, CANARY_EINVAL,
                         "not a progression state to apply");
   if (seg->readonly)
@@ -1310,7 +1312,7 @@ int canary_prog_apply(canary_seg_t *seg, int route, uint64_t config_hash,
     if (j != NULL) {
       /* The node that judged the window: its whole result. */
       dec.origin = CANARY_ORIGIN_WINDOW;
-      dec.judge = *j;
+      dec.judge = *j; /* its reason is cut to a C string when read */
     } else {
       dec.origin = CANARY_ORIGIN_CLUSTER;
       dec.judge.verdict = judged ? st->last_result : CANARY_GATE_RESULTS;

@@ -256,6 +256,10 @@ static void test_apply_records_the_decisions(void **state) {
   assert_int_equal(canary_prog_apply(fx->seg, route, 7, &next, 0, &other,
                                      now, &seq, err, sizeof err),
                    CANARY_EINVAL);
+  other.failed_gate = CANARY_GATES + 1; /* not a judge's result */
+  assert_int_equal(canary_prog_apply(fx->seg, route, 7, &next, 1, &other,
+                                     now, &seq, err, sizeof err),
+                   CANARY_EINVAL);
   assert_int_equal(canary_prog_apply(fx->seg, route, 7, &next, 1, NULL, now,
                                      &seq, err, sizeof err),
                    1);
@@ -331,6 +335,19 @@ static void test_apply_records_a_dry_run(void **state) {
   assert_int_equal(log[0].weight, 5000);
   assert_int_equal(log[0].state, CANARY_PROG_RUNNING);
   assert_int_equal(canary_effective(fx, route, NULL), 1000);
+  /* A judge's result without the end of its reason: read back as a C
+   * string (canary_prog_decisions cuts it). */
+  {
+    struct canary_judge_result j;
+    assert_int_equal(canary_prog_judge(&p, &w, NULL, &cur, &next, &j),
+                     CANARY_GATE_PASS);
+    memset(j.reason, 'x', sizeof j.reason);
+    assert_int_equal(canary_prog_apply(fx->seg, route, 7, &next, 1, &j,
+                                       canary_clock_us(), &seq, NULL, 0),
+                     1);
+    assert_int_equal(canary_prog_decisions(fx->seg, route, 0, log, 2), 2);
+    assert_int_equal(strlen(log[0].judge.reason), sizeof j.reason - 1);
+  }
 }
 
 /* Every worker of a node may apply the cluster's state: the weights are
