@@ -1287,7 +1287,7 @@ function _M.configure_plugin(id, patch)
     -- timer: canary-router's crud event usually brings the change to
     -- every worker within milliseconds, but it travels by Kong's worker
     -- events, which a loaded machine delays (Kong 3.4.2 with PostgreSQL,
-    -- three suites at once: a sticky change not yet in force on one
+    -- two test-kong runs at once: a sticky change not yet in force on one
     -- worker 0.3 s after its PATCH), and only the rebuild bounds it.
     socket.sleep(state.database ~= "off" and state.worker_state_update_frequency + 0.3 or 0.3)
   end
