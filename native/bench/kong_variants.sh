@@ -190,3 +190,23 @@ count_stop() {
   done
   cat "$f"* | awk '/^totals:/ { s += $2 } END { print s + 0 }'
 }
+
+# One counting window of SECS seconds of load on PROCESS; a window in
+# which no request completes (callgrind on a busy machine) is measured
+# again, up to three times.  Prints "requests instructions"; run it as
+# w=$(count_window P SECS) || exit 1 (die in a command substitution
+# leaves only that subshell).
+count_window() { # process seconds
+  local n total try
+  for try in 1 2 3; do
+    count_start "$1"
+    n=$(requests "$1" "$2") || die "$1: wrk failed"
+    total=$(count_stop "$1")
+    if [ "$n" -gt 0 ]; then
+      echo "$n $total"
+      return
+    fi
+    [ "$try" = 3 ] && die "$1: no request completed in three windows"
+    say "#   $1: no request completed in a window; again"
+  done
+}

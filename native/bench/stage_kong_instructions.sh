@@ -96,15 +96,8 @@ for p in "${PROCS[@]}"; do
   idle=$(count_stop "$p")
   vals=""
   for _ in $(seq "$ROUNDS"); do
-    for try in 1 2 3; do
-      count_start "$p"
-      n=$(requests "$p" "$SECS") || die "$p: wrk failed"
-      total=$(count_stop "$p")
-      [ "$n" -gt 0 ] && break
-      [ "$try" = 3 ] && die "$p: no requests completed in three windows"
-      say "#   $p: no request completed in a window; again"
-    done
-    vals+="$(awk -v t="$total" -v i="$idle" -v n="$n" 'BEGIN { printf "%.0f", (t - i) / n }')"$'\n'
+    w=$(count_window "$p" "$SECS") || exit 1
+    vals+="$(awk -v t="${w#* }" -v i="$idle" -v n="${w% *}" 'BEGIN { printf "%.0f", (t - i) / n }')"$'\n'
   done
   PMED[$p]=$(printf '%s' "$vals" | median)
   VALS[${p%.*}]+="${PMED[$p]}"$'\n'

@@ -86,17 +86,8 @@ for p in "${PROCS[@]}"; do
   while [ "$warm" -lt "$WARM" ]; do warm=$((warm + $(requests "$p" 5 2>/dev/null || echo 0))); done
   vals=""
   for _ in $(seq "$ROUNDS"); do
-    # A window in which no request completes (callgrind on a busy
-    # machine) is measured again.
-    for try in 1 2 3; do
-      count_start "$p"
-      n=$(requests "$p" "$SECS") || die "$p: wrk failed"
-      total=$(count_stop "$p")
-      [ "$n" -gt 0 ] && break
-      [ "$try" = 3 ] && die "$p: no request completed in three windows"
-      say "#   $p: no request completed in a window; again"
-    done
-    vals+="$(awk -v t="$total" -v n="$n" 'BEGIN { printf "%.0f", t / n }')"$'\n'
+    w=$(count_window "$p" "$SECS") || exit 1
+    vals+="$(awk -v t="${w#* }" -v n="${w% *}" 'BEGIN { printf "%.0f", t / n }')"$'\n'
   done
   med=$(printf '%s' "$vals" | median)
   VALS[${p%.*}]+="$med"$'\n'
